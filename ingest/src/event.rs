@@ -1,0 +1,1090 @@
+//! Event contract v1 (`shared/contract/events.md`) as Rust types, and the
+//! decoder that turns one JSON line into a validated, pseudonymized [`Event`]
+//! or a machine-readable [`Reject`].
+//!
+//! Decoding is two-step: one pass of `serde_json` splits the object into
+//! borrowed raw field values (checking syntax, UTF-8 and duplicate keys), then
+//! only the fields of the event's own source are typed and range-checked. So a
+//! field that belongs to another source is an ignored unknown field, as the
+//! contract's forward-compatibility rule asks, and every failure names its
+//! field.
+
+use std::fmt;
+
+use chrono::DateTime;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::pseudonym::Pseudonymizer;
+use crate::registry::Registry;
+
+/// The five event sources, each with its own topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Source {
+    /// Temperature and symptom checks at road, rail and air checkpoints.
+    Checkpoint = 0,
+    /// Purchases of fever, cough and related drugs.
+    Pharmacy = 1,
+    /// Door-to-door screening and follow-up visits.
+    DoorVisit = 2,
+    /// Case status changes from the health commission.
+    Case = 3,
+    /// Admissions, discharges and capacity changes at hospitals.
+    Bed = 4,
+}
+
+impl Source {
+    /// Every source, in the order of their discriminants.
+    pub const ALL: [Source; 5] = [
+        Source::Checkpoint,
+        Source::Pharmacy,
+        Source::DoorVisit,
+        Source::Case,
+        Source::Bed,
+    ];
+
+    /// The contract's name, as in the `source` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Checkpoint => "checkpoint",
+            Source::Pharmacy => "pharmacy",
+            Source::DoorVisit => "door_visit",
+            Source::Case => "case",
+            Source::Bed => "bed",
+        }
+    }
+
+    /// The Kafka topic that carries this source.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Source::Checkpoint => "screening.checkpoint",
+            Source::Pharmacy => "screening.pharmacy",
+            Source::DoorVisit => "screening.door_visit",
+            Source::Case => "screening.case",
+            Source::Bed => "screening.bed",
+        }
+    }
+
+    /// Parses the contract's name.
+    pub fn parse(s: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The source a topic carries, if it is one of the five source topics.
+    pub fn from_topic(topic: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|x| x.topic() == topic)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The topic paicha writes every rejected message to.
+pub const DEAD_LETTER_TOPIC: &str = "screening.dead_letter";
+/// The topic paicha publishes alerts to.
+pub const ALERTS_TOPIC: &str = "screening.alerts";
+
+/// Symptom names of the contract, in bit order of [`Symptoms`].
+pub const SYMPTOM_NAMES: [&str; 6] = [
+    "fever",
+    "cough",
+    "sore_throat",
+    "shortness_of_breath",
+    "fatigue",
+    "diarrhea",
+];
+
+/// A set of symptoms as a bitset over [`SYMPTOM_NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Symptoms(pub u8);
+
+impl Symptoms {
+    /// Whether symptom `i` (an index into [`SYMPTOM_NAMES`]) is present.
+    pub fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+
+    /// No symptom named.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether `fever` is named.
+    pub fn fever(self) -> bool {
+        self.has(0)
+    }
+
+    /// The names present, in contract order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        SYMPTOM_NAMES
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.has(*i))
+            .map(|(_, n)| *n)
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// The contract's spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+
+            /// Parses the contract's spelling.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What a checkpoint did with the traveller.
+    Disposition {
+        /// Let through.
+        Pass = "pass",
+        /// Handed to the health commission.
+        Referred = "referred",
+        /// Sent back.
+        TurnedBack = "turned_back",
+        /// Put under observation.
+        Isolated = "isolated",
+    }
+);
+
+string_enum!(
+    /// The class of drug bought.
+    DrugClass {
+        /// Fever reducers.
+        Antipyretic = "antipyretic",
+        /// Cough medicine.
+        Cough = "cough",
+        /// Antivirals.
+        Antiviral = "antiviral",
+        /// Antibiotics.
+        Antibiotic = "antibiotic",
+        /// Anything else.
+        Other = "other",
+    }
+);
+
+string_enum!(
+    /// Why a grid worker visited.
+    VisitKind {
+        /// Door-to-door screening round.
+        Screening = "screening",
+        /// Daily follow-up of a person under observation.
+        FollowUp = "follow_up",
+    }
+);
+
+string_enum!(
+    /// What came of a door visit.
+    Outcome {
+        /// The person was seen (and may have been measured).
+        Seen = "seen",
+        /// Nobody answered.
+        NotHome = "not_home",
+        /// The person refused.
+        Refused = "refused",
+    }
+);
+
+string_enum!(
+    /// A person's observation status after a visit.
+    Observation {
+        /// Not under observation.
+        None = "none",
+        /// Isolated at home.
+        HomeIsolation = "home_isolation",
+        /// In a quarantine site.
+        CentralizedObservation = "centralized_observation",
+        /// Under medical observation.
+        MedicalObservation = "medical_observation",
+        /// Released from observation.
+        Released = "released",
+    }
+);
+
+string_enum!(
+    /// Case status reported by the health commission.
+    CaseStatus {
+        /// Suspected case.
+        Suspected = "suspected",
+        /// Confirmed case.
+        Confirmed = "confirmed",
+        /// Suspicion excluded.
+        Excluded = "excluded",
+        /// Recovered.
+        Recovered = "recovered",
+        /// Died.
+        Died = "died",
+    }
+);
+
+string_enum!(
+    /// What a bed event records.
+    BedAction {
+        /// A person takes a bed.
+        Admit = "admit",
+        /// A person leaves a bed.
+        Discharge = "discharge",
+        /// The hospital's bed count changes.
+        Capacity = "capacity",
+    }
+);
+
+/// A validated event. Identifiers of persons, households and vehicles are
+/// already pseudonymized: the raw values never leave the decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The producer's id, unique per real-world event.
+    pub event_id: String,
+    /// When it happened, microseconds since the Unix epoch (UTC).
+    pub event_time: i64,
+    /// Index of the district in the [`Registry`].
+    pub district: u16,
+    /// The per-source fields.
+    pub body: Body,
+}
+
+/// The per-source fields of an [`Event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A checkpoint check.
+    Checkpoint {
+        /// Station id.
+        checkpoint_id: String,
+        /// Pseudonym of the person.
+        person_key: String,
+        /// Pseudonym of the vehicle, if any.
+        vehicle_key: Option<String>,
+        /// Measured temperature.
+        temperature_c: f64,
+        /// Wearing a mask.
+        mask: bool,
+        /// Symptoms named.
+        symptoms: Symptoms,
+        /// Where the traveller came from.
+        came_from: Option<String>,
+        /// What the checkpoint did.
+        disposition: Disposition,
+    },
+    /// A pharmacy purchase.
+    Pharmacy {
+        /// Pharmacy id.
+        pharmacy_id: String,
+        /// Pseudonym of the buyer.
+        person_key: String,
+        /// Drug class.
+        drug_class: DrugClass,
+        /// Units bought (≥ 1).
+        quantity: i64,
+        /// Temperature if measured.
+        temperature_c: Option<f64>,
+    },
+    /// A door visit.
+    DoorVisit {
+        /// Grid id.
+        grid_id: String,
+        /// Pseudonym of the household.
+        household_key: String,
+        /// Pseudonym of the person.
+        person_key: String,
+        /// Screening or follow-up.
+        visit_kind: VisitKind,
+        /// Seen, not home, refused.
+        outcome: Outcome,
+        /// Temperature, only when seen.
+        temperature_c: Option<f64>,
+        /// Symptoms named.
+        symptoms: Symptoms,
+        /// Observation status after the visit.
+        observation: Observation,
+    },
+    /// A case status change.
+    Case {
+        /// Pseudonym of the person.
+        person_key: String,
+        /// New status.
+        status: CaseStatus,
+        /// Hospital index in the registry, if given.
+        hospital: Option<u16>,
+    },
+    /// A bed event.
+    Bed {
+        /// Hospital index in the registry.
+        hospital: u16,
+        /// Admit, discharge or capacity.
+        action: BedAction,
+        /// Pseudonym of the patient (admit and discharge).
+        person_key: Option<String>,
+        /// New bed count (capacity).
+        beds_total: Option<i64>,
+    },
+}
+
+/// Threshold of fever in °C (events.md: ≥ 37.3).
+pub const FEVER_C: f64 = 37.3;
+
+impl Event {
+    /// The event's source.
+    pub fn source(&self) -> Source {
+        match self.body {
+            Body::Checkpoint { .. } => Source::Checkpoint,
+            Body::Pharmacy { .. } => Source::Pharmacy,
+            Body::DoorVisit { .. } => Source::DoorVisit,
+            Body::Case { .. } => Source::Case,
+            Body::Bed { .. } => Source::Bed,
+        }
+    }
+
+    /// Symptoms named (empty for sources without symptoms, and for door
+    /// visits that did not see the person).
+    pub fn symptoms(&self) -> Symptoms {
+        match self.body {
+            Body::Checkpoint { symptoms, .. } => symptoms,
+            Body::DoorVisit {
+                symptoms,
+                outcome: Outcome::Seen,
+                ..
+            } => symptoms,
+            _ => Symptoms::default(),
+        }
+    }
+
+    fn temperature(&self) -> Option<f64> {
+        match self.body {
+            Body::Checkpoint { temperature_c, .. } => Some(temperature_c),
+            Body::Pharmacy { temperature_c, .. } => temperature_c,
+            Body::DoorVisit {
+                temperature_c,
+                outcome: Outcome::Seen,
+                ..
+            } => temperature_c,
+            _ => None,
+        }
+    }
+
+    /// Suspicious as events.md defines it.
+    pub fn suspicious(&self) -> bool {
+        let hot = self.temperature().is_some_and(|t| t >= FEVER_C);
+        match self.body {
+            Body::Checkpoint { symptoms, .. } => hot || !symptoms.is_empty(),
+            Body::DoorVisit {
+                outcome, symptoms, ..
+            } => outcome == Outcome::Seen && (hot || !symptoms.is_empty()),
+            Body::Pharmacy { drug_class, .. } => {
+                hot || matches!(drug_class, DrugClass::Antipyretic | DrugClass::Cough)
+            }
+            _ => false,
+        }
+    }
+
+    /// Fever as events.md defines it: ≥ 37.3 °C or `fever` named.
+    pub fn fever(&self) -> bool {
+        self.temperature().is_some_and(|t| t >= FEVER_C) || self.symptoms().fever()
+    }
+}
+
+/// Why a message was refused. The `as_str` spelling is the machine-readable
+/// reason carried to the dead-letter topic, the `dead_letters` table and the
+/// `paicha_events_rejected_total{reason}` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not valid JSON (syntax error, truncated, NaN, nesting too deep).
+    NotJson,
+    /// Bytes that are not UTF-8.
+    NotUtf8,
+    /// Valid JSON but not an object.
+    NotObject,
+    /// The same key twice in one object.
+    DuplicateField,
+    /// A required field is absent (or null where null is not allowed).
+    MissingField,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// A number outside its range.
+    OutOfRange,
+    /// A string too long for its field.
+    TooLong,
+    /// A value outside the field's set of allowed values.
+    UnknownValue,
+    /// A symptom named twice.
+    RepeatedSymptom,
+    /// `event_id` not 1–64 chars of `[A-Za-z0-9._:-]`.
+    BadEventId,
+    /// `event_time` not RFC 3339 with an offset.
+    BadTimestamp,
+    /// `event_time` more than a day ahead of the wall clock.
+    FutureTimestamp,
+    /// `district` not in the registry.
+    UnknownDistrict,
+    /// `hospital_id` not in the registry.
+    UnknownHospital,
+    /// `source` is not one of the five.
+    UnknownSource,
+    /// `source` disagrees with the topic the message came on.
+    SourceMismatch,
+    /// A line or message over the size limit.
+    TooLarge,
+    /// Older than the retention the processors keep windows for.
+    TooLate,
+}
+
+impl RejectReason {
+    /// Every reason, for metrics that must show zeros.
+    pub const ALL: [RejectReason; 19] = [
+        RejectReason::NotJson,
+        RejectReason::NotUtf8,
+        RejectReason::NotObject,
+        RejectReason::DuplicateField,
+        RejectReason::MissingField,
+        RejectReason::WrongType,
+        RejectReason::OutOfRange,
+        RejectReason::TooLong,
+        RejectReason::UnknownValue,
+        RejectReason::RepeatedSymptom,
+        RejectReason::BadEventId,
+        RejectReason::BadTimestamp,
+        RejectReason::FutureTimestamp,
+        RejectReason::UnknownDistrict,
+        RejectReason::UnknownHospital,
+        RejectReason::UnknownSource,
+        RejectReason::SourceMismatch,
+        RejectReason::TooLarge,
+        RejectReason::TooLate,
+    ];
+
+    /// The machine-readable spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::NotJson => "not_json",
+            RejectReason::NotUtf8 => "not_utf8",
+            RejectReason::NotObject => "not_object",
+            RejectReason::DuplicateField => "duplicate_field",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::TooLong => "too_long",
+            RejectReason::UnknownValue => "unknown_value",
+            RejectReason::RepeatedSymptom => "repeated_symptom",
+            RejectReason::BadEventId => "bad_event_id",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::UnknownDistrict => "unknown_district",
+            RejectReason::UnknownHospital => "unknown_hospital",
+            RejectReason::UnknownSource => "unknown_source",
+            RejectReason::SourceMismatch => "source_mismatch",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::TooLate => "too_late",
+        }
+    }
+
+    /// Parses the machine-readable spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A refused message: the reason, and the field it concerns when there is one.
+///
+/// The detail never contains a string value from the message, since that
+/// might be a raw personal identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// The field concerned, if any.
+    pub field: Option<&'static str>,
+}
+
+impl Reject {
+    fn new(reason: RejectReason, field: &'static str) -> Self {
+        Reject {
+            reason,
+            field: Some(field),
+        }
+    }
+
+    fn whole(reason: RejectReason) -> Self {
+        Reject {
+            reason,
+            field: None,
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "{} ({})", self.reason.as_str(), field),
+            None => f.write_str(self.reason.as_str()),
+        }
+    }
+}
+
+/// Longest line the decoder looks at (the contract's 1 MiB message limit).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Longest string accepted for an identifier or free-text field.
+pub const MAX_STRING_BYTES: usize = 256;
+
+/// Every top-level field the contract knows, each kept as raw JSON until the
+/// source is known.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    district: Option<&'a RawValue>,
+    #[serde(borrow)]
+    checkpoint_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    person_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    vehicle_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature_c: Option<&'a RawValue>,
+    #[serde(borrow)]
+    mask: Option<&'a RawValue>,
+    #[serde(borrow)]
+    symptoms: Option<&'a RawValue>,
+    #[serde(borrow)]
+    came_from: Option<&'a RawValue>,
+    #[serde(borrow)]
+    disposition: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pharmacy_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    drug_class: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    grid_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    household_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    visit_kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    outcome: Option<&'a RawValue>,
+    #[serde(borrow)]
+    observation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    hospital_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    beds_total: Option<&'a RawValue>,
+}
+
+/// The routing fields of an event: enough to pick its topic and key without
+/// validating the rest. Used by producers (replay, simulator, gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The event's source.
+    pub source: Source,
+    /// The district code as given (validated later by the consumer).
+    pub district: String,
+}
+
+#[derive(Deserialize)]
+struct RouteWire<'a> {
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    district: Option<&'a RawValue>,
+}
+
+/// Reads only `source` and `district` of a line, for routing it to a topic.
+/// A line that cannot be routed is refused here with the reason the consumer
+/// would give.
+pub fn route(line: &[u8]) -> Result<Route, Reject> {
+    let text = as_text(line)?;
+    let wire: RouteWire = serde_json::from_str(text).map_err(classify)?;
+    let source = string_field(wire.source, "source")?;
+    let source = Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
+    let district = string_field(wire.district, "district")?.into_owned();
+    Ok(Route { source, district })
+}
+
+fn as_text(line: &[u8]) -> Result<&str, Reject> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(Reject::whole(RejectReason::TooLarge));
+    }
+    std::str::from_utf8(line).map_err(|_| Reject::whole(RejectReason::NotUtf8))
+}
+
+fn classify(e: serde_json::Error) -> Reject {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let msg = e.to_string();
+            if msg.starts_with("duplicate field") {
+                Reject::whole(RejectReason::DuplicateField)
+            } else {
+                Reject::whole(RejectReason::NotObject)
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => Reject::whole(RejectReason::NotJson),
+    }
+}
+
+type Field<'a> = Option<&'a RawValue>;
+
+fn present<'a>(raw: Field<'a>, name: &'static str) -> Result<&'a str, Reject> {
+    match raw {
+        Some(r) if r.get() != "null" => Ok(r.get()),
+        _ => Err(Reject::new(RejectReason::MissingField, name)),
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+fn string_field<'a>(
+    raw: Field<'a>,
+    name: &'static str,
+) -> Result<std::borrow::Cow<'a, str>, Reject> {
+    let text = present(raw, name)?;
+    if !text.starts_with('"') {
+        return Err(Reject::new(RejectReason::WrongType, name));
+    }
+    let s = if text.contains('\\') {
+        std::borrow::Cow::Owned(
+            serde_json::from_str::<String>(text)
+                .map_err(|_| Reject::new(RejectReason::WrongType, name))?,
+        )
+    } else {
+        // RawValue already checked the string: no escapes means the content
+        // is exactly the bytes between the quotes.
+        std::borrow::Cow::Borrowed(&text[1..text.len() - 1])
+    };
+    if s.len() > MAX_STRING_BYTES {
+        return Err(Reject::new(RejectReason::TooLong, name));
+    }
+    Ok(s)
+}
+
+fn identifier(raw: Field<'_>, name: &'static str) -> Result<String, Reject> {
+    let s = string_field(raw, name)?;
+    if s.is_empty() {
+        return Err(Reject::new(RejectReason::MissingField, name));
+    }
+    Ok(s.into_owned())
+}
+
+fn optional_string<'a>(
+    raw: Field<'a>,
+    name: &'static str,
+) -> Result<Option<std::borrow::Cow<'a, str>>, Reject> {
+    match raw {
+        Some(r) if r.get() != "null" => string_field(raw, name).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn enum_field<T>(
+    raw: Field<'_>,
+    name: &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, Reject> {
+    let s = string_field(raw, name)?;
+    parse(&s).ok_or(Reject::new(RejectReason::UnknownValue, name))
+}
+
+fn temperature(raw: Field<'_>, name: &'static str) -> Result<f64, Reject> {
+    let text = present(raw, name)?;
+    let t: f64 = serde_json::from_str(text).map_err(|_| {
+        if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            Reject::new(RejectReason::OutOfRange, name)
+        } else {
+            Reject::new(RejectReason::WrongType, name)
+        }
+    })?;
+    if !(34.0..=43.0).contains(&t) {
+        return Err(Reject::new(RejectReason::OutOfRange, name));
+    }
+    Ok(t)
+}
+
+fn optional_temperature(raw: Field<'_>, name: &'static str) -> Result<Option<f64>, Reject> {
+    match raw {
+        Some(r) if r.get() != "null" => temperature(raw, name).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn integer(raw: Field<'_>, name: &'static str, min: i64) -> Result<i64, Reject> {
+    let text = present(raw, name)?;
+    let n: i64 = match serde_json::from_str(text) {
+        Ok(n) => n,
+        Err(_) => {
+            // A number that is not an i64 (fraction, exponent, too big).
+            let reason = if serde_json::from_str::<f64>(text).is_ok() {
+                RejectReason::OutOfRange
+            } else {
+                RejectReason::WrongType
+            };
+            return Err(Reject::new(reason, name));
+        }
+    };
+    if n < min {
+        return Err(Reject::new(RejectReason::OutOfRange, name));
+    }
+    Ok(n)
+}
+
+fn boolean(raw: Field<'_>, name: &'static str) -> Result<bool, Reject> {
+    match present(raw, name)? {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Reject::new(RejectReason::WrongType, name)),
+    }
+}
+
+fn symptoms(raw: Field<'_>, name: &'static str) -> Result<Symptoms, Reject> {
+    let text = present(raw, name)?;
+    if !text.starts_with('[') {
+        return Err(Reject::new(RejectReason::WrongType, name));
+    }
+    let items: Vec<&RawValue> =
+        serde_json::from_str(text).map_err(|_| Reject::new(RejectReason::WrongType, name))?;
+    let mut set = 0u8;
+    for item in items {
+        let s = string_field(Some(item), name)?;
+        let i = SYMPTOM_NAMES
+            .iter()
+            .position(|n| *n == s)
+            .ok_or(Reject::new(RejectReason::UnknownValue, name))?;
+        if set & (1 << i) != 0 {
+            return Err(Reject::new(RejectReason::RepeatedSymptom, name));
+        }
+        set |= 1 << i;
+    }
+    Ok(Symptoms(set))
+}
+
+fn event_id(raw: Field<'_>) -> Result<String, Reject> {
+    let s = string_field(raw, "event_id")?;
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if !ok {
+        return Err(Reject::new(RejectReason::BadEventId, "event_id"));
+    }
+    Ok(s.into_owned())
+}
+
+/// How far ahead of the wall clock an event time may be (clock skew of field
+/// devices); beyond it the event is refused as `future_timestamp`.
+pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+fn event_time(raw: Field<'_>, now_micros: i64) -> Result<i64, Reject> {
+    let s = string_field(raw, "event_time")?;
+    let t = DateTime::parse_from_rfc3339(&s)
+        .map_err(|_| Reject::new(RejectReason::BadTimestamp, "event_time"))?
+        .timestamp_micros();
+    if t > now_micros.saturating_add(MAX_FUTURE_MICROS) {
+        return Err(Reject::new(RejectReason::FutureTimestamp, "event_time"));
+    }
+    Ok(t)
+}
+
+/// Decodes and validates events, pseudonymizing identifiers on the way.
+#[derive(Clone)]
+pub struct Decoder {
+    registry: std::sync::Arc<Registry>,
+    pseudonymizer: Pseudonymizer,
+}
+
+impl Decoder {
+    /// A decoder validating against `registry`, hashing ids with `pseudonymizer`.
+    pub fn new(registry: std::sync::Arc<Registry>, pseudonymizer: Pseudonymizer) -> Self {
+        Decoder {
+            registry,
+            pseudonymizer,
+        }
+    }
+
+    /// The registry events are validated against.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Decodes one event. `topic` is the source its topic carries, if known;
+    /// `now_micros` is the wall clock for the future-timestamp check.
+    pub fn decode(
+        &self,
+        line: &[u8],
+        topic: Option<Source>,
+        now_micros: i64,
+    ) -> Result<Event, Reject> {
+        let text = as_text(line)?;
+        let w: Wire = serde_json::from_str(text).map_err(classify)?;
+        let source = string_field(w.source, "source")?;
+        let source =
+            Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
+        if topic.is_some_and(|t| t != source) {
+            return Err(Reject::new(RejectReason::SourceMismatch, "source"));
+        }
+        let event_id = event_id(w.event_id)?;
+        let event_time = event_time(w.event_time, now_micros)?;
+        let district = string_field(w.district, "district")?;
+        let district = self
+            .registry
+            .district_id(&district)
+            .ok_or(Reject::new(RejectReason::UnknownDistrict, "district"))?;
+        let person = |raw| identifier(raw, "person_id").map(|id| self.pseudonymizer.key(&id));
+        let body = match source {
+            Source::Checkpoint => Body::Checkpoint {
+                checkpoint_id: identifier(w.checkpoint_id, "checkpoint_id")?,
+                person_key: person(w.person_id)?,
+                vehicle_key: optional_string(w.vehicle_id, "vehicle_id")?
+                    .map(|v| self.pseudonymizer.key(&v)),
+                temperature_c: temperature(w.temperature_c, "temperature_c")?,
+                mask: boolean(w.mask, "mask")?,
+                symptoms: symptoms(w.symptoms, "symptoms")?,
+                came_from: optional_string(w.came_from, "came_from")?.map(|s| s.into_owned()),
+                disposition: enum_field(w.disposition, "disposition", Disposition::parse)?,
+            },
+            Source::Pharmacy => Body::Pharmacy {
+                pharmacy_id: identifier(w.pharmacy_id, "pharmacy_id")?,
+                person_key: person(w.person_id)?,
+                drug_class: enum_field(w.drug_class, "drug_class", DrugClass::parse)?,
+                quantity: integer(w.quantity, "quantity", 1)?,
+                temperature_c: optional_temperature(w.temperature_c, "temperature_c")?,
+            },
+            Source::DoorVisit => {
+                let outcome = enum_field(w.outcome, "outcome", Outcome::parse)?;
+                let temperature_c = optional_temperature(w.temperature_c, "temperature_c")?;
+                if temperature_c.is_some() && outcome != Outcome::Seen {
+                    // events.md: only `seen` carries a measurement.
+                    return Err(Reject::new(RejectReason::UnknownValue, "temperature_c"));
+                }
+                Body::DoorVisit {
+                    grid_id: identifier(w.grid_id, "grid_id")?,
+                    household_key: identifier(w.household_id, "household_id")
+                        .map(|id| self.pseudonymizer.key(&id))?,
+                    person_key: person(w.person_id)?,
+                    visit_kind: enum_field(w.visit_kind, "visit_kind", VisitKind::parse)?,
+                    outcome,
+                    temperature_c,
+                    symptoms: symptoms(w.symptoms, "symptoms")?,
+                    observation: enum_field(w.observation, "observation", Observation::parse)?,
+                }
+            }
+            Source::Case => Body::Case {
+                person_key: person(w.person_id)?,
+                status: enum_field(w.status, "status", CaseStatus::parse)?,
+                hospital: match optional_string(w.hospital_id, "hospital_id")? {
+                    Some(h) => Some(
+                        self.registry
+                            .hospital_id(&h)
+                            .ok_or(Reject::new(RejectReason::UnknownHospital, "hospital_id"))?,
+                    ),
+                    None => None,
+                },
+            },
+            Source::Bed => {
+                let hospital = string_field(w.hospital_id, "hospital_id")?;
+                let hospital = self
+                    .registry
+                    .hospital_id(&hospital)
+                    .ok_or(Reject::new(RejectReason::UnknownHospital, "hospital_id"))?;
+                let action = enum_field(w.action, "action", BedAction::parse)?;
+                let (person_key, beds_total) = match action {
+                    BedAction::Capacity => (None, Some(integer(w.beds_total, "beds_total", 0)?)),
+                    BedAction::Admit | BedAction::Discharge => (Some(person(w.person_id)?), None),
+                };
+                Body::Bed {
+                    hospital,
+                    action,
+                    person_key,
+                    beds_total,
+                }
+            }
+        };
+        Ok(Event {
+            event_id,
+            event_time,
+            district,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(
+            std::sync::Arc::new(Registry::builtin().unwrap()),
+            Pseudonymizer::new(b"test-key"),
+        )
+    }
+
+    const NOW: i64 = 1_800_000_000_000_000;
+
+    fn checkpoint(extra: &str) -> String {
+        format!(
+            r#"{{"event_id":"cp-1","event_time":"2020-01-27T09:15:00+08:00","source":"checkpoint","district":"500101","checkpoint_id":"cp-500101-01","person_id":"500101199001011234","temperature_c":36.6,"mask":true,"symptoms":[],"disposition":"pass"{extra}}}"#
+        )
+    }
+
+    fn reject(line: &str) -> Reject {
+        decoder()
+            .decode(line.as_bytes(), Some(Source::Checkpoint), NOW)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn decodes_a_checkpoint_event() {
+        let e = decoder()
+            .decode(checkpoint("").as_bytes(), Some(Source::Checkpoint), NOW)
+            .unwrap();
+        assert_eq!(e.event_id, "cp-1");
+        assert_eq!(e.event_time, 1_580_087_700_000_000);
+        assert_eq!(e.source(), Source::Checkpoint);
+        assert!(!e.suspicious());
+        match &e.body {
+            Body::Checkpoint { person_key, .. } => {
+                assert_eq!(person_key.len(), 32);
+                assert!(!person_key.contains("1990"));
+            }
+            _ => panic!("wrong body"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_even_when_another_source_owns_them() {
+        let e = decoder().decode(
+            checkpoint(r#","beds_total":"many","extra":{"a":[1,2]}"#).as_bytes(),
+            None,
+            NOW,
+        );
+        assert!(e.is_ok());
+    }
+
+    #[test]
+    fn rejections_name_their_reason() {
+        use RejectReason::*;
+        let cases: Vec<(String, RejectReason)> = vec![
+            ("not json".into(), NotJson),
+            (checkpoint("")[..40].to_string(), NotJson),
+            ("[1,2]".into(), NotObject),
+            (checkpoint(r#","mask":false"#), DuplicateField),
+            (checkpoint("").replace(r#""mask":true,"#, ""), MissingField),
+            (
+                checkpoint("").replace("36.6", r#""high""#),
+                WrongType,
+            ),
+            (checkpoint("").replace("36.6", "45.5"), OutOfRange),
+            (checkpoint("").replace("36.6", "NaN"), NotJson),
+            (checkpoint("").replace(r#""pass""#, r#""fly""#), UnknownValue),
+            (
+                checkpoint("").replace("[]", r#"["cough","cough"]"#),
+                RepeatedSymptom,
+            ),
+            (
+                checkpoint("").replace("[]", r#"["sneezing"]"#),
+                UnknownValue,
+            ),
+            (checkpoint("").replace("cp-1", "cp 1"), BadEventId),
+            (checkpoint("").replace("+08:00", ""), BadTimestamp),
+            (
+                checkpoint("").replace("2020-01-27", "2120-01-27"),
+                FutureTimestamp,
+            ),
+            (checkpoint("").replace(r#""500101""#, r#""999999""#), UnknownDistrict),
+            (
+                checkpoint("").replace(r#""checkpoint","#, r#""xray","#),
+                UnknownSource,
+            ),
+            (
+                checkpoint("").replace(r#""source":"checkpoint""#, r#""source":"pharmacy""#),
+                SourceMismatch,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(reject(&line).reason, want, "{line}");
+        }
+        assert_eq!(
+            decoder()
+                .decode(&[0xff, 0xfe], None, NOW)
+                .unwrap_err()
+                .reason,
+            NotUtf8
+        );
+    }
+
+    #[test]
+    fn door_visit_not_seen_carries_no_measurement() {
+        let line = r#"{"event_id":"dv-1","event_time":"2020-01-27T09:15:00Z","source":"door_visit","district":"500103","grid_id":"g","household_id":"h","person_id":"p","visit_kind":"follow_up","outcome":"not_home","temperature_c":38.0,"symptoms":[],"observation":"home_isolation"}"#;
+        let r = decoder().decode(line.as_bytes(), None, NOW).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownValue);
+        let ok = line.replace("38.0", "null");
+        let e = decoder().decode(ok.as_bytes(), None, NOW).unwrap();
+        assert!(!e.suspicious());
+    }
+
+    #[test]
+    fn suspicious_and_fever_follow_the_contract() {
+        let d = decoder();
+        let hot = checkpoint("").replace("36.6", "37.3");
+        let e = d.decode(hot.as_bytes(), None, NOW).unwrap();
+        assert!(e.suspicious() && e.fever());
+        let cough = checkpoint("").replace("[]", r#"["cough"]"#);
+        let e = d.decode(cough.as_bytes(), None, NOW).unwrap();
+        assert!(e.suspicious() && !e.fever());
+        let pharmacy = r#"{"event_id":"ph-1","event_time":"2020-01-27T09:15:00+08:00","source":"pharmacy","district":"500103","pharmacy_id":"ph","person_id":"p","drug_class":"cough","quantity":1,"temperature_c":null}"#;
+        let e = d.decode(pharmacy.as_bytes(), None, NOW).unwrap();
+        assert!(e.suspicious() && !e.fever());
+        let other = pharmacy.replace(r#""cough""#, r#""antibiotic""#);
+        assert!(!d.decode(other.as_bytes(), None, NOW).unwrap().suspicious());
+        let zero = pharmacy.replace(r#""quantity":1"#, r#""quantity":0"#);
+        assert_eq!(
+            d.decode(zero.as_bytes(), None, NOW).unwrap_err().reason,
+            RejectReason::OutOfRange
+        );
+    }
+
+    #[test]
+    fn bed_events_need_a_registered_hospital() {
+        let d = decoder();
+        let cap = r#"{"event_id":"b-1","event_time":"2020-01-27T09:15:00+08:00","source":"bed","district":"500106","hospital_id":"cq-phmc","action":"capacity","beds_total":400}"#;
+        assert!(d.decode(cap.as_bytes(), None, NOW).is_ok());
+        let bad = cap.replace("cq-phmc", "cq-nowhere");
+        assert_eq!(
+            d.decode(bad.as_bytes(), None, NOW).unwrap_err().reason,
+            RejectReason::UnknownHospital
+        );
+        let admit = cap.replace(r#""capacity","beds_total":400"#, r#""admit""#);
+        assert_eq!(
+            d.decode(admit.as_bytes(), None, NOW).unwrap_err(),
+            Reject::new(RejectReason::MissingField, "person_id")
+        );
+    }
+
+    #[test]
+    fn route_reads_source_and_district() {
+        let r = route(checkpoint("").as_bytes()).unwrap();
+        assert_eq!(r.source, Source::Checkpoint);
+        assert_eq!(r.district, "500101");
+        assert_eq!(route(b"{").unwrap_err().reason, RejectReason::NotJson);
+    }
+}

@@ -1,0 +1,580 @@
+//! Kafka plumbing: the embedded cluster, client configuration, the producers
+//! that feed the source topics (replay, simulator) and the dead-letter
+//! producer.
+//!
+//! Everything goes through librdkafka. The embedded cluster is librdkafka's
+//! in-process mock cluster, reached over loopback like any broker. It keeps
+//! only the newest 5 MiB or 100,000 message sets of a partition and silently
+//! drops older ones, so a producer feeding it must not run ahead of the
+//! consumer: [`FlowControl`] bounds the bytes in flight per partition.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use crate::event::{route, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC};
+
+/// Every topic paicha creates in the embedded cluster.
+pub fn all_topics() -> Vec<&'static str> {
+    let mut t: Vec<&'static str> = Source::ALL.iter().map(|s| s.topic()).collect();
+    t.push(DEAD_LETTER_TOPIC);
+    t.push(ALERTS_TOPIC);
+    t
+}
+
+/// librdkafka's in-process mock cluster with paicha's topics.
+pub struct EmbeddedCluster {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl EmbeddedCluster {
+    /// Starts a mock cluster of `brokers` brokers and creates every topic
+    /// with `partitions` partitions.
+    pub fn start(brokers: i32, partitions: i32) -> Result<Self> {
+        let cluster = MockCluster::new(brokers).context("cannot start the embedded Kafka")?;
+        for topic in all_topics() {
+            cluster
+                .create_topic(topic, partitions, 1)
+                .with_context(|| format!("cannot create topic {topic}"))?;
+        }
+        Ok(EmbeddedCluster { cluster })
+    }
+
+    /// The bootstrap servers other clients (and processes) connect to.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+/// The configuration every paicha client starts from.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "paicha")
+        // librdkafka logs through its own logger; keep it to real problems.
+        .set("log_level", "3");
+    c
+}
+
+/// Bounds the bytes produced but not yet processed, per partition of each
+/// source topic, so the embedded cluster never drops unconsumed data.
+#[derive(Debug)]
+pub struct FlowControl {
+    partitions: usize,
+    limit: i64,
+    in_flight: Vec<AtomicI64>,
+    closed: AtomicBool,
+}
+
+impl FlowControl {
+    /// Limit of `limit_bytes` in flight per partition, for topics of
+    /// `partitions` partitions.
+    pub fn new(partitions: usize, limit_bytes: i64) -> Arc<Self> {
+        Arc::new(FlowControl {
+            partitions,
+            limit: limit_bytes,
+            in_flight: (0..partitions * Source::ALL.len())
+                .map(|_| AtomicI64::new(0))
+                .collect(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn slot(&self, source: Source, partition: i32) -> Option<&AtomicI64> {
+        let p = usize::try_from(partition).ok().filter(|p| *p < self.partitions)?;
+        self.in_flight.get(source as usize * self.partitions + p)
+    }
+
+    /// Whether `bytes` more may be produced to the partition now.
+    pub fn has_room(&self, source: Source, partition: i32, bytes: usize) -> bool {
+        match self.slot(source, partition) {
+            // A message larger than the limit still goes through when the
+            // partition is empty, or it would wait forever.
+            Some(s) => {
+                let cur = s.load(Ordering::Acquire);
+                cur == 0 || cur + bytes as i64 <= self.limit
+            }
+            None => true,
+        }
+    }
+
+    /// Records `bytes` produced to the partition.
+    pub fn produced(&self, source: Source, partition: i32, bytes: usize) {
+        if let Some(s) = self.slot(source, partition) {
+            s.fetch_add(bytes as i64, Ordering::AcqRel);
+        }
+    }
+
+    /// Records `bytes` of the partition processed by the consumer.
+    pub fn processed(&self, source: Source, partition: i32, bytes: usize) {
+        if let Some(s) = self.slot(source, partition) {
+            s.fetch_sub(bytes as i64, Ordering::AcqRel);
+        }
+    }
+
+    /// Tells a waiting producer to give up (the consumer stopped).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Whether [`FlowControl::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Counts failed deliveries so a producer can refuse to report success.
+/// Clones share the counts.
+#[derive(Default, Clone)]
+pub struct DeliveryCounter {
+    failed: Arc<AtomicU64>,
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+impl DeliveryCounter {
+    /// Deliveries that failed.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The first delivery error, if any.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// A producer whose failed deliveries are counted.
+pub type CountingProducer = BaseProducer<DeliveryCounter>;
+
+/// An idempotent producer (`acks=all`) tuned for batched throughput.
+pub fn producer(brokers: &str) -> Result<(CountingProducer, DeliveryCounter)> {
+    let counter = DeliveryCounter::default();
+    let p = client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "2000000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create_with_context(counter.clone())
+        .context("cannot create Kafka producer")?;
+    Ok((p, counter))
+}
+
+/// Sends one record, waiting while librdkafka's queue is full.
+pub fn send(
+    producer: &CountingProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(anyhow!("cannot produce to {topic}: {e}")),
+        }
+    }
+}
+
+/// Waits until every message is delivered; fails if any delivery failed.
+pub fn finish(producer: &CountingProducer, counter: &DeliveryCounter) -> Result<()> {
+    producer
+        .flush(Duration::from_secs(60))
+        .context("Kafka did not acknowledge every message within 60 s")?;
+    if counter.failed() > 0 {
+        bail!(
+            "{} messages were not delivered to Kafka (first error: {})",
+            counter.failed(),
+            counter.first_error().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The headers of a dead-letter message: where the original came from and
+/// why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterHeaders {
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Field concerned, if any.
+    pub field: Option<String>,
+    /// Original topic, or `file:NAME`.
+    pub topic: String,
+    /// Original partition, if from Kafka.
+    pub partition: Option<i32>,
+    /// Original offset, or line number in a file.
+    pub offset: i64,
+    /// Line within a batched message.
+    pub line: i32,
+}
+
+impl DeadLetterHeaders {
+    /// As Kafka headers.
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        let partition = self.partition.map(|p| p.to_string());
+        let offset = self.offset.to_string();
+        let line = self.line.to_string();
+        let mut h = OwnedHeaders::new_with_capacity(6)
+            .insert(Header {
+                key: "reason",
+                value: Some(self.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "topic",
+                value: Some(self.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "offset",
+                value: Some(offset.as_bytes()),
+            })
+            .insert(Header {
+                key: "line",
+                value: Some(line.as_bytes()),
+            });
+        if let Some(f) = &self.field {
+            h = h.insert(Header {
+                key: "field",
+                value: Some(f.as_bytes()),
+            });
+        }
+        if let Some(p) = &partition {
+            h = h.insert(Header {
+                key: "partition",
+                value: Some(p.as_bytes()),
+            });
+        }
+        h
+    }
+
+    /// Reads the headers of a dead-letter message; `None` if it lacks the
+    /// required ones (not written by paicha).
+    pub fn from_kafka<'a>(headers: impl Iterator<Item = Header<'a, &'a [u8]>>) -> Option<Self> {
+        let mut map: BTreeMap<&str, &str> = BTreeMap::new();
+        for h in headers {
+            if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                map.insert(h.key, v);
+            }
+        }
+        Some(DeadLetterHeaders {
+            reason: map.get("reason")?.to_string(),
+            field: map.get("field").map(|s| s.to_string()),
+            topic: map.get("topic")?.to_string(),
+            partition: map.get("partition").and_then(|p| p.parse().ok()),
+            offset: map.get("offset")?.parse().ok()?,
+            line: map.get("line").and_then(|p| p.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+impl DeadLetterHeaders {
+    /// Headers for a reject of `line` within a message at `topic/partition/offset`.
+    pub fn for_reject(reject: &Reject, topic: &str, partition: Option<i32>, offset: i64, line: i32) -> Self {
+        DeadLetterHeaders {
+            reason: reject.reason.as_str().to_string(),
+            field: reject.field.map(str::to_string),
+            topic: topic.to_string(),
+            partition,
+            offset,
+            line,
+        }
+    }
+}
+
+/// The number of partitions of `topic`; an error if it does not exist.
+pub fn partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32> {
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("cannot reach Kafka to read topic {topic}"))?;
+    let n = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    if n == 0 {
+        bail!("topic {topic} does not exist");
+    }
+    Ok(n)
+}
+
+/// The partition a district's events go to: a stable hash of the code, so
+/// every producer paicha runs agrees and a district stays in one partition.
+pub fn partition_for(district: &str, partitions: i32) -> i32 {
+    let h = district
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    (h % partitions.max(1) as u32) as i32
+}
+
+/// How the batching producer groups lines into messages.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Most events in one message.
+    pub max_events: usize,
+    /// Most bytes in one message.
+    pub max_bytes: usize,
+    /// Every this many input lines, all pending batches are sent, so no
+    /// event waits long behind a slow district (it would arrive late).
+    pub flush_every_lines: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_events: 500,
+            max_bytes: 512 * 1024,
+            flush_every_lines: 2000,
+        }
+    }
+}
+
+/// What a producing run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProduceSummary {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines produced to a source topic.
+    pub events: u64,
+    /// Messages produced to source topics.
+    pub messages: u64,
+    /// Lines that could not be routed, sent to the dead-letter topic.
+    pub unroutable: u64,
+    /// Unroutable lines per reason.
+    pub unroutable_by_reason: BTreeMap<String, u64>,
+}
+
+/// Produces JSON lines to the source topics in batched messages (events.md:
+/// one source and district per message, JSON lines, at most 1 MiB).
+pub struct BatchProducer {
+    producer: CountingProducer,
+    counter: DeliveryCounter,
+    partitions: [i32; 5],
+    batching: Batching,
+    flow: Option<Arc<FlowControl>>,
+    pending: BTreeMap<(Source, String), (Vec<u8>, usize)>,
+    /// Events per second, if paced (the live simulator).
+    rate: Option<f64>,
+    started: Instant,
+    summary: ProduceSummary,
+}
+
+impl BatchProducer {
+    /// A producer to `brokers`; the source topics must exist.
+    pub fn new(brokers: &str, batching: Batching, flow: Option<Arc<FlowControl>>) -> Result<Self> {
+        let (producer, counter) = producer(brokers)?;
+        let mut partitions = [0; 5];
+        for s in Source::ALL {
+            partitions[s as usize] = self::partitions(producer.client(), s.topic())?;
+        }
+        Ok(BatchProducer {
+            producer,
+            counter,
+            partitions,
+            batching,
+            flow,
+            pending: BTreeMap::new(),
+            rate: None,
+            started: Instant::now(),
+            summary: ProduceSummary::default(),
+        })
+    }
+
+    /// Paces production to `events_per_second`.
+    pub fn paced(mut self, events_per_second: f64) -> Self {
+        self.rate = Some(events_per_second.max(0.001));
+        self
+    }
+
+    /// Adds one line; `origin` names the input for dead letters (`file:NAME`)
+    /// and `line_no` is its 1-based line number there.
+    pub fn line(&mut self, line: &[u8], origin: &str, line_no: u64) -> Result<()> {
+        self.summary.lines += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        match route(line) {
+            Ok(r) => {
+                let key = (r.source, r.district);
+                let max_bytes = self.batching.max_bytes;
+                let max_events = self.batching.max_events;
+                let full = {
+                    let (buf, n) = self.pending.entry(key.clone()).or_default();
+                    if !buf.is_empty() {
+                        buf.push(b'\n');
+                    }
+                    buf.extend_from_slice(line);
+                    *n += 1;
+                    *n >= max_events || buf.len() >= max_bytes
+                };
+                self.summary.events += 1;
+                if full {
+                    if let Some((buf, _)) = self.pending.remove(&key) {
+                        self.send_batch(key.0, &key.1, &buf)?;
+                    }
+                }
+            }
+            Err(reject) => {
+                self.summary.unroutable += 1;
+                *self
+                    .summary
+                    .unroutable_by_reason
+                    .entry(reject.reason.as_str().to_string())
+                    .or_default() += 1;
+                let h = DeadLetterHeaders::for_reject(&reject, origin, None, line_no as i64, 0);
+                send(&self.producer, DEAD_LETTER_TOPIC, None, b"", line, Some(h.to_kafka()))?;
+            }
+        }
+        if self.summary.lines % self.batching.flush_every_lines == 0 {
+            self.flush_batches()?;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn send_batch(&mut self, source: Source, district: &str, buf: &[u8]) -> Result<()> {
+        let partition = partition_for(district, self.partitions[source as usize]);
+        if let Some(flow) = &self.flow {
+            while !flow.has_room(source, partition, buf.len()) {
+                if flow.is_closed() {
+                    bail!("the consumer stopped before every event was produced");
+                }
+                self.producer.poll(Duration::from_millis(1));
+            }
+            flow.produced(source, partition, buf.len());
+        }
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.summary.events as f64 / rate);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+        send(
+            &self.producer,
+            source.topic(),
+            Some(partition),
+            district.as_bytes(),
+            buf,
+            None,
+        )?;
+        self.summary.messages += 1;
+        Ok(())
+    }
+
+    /// Sends every pending batch.
+    pub fn flush_batches(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for ((source, district), (buf, _)) in pending {
+            self.send_batch(source, &district, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a JSON-lines input to its end and produces every line.
+    pub fn produce_reader(&mut self, input: impl BufRead, origin: &str) -> Result<()> {
+        let mut line_no = 0u64;
+        for line in input.split(b'\n') {
+            let mut line = line.with_context(|| format!("cannot read {origin}"))?;
+            line_no += 1;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.line(&line, origin, line_no)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is pending and waits for Kafka to acknowledge everything.
+    pub fn finish(mut self) -> Result<ProduceSummary> {
+        self.flush_batches()?;
+        finish(&self.producer, &self.counter)?;
+        Ok(self.summary)
+    }
+
+    /// What was produced so far.
+    pub fn summary(&self) -> &ProduceSummary {
+        &self.summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitioning_is_stable_and_in_range() {
+        for p in 1..8 {
+            let x = partition_for("500103", p);
+            assert!((0..p).contains(&x));
+            assert_eq!(x, partition_for("500103", p));
+        }
+    }
+
+    #[test]
+    fn flow_control_bounds_bytes_in_flight() {
+        let f = FlowControl::new(2, 100);
+        assert!(f.has_room(Source::Pharmacy, 1, 500));
+        f.produced(Source::Pharmacy, 1, 60);
+        assert!(f.has_room(Source::Pharmacy, 1, 40));
+        assert!(!f.has_room(Source::Pharmacy, 1, 41));
+        assert!(f.has_room(Source::Pharmacy, 0, 41));
+        f.processed(Source::Pharmacy, 1, 60);
+        assert!(f.has_room(Source::Pharmacy, 1, 100));
+    }
+
+    #[test]
+    fn dead_letter_headers_round_trip() {
+        use rdkafka::message::Headers;
+        let h = DeadLetterHeaders {
+            reason: "not_json".into(),
+            field: Some("temperature_c".into()),
+            topic: "screening.checkpoint".into(),
+            partition: Some(3),
+            offset: 42,
+            line: 7,
+        };
+        let k = h.to_kafka();
+        assert_eq!(DeadLetterHeaders::from_kafka(k.iter()), Some(h));
+    }
+}

@@ -1,0 +1,9 @@
+//! The ingest edge of paicha: the event contract (types, decoding and
+//! validation), pseudonymization, the registries, the Kafka source and
+//! producers, dead letters and the simulator.
+
+pub mod event;
+pub mod kafka;
+pub mod metrics;
+pub mod pseudonym;
+pub mod registry;

@@ -1,0 +1,116 @@
+//! The pipeline's Prometheus metrics, named by Prometheus conventions
+//! (`paicha_<what>_<unit>_total` for counters), with low-cardinality labels.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::event::{RejectReason, Source};
+
+/// Every metric the pipeline updates.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `GET /metrics` exposes.
+    pub registry: Registry,
+    /// Events decoded and valid, by source (before dedupe).
+    pub events_consumed: IntCounterVec,
+    /// Events counted once after dedupe, by source.
+    pub events_accepted: IntCounterVec,
+    /// Events whose id was already counted, by source.
+    pub events_duplicate: IntCounterVec,
+    /// Events refused, by source topic and reason.
+    pub events_rejected: IntCounterVec,
+    /// Messages written to the dead-letter topic.
+    pub dead_letters_produced: IntCounter,
+    /// Kafka messages consumed, by topic.
+    pub messages_consumed: IntCounterVec,
+    /// The pipeline watermark, seconds since the epoch.
+    pub watermark_seconds: IntGauge,
+    /// Next offset to consume, by topic and partition.
+    pub consumer_position: IntGaugeVec,
+    /// Checkpoints committed.
+    pub checkpoints: IntCounter,
+    /// Time to write and commit a checkpoint.
+    pub checkpoint_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let m = Metrics {
+            events_consumed: counter_vec(
+                "paicha_events_consumed_total",
+                "Valid events decoded, by source, before deduplication.",
+                &["source"],
+            )?,
+            events_accepted: counter_vec(
+                "paicha_events_accepted_total",
+                "Events counted (first delivery of an event_id), by source.",
+                &["source"],
+            )?,
+            events_duplicate: counter_vec(
+                "paicha_events_duplicate_total",
+                "Events whose event_id was already counted, by source.",
+                &["source"],
+            )?,
+            events_rejected: counter_vec(
+                "paicha_events_rejected_total",
+                "Events refused and sent to the dead-letter topic, by topic source and reason.",
+                &["source", "reason"],
+            )?,
+            messages_consumed: counter_vec(
+                "paicha_kafka_messages_consumed_total",
+                "Kafka messages consumed, by topic.",
+                &["topic"],
+            )?,
+            dead_letters_produced: IntCounter::new(
+                "paicha_dead_letters_produced_total",
+                "Messages written to screening.dead_letter.",
+            )?,
+            watermark_seconds: IntGauge::new(
+                "paicha_watermark_seconds",
+                "The pipeline's event-time watermark, seconds since the Unix epoch.",
+            )?,
+            consumer_position: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_kafka_consumer_position",
+                    "Next offset to consume, by topic and partition.",
+                ),
+                &["topic", "partition"],
+            )?,
+            checkpoints: IntCounter::new(
+                "paicha_checkpoints_total",
+                "Checkpoints committed to the data directory.",
+            )?,
+            checkpoint_duration: Histogram::with_opts(HistogramOpts::new(
+                "paicha_checkpoint_duration_seconds",
+                "Time to write a checkpoint's files and commit its manifest.",
+            ))?,
+            registry,
+        };
+        m.registry
+            .register(Box::new(m.dead_letters_produced.clone()))?;
+        m.registry.register(Box::new(m.watermark_seconds.clone()))?;
+        m.registry.register(Box::new(m.consumer_position.clone()))?;
+        m.registry.register(Box::new(m.checkpoints.clone()))?;
+        m.registry
+            .register(Box::new(m.checkpoint_duration.clone()))?;
+        // Show every series from the start, so rates and alerts see zeros.
+        for s in Source::ALL {
+            m.events_consumed.with_label_values(&[s.as_str()]);
+            m.events_accepted.with_label_values(&[s.as_str()]);
+            m.events_duplicate.with_label_values(&[s.as_str()]);
+            for r in RejectReason::ALL {
+                m.events_rejected
+                    .with_label_values(&[s.as_str(), r.as_str()]);
+            }
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,309 @@
+//! The data directory: Parquet files per table partitioned by day, and the
+//! manifest that commits them.
+//!
+//! Layout:
+//!
+//! ```text
+//! DATA/
+//!   _paicha/manifest.json         the commit point: files, offsets, state
+//!   _paicha/state/dedupe-N.bin    ids added by checkpoint N
+//!   _paicha/registry/*.csv        the registries the data was validated with
+//!   _paicha/tmp/                  files being written (never read)
+//!   symptom_counts/day=YYYY-MM-DD/part-N-K.parquet
+//!   dead_letters/day=YYYY-MM-DD/part-N-K.parquet
+//! ```
+//!
+//! A checkpoint writes its files under `_paicha/tmp/`, renames each into
+//! place (an atomic rename: no reader sees a half-written file), then
+//! replaces `manifest.json` by an atomic rename. Only files the manifest
+//! lists are part of a table; anything else under a table directory is the
+//! leftover of a checkpoint that crashed before its commit, and is deleted
+//! when the pipeline next opens the directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+/// The manifest's format marker.
+pub const FORMAT: &str = "paicha/1";
+/// Directory of paicha's own files inside the data directory.
+pub const META_DIR: &str = "_paicha";
+
+/// Kafka position of one partition covered by the committed files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The next offset to consume.
+    pub next: i64,
+    /// Highest event time delivered so far (for the watermark), if any.
+    #[serde(default)]
+    pub max_event_time: Option<i64>,
+}
+
+/// An open window's counts carried from one checkpoint to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWindow {
+    /// Window start, µs since the epoch.
+    pub window_start: i64,
+    /// District code.
+    pub district: String,
+    /// Source name.
+    pub source: String,
+    /// Counts in the order of the table's count columns.
+    pub counts: Vec<i64>,
+}
+
+/// The commit point of the data directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Sequence number of the last committed checkpoint.
+    pub checkpoint: u64,
+    /// Window size the data was built with, µs.
+    pub window_micros: i64,
+    /// Reporting time zone the day partitions use.
+    pub time_zone: String,
+    /// Files of each table, relative to the data directory.
+    pub tables: BTreeMap<String, Vec<String>>,
+    /// Dedupe files, relative to the data directory.
+    pub dedupe: Vec<String>,
+    /// Windows not yet final, with their counts so far.
+    pub open_windows: Vec<OpenWindow>,
+    /// Kafka positions the committed files cover.
+    pub offsets: Vec<Offset>,
+    /// The pipeline watermark at the commit, µs.
+    pub watermark: Option<i64>,
+}
+
+/// A paicha data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens `root` for writing, creating it if needed. Refuses a directory
+    /// that holds other files but is not paicha's.
+    pub fn create(root: &Path) -> Result<Self> {
+        if root.exists() {
+            if !root.is_dir() {
+                bail!("data directory {} is not a directory", root.display());
+            }
+            let has_files = fs::read_dir(root)
+                .with_context(|| format!("cannot read data directory {}", root.display()))?
+                .next()
+                .is_some();
+            if has_files && !root.join(META_DIR).is_dir() {
+                bail!(
+                    "{} is not a paicha data directory (it has files but no {META_DIR}/); give an empty or new directory",
+                    root.display()
+                );
+            }
+        }
+        for d in ["state", "tmp", "registry"] {
+            let p = root.join(META_DIR).join(d);
+            fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing data directory for reading.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join(META_DIR).join("manifest.json").is_file() {
+            bail!(
+                "{} is not a paicha data directory (no {META_DIR}/manifest.json)",
+                root.display()
+            );
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.root.join(META_DIR).join("manifest.json")
+    }
+
+    /// The committed manifest, or `None` for a new directory.
+    pub fn manifest(&self) -> Result<Option<Manifest>> {
+        let path = self.manifest_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let m: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        if m.format != FORMAT {
+            bail!(
+                "{} has format `{}`, this paicha reads `{FORMAT}`",
+                path.display(),
+                m.format
+            );
+        }
+        Ok(Some(m))
+    }
+
+    /// Commits `manifest` atomically: the files it lists must already be in
+    /// place.
+    pub fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let tmp = self.root.join(META_DIR).join("tmp").join("manifest.json");
+        let bytes = serde_json::to_vec(manifest)?;
+        write_synced(&tmp, &bytes)?;
+        fs::rename(&tmp, self.manifest_path()).context("cannot commit manifest")?;
+        sync_dir(&self.root.join(META_DIR))
+    }
+
+    /// Writes `bytes` to `rel` (relative to the data directory) by way of a
+    /// temporary file and a rename.
+    pub fn write_file(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path(rel);
+        write_synced(&tmp, bytes)?;
+        self.place(&tmp, rel)
+    }
+
+    /// Writes record batches as one Parquet file at `rel`, atomically.
+    pub fn write_parquet(&self, rel: &str, batches: &[RecordBatch]) -> Result<()> {
+        let Some(first) = batches.first() else {
+            bail!("no rows to write to {rel}");
+        };
+        let tmp = self.tmp_path(rel);
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))?;
+        for b in batches {
+            w.write(b)?;
+        }
+        let file = w.into_inner()?;
+        file.sync_all()?;
+        self.place(&tmp, rel)
+    }
+
+    fn tmp_path(&self, rel: &str) -> PathBuf {
+        self.root
+            .join(META_DIR)
+            .join("tmp")
+            .join(rel.replace('/', "__"))
+    }
+
+    fn place(&self, tmp: &Path, rel: &str) -> Result<()> {
+        let dst = self.root.join(rel);
+        if let Some(dir) = dst.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        fs::rename(tmp, &dst).with_context(|| format!("cannot move file into {}", dst.display()))
+    }
+
+    /// Deletes files under the table directories and `_paicha/state` that
+    /// `manifest` does not list, and everything in `_paicha/tmp`: the
+    /// leftovers of a checkpoint that never committed. Returns how many.
+    pub fn remove_uncommitted(&self, manifest: &Manifest, tables: &[&str]) -> Result<usize> {
+        let keep: BTreeSet<PathBuf> = manifest
+            .tables
+            .values()
+            .flatten()
+            .chain(manifest.dedupe.iter())
+            .map(|rel| self.root.join(rel))
+            .collect();
+        let mut removed = 0;
+        let mut dirs: Vec<PathBuf> = tables.iter().map(|t| self.root.join(t)).collect();
+        dirs.push(self.root.join(META_DIR).join("state"));
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if !keep.contains(&path) {
+                    fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.root.join(META_DIR).join("tmp")) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // A directory fsync makes the rename durable; not every platform allows
+    // opening a directory, and there the rename is the best we can do.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_directory_that_is_not_paichas() {
+        let dir = std::env::temp_dir().join(format!("paicha-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("thesis.docx"), b"x").unwrap();
+        let err = Store::create(&dir).unwrap_err().to_string();
+        assert!(err.contains("not a paicha data directory"), "{err}");
+        assert!(Store::open(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn commit_and_cleanup_of_uncommitted_files() {
+        let dir = std::env::temp_dir().join(format!("paicha-store2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::create(&dir).unwrap();
+        assert!(store.manifest().unwrap().is_none());
+        store.write_file("t/day=1/a.bin", b"a").unwrap();
+        store.write_file("t/day=1/b.bin", b"b").unwrap();
+        let m = Manifest {
+            format: FORMAT.into(),
+            checkpoint: 1,
+            tables: [("t".to_string(), vec!["t/day=1/a.bin".to_string()])].into(),
+            ..Default::default()
+        };
+        store.commit(&m).unwrap();
+        assert_eq!(Store::open(&dir).unwrap().manifest().unwrap(), Some(m.clone()));
+        assert_eq!(store.remove_uncommitted(&m, &["t"]).unwrap(), 1);
+        assert!(dir.join("t/day=1/a.bin").exists());
+        assert!(!dir.join("t/day=1/b.bin").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

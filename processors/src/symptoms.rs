@@ -1,0 +1,251 @@
+//! `symptom_counts`: hourly event-time tumbling windows per district × source
+//! for the checkpoint, pharmacy and door-visit sources.
+//!
+//! Rows are written when the watermark passes the window's end. An event
+//! that arrives after its window was written opens a fresh entry for the same
+//! key holding only the new counts; it is written with the next checkpoint as
+//! a correction row, and the `symptom_counts` view sums all rows of a key, so
+//! a query sees one row per key with the exact total.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use paicha_ingest::event::{Event, Source, SYMPTOM_NAMES};
+use paicha_ingest::registry::Registry;
+
+use crate::store::OpenWindow;
+use crate::time::Windows;
+
+/// Count columns of `symptom_counts`, in order.
+pub const COUNT_COLUMNS: [&str; 8] = [
+    "events",
+    "suspicious",
+    "fever",
+    "cough",
+    "sore_throat",
+    "shortness_of_breath",
+    "fatigue",
+    "diarrhea",
+];
+
+/// The sources `symptom_counts` covers.
+pub fn counted(source: Source) -> bool {
+    matches!(
+        source,
+        Source::Checkpoint | Source::Pharmacy | Source::DoorVisit
+    )
+}
+
+/// A window key: start (µs), district index, source.
+pub type Key = (i64, u16, Source);
+
+/// Counts of one window, in the order of [`COUNT_COLUMNS`].
+pub type Counts = [i64; 8];
+
+/// The Arrow schema of stored `symptom_counts` rows.
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("district_name", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+    ];
+    fields.extend(
+        COUNT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Open windows and the final ones not yet written.
+#[derive(Debug)]
+pub struct SymptomWindows {
+    windows: Windows,
+    state: HashMap<Key, Counts>,
+}
+
+impl SymptomWindows {
+    /// Empty state for windows of the given size.
+    pub fn new(windows: Windows) -> Self {
+        SymptomWindows {
+            windows,
+            state: HashMap::with_capacity(1024),
+        }
+    }
+
+    /// Counts one (deduplicated) event.
+    pub fn add(&mut self, e: &Event) {
+        let source = e.source();
+        if !counted(source) {
+            return;
+        }
+        let key = (self.windows.start(e.event_time), e.district, source);
+        let c = self.state.entry(key).or_insert([0; 8]);
+        let symptoms = e.symptoms();
+        c[0] += 1;
+        c[1] += e.suspicious() as i64;
+        c[2] += e.fever() as i64;
+        for (i, slot) in c[3..].iter_mut().enumerate() {
+            // Columns 3.. are the symptoms after `fever`.
+            *slot += symptoms.has(i + 1) as i64;
+        }
+    }
+
+    /// Removes and returns, sorted by key, every window whose end is at or
+    /// before `watermark`.
+    pub fn take_final(&mut self, watermark: i64) -> Vec<(Key, Counts)> {
+        let size = self.windows.size();
+        let mut done: Vec<(Key, Counts)> = Vec::new();
+        self.state.retain(|k, c| {
+            if k.0.saturating_add(size) <= watermark {
+                done.push((*k, *c));
+                false
+            } else {
+                true
+            }
+        });
+        done.sort_unstable_by_key(|(k, _)| *k);
+        done
+    }
+
+    /// The windows still open, sorted, for the checkpoint.
+    pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
+        let mut rows: Vec<_> = self.state.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| **k);
+        rows.into_iter()
+            .map(|((start, d, s), c)| OpenWindow {
+                window_start: *start,
+                district: registry.district(*d).district.clone(),
+                source: s.as_str().to_string(),
+                counts: c.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Restores windows saved by [`SymptomWindows::open`]; rows naming a
+    /// district or source this registry does not know are returned as errors.
+    pub fn restore(&mut self, rows: &[OpenWindow], registry: &Registry) -> Result<(), String> {
+        for r in rows {
+            let d = registry
+                .district_id(&r.district)
+                .ok_or_else(|| format!("checkpoint names unknown district {}", r.district))?;
+            let s = Source::parse(&r.source)
+                .ok_or_else(|| format!("checkpoint names unknown source {}", r.source))?;
+            let mut c = [0; 8];
+            if r.counts.len() != c.len() {
+                return Err("checkpoint window has the wrong number of counts".into());
+            }
+            c.copy_from_slice(&r.counts);
+            self.state.insert((r.window_start, d, s), c);
+        }
+        Ok(())
+    }
+
+    /// Number of windows held.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// The window arithmetic in use.
+    pub fn windows(&self) -> Windows {
+        self.windows
+    }
+}
+
+/// Builds `symptom_counts` rows.
+pub fn batch(
+    rows: &[(Key, Counts)],
+    windows: Windows,
+    registry: &Registry,
+) -> arrow::error::Result<RecordBatch> {
+    let n = rows.len();
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut district = StringBuilder::with_capacity(n, n * 6);
+    let mut name = StringBuilder::with_capacity(n, n * 10);
+    let mut source = StringBuilder::with_capacity(n, n * 10);
+    let mut counts: Vec<Int64Builder> = (0..COUNT_COLUMNS.len())
+        .map(|_| Int64Builder::with_capacity(n))
+        .collect();
+    for ((s, d, src), c) in rows {
+        start.append_value(*s);
+        end.append_value(windows.end(*s));
+        let dist = registry.district(*d);
+        district.append_value(&dist.district);
+        name.append_value(&dist.name);
+        source.append_value(src.as_str());
+        for (b, v) in counts.iter_mut().zip(c) {
+            b.append_value(*v);
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(district.finish()),
+        Arc::new(name.finish()),
+        Arc::new(source.finish()),
+    ];
+    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    RecordBatch::try_new(schema(), cols)
+}
+
+// Keeps the column list in step with the contract's symptom names.
+const _: () = assert!(SYMPTOM_NAMES.len() + 2 == COUNT_COLUMNS.len());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::HOUR_MICROS;
+    use paicha_ingest::event::{Body, Disposition, Symptoms};
+
+    fn checkpoint(t: i64, temp: f64, symptoms: u8) -> Event {
+        Event {
+            event_id: "x".into(),
+            event_time: t,
+            district: 0,
+            body: Body::Checkpoint {
+                checkpoint_id: "c".into(),
+                person_key: "p".into(),
+                vehicle_key: None,
+                temperature_c: temp,
+                mask: true,
+                symptoms: Symptoms(symptoms),
+                came_from: None,
+                disposition: Disposition::Pass,
+            },
+        }
+    }
+
+    #[test]
+    fn counts_each_column_and_finalizes_by_watermark() {
+        let mut w = SymptomWindows::new(Windows::new(HOUR_MICROS));
+        w.add(&checkpoint(10, 36.5, 0));
+        w.add(&checkpoint(20, 38.0, 0b10)); // fever by temperature, cough
+        w.add(&checkpoint(HOUR_MICROS, 36.5, 0b1)); // fever named, next window
+        assert_eq!(w.take_final(HOUR_MICROS - 1), vec![]);
+        let done = w.take_final(HOUR_MICROS);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].1, [2, 1, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(w.len(), 1);
+        let reg = Registry::builtin().unwrap();
+        let open = w.open(&reg);
+        let mut again = SymptomWindows::new(Windows::new(HOUR_MICROS));
+        again.restore(&open, &reg).unwrap();
+        let last = again.take_final(i64::MAX);
+        assert_eq!(last[0].1, [1, 1, 1, 0, 0, 0, 0, 0]);
+        let b = batch(&last, Windows::new(HOUR_MICROS), &reg).unwrap();
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(b.num_columns(), 13);
+    }
+}

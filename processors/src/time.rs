@@ -1,0 +1,125 @@
+//! Event-time arithmetic: tumbling windows aligned to the epoch (so hourly
+//! windows start on the hour in every whole-hour time zone) and calendar days
+//! in the reporting time zone.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// Microseconds in one hour.
+pub const HOUR_MICROS: i64 = 3_600_000_000;
+/// Microseconds in one day.
+pub const DAY_MICROS: i64 = 24 * HOUR_MICROS;
+
+/// Tumbling windows of a fixed size, aligned to multiples of the size since
+/// the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    size: i64,
+}
+
+impl Windows {
+    /// Windows of `size_micros` (must be positive).
+    pub fn new(size_micros: i64) -> Self {
+        Windows {
+            size: size_micros.max(1),
+        }
+    }
+
+    /// The window size in microseconds.
+    pub fn size(self) -> i64 {
+        self.size
+    }
+
+    /// Start of the window holding `t`: windows are `[start, start + size)`,
+    /// so an event exactly on a boundary opens the next window.
+    pub fn start(self, t: i64) -> i64 {
+        t.div_euclid(self.size) * self.size
+    }
+
+    /// End (exclusive) of the window starting at `start`.
+    pub fn end(self, start: i64) -> i64 {
+        start + self.size
+    }
+}
+
+/// The calendar of the reporting time zone (default `Asia/Shanghai`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calendar {
+    tz: Tz,
+}
+
+impl Calendar {
+    /// A calendar in the named IANA time zone.
+    pub fn new(tz_name: &str) -> Result<Self, String> {
+        tz_name
+            .parse::<Tz>()
+            .map(|tz| Calendar { tz })
+            .map_err(|_| format!("unknown time zone `{tz_name}`"))
+    }
+
+    /// The calendar day holding instant `t` (microseconds, UTC).
+    pub fn day(self, t: i64) -> NaiveDate {
+        let utc = DateTime::<Utc>::from_timestamp_micros(t).unwrap_or_default();
+        self.tz.from_utc_datetime(&utc.naive_utc()).date_naive()
+    }
+
+    /// The time zone's name.
+    pub fn name(self) -> &'static str {
+        self.tz.name()
+    }
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            tz: chrono_tz::Asia::Shanghai,
+        }
+    }
+}
+
+/// Days since 1970-01-01, as Arrow's `Date32` counts them.
+pub fn date32(day: NaiveDate) -> i32 {
+    (day - NaiveDate::default()).num_days() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn micros(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn hourly_windows_start_on_the_hour() {
+        let w = Windows::new(HOUR_MICROS);
+        let t = micros("2020-01-27T09:15:00+08:00");
+        assert_eq!(w.start(t), micros("2020-01-27T01:00:00Z"));
+        assert_eq!(w.end(w.start(t)), micros("2020-01-27T02:00:00Z"));
+    }
+
+    #[test]
+    fn an_event_on_a_boundary_belongs_to_the_window_it_opens() {
+        let w = Windows::new(HOUR_MICROS);
+        let t = micros("2020-01-27T10:00:00+08:00");
+        assert_eq!(w.start(t), t);
+        assert_eq!(w.start(t - 1), t - HOUR_MICROS);
+    }
+
+    #[test]
+    fn windows_before_the_epoch_floor_downwards() {
+        let w = Windows::new(HOUR_MICROS);
+        assert_eq!(w.start(-1), -HOUR_MICROS);
+    }
+
+    #[test]
+    fn days_are_in_the_reporting_time_zone() {
+        let c = Calendar::default();
+        // 16:00 UTC on the 26th is midnight of the 27th in Shanghai.
+        let t = micros("2020-01-26T16:00:00Z");
+        assert_eq!(c.day(t), NaiveDate::from_ymd_opt(2020, 1, 27).unwrap());
+        assert_eq!(c.day(t - 1), NaiveDate::from_ymd_opt(2020, 1, 26).unwrap());
+        assert_eq!(date32(NaiveDate::from_ymd_opt(1970, 1, 2).unwrap()), 1);
+        assert!(Calendar::new("Mars/Olympus").is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! The SQL surface of paicha: a DataFusion catalog over a data directory's
+//! committed Parquet files and registries, and the formats results are
+//! printed in.
+//!
+//! Only files the manifest lists are read, so a query never sees the files of
+//! a checkpoint that has not committed. Stored windowed tables may hold
+//! correction rows for late events; the public tables are views that fold
+//! them, so `SELECT * FROM symptom_counts` shows one row per key.
+
+pub mod http;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use paicha_ingest::registry::Registry;
+use paicha_processors::store::{Store, META_DIR};
+use paicha_processors::symptoms::COUNT_COLUMNS;
+use paicha_processors::{dead_letters, symptoms};
+
+/// Schema holding the stored rows behind the folding views.
+pub const INTERNAL_SCHEMA: &str = "paicha_internal";
+
+/// A session over the committed state of a data directory.
+pub async fn open(data_dir: &Path) -> Result<SessionContext> {
+    let store = Store::open(data_dir)?;
+    let manifest = store.manifest()?.unwrap_or_default();
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public"),
+    );
+    let internal = Arc::new(MemorySchemaProvider::new());
+    let catalog = ctx
+        .catalog("datafusion")
+        .context("DataFusion has no default catalog")?;
+    catalog.register_schema(INTERNAL_SCHEMA, internal.clone())?;
+
+    let files = |table: &str| -> Vec<String> {
+        manifest
+            .tables
+            .get(table)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rel| data_dir.join(rel).to_string_lossy().into_owned())
+            .collect()
+    };
+    use datafusion::catalog::SchemaProvider;
+    internal.register_table(
+        "symptom_counts".into(),
+        parquet_table(&ctx, files("symptom_counts"), symptoms::schema()).await?,
+    )?;
+    ctx.register_table(
+        "dead_letters",
+        parquet_table(&ctx, files("dead_letters"), dead_letters::schema()).await?,
+    )?;
+
+    let registry = read_registry(data_dir)?;
+    ctx.register_table("districts", districts_table(&registry)?)?;
+    ctx.register_table("hospitals", hospitals_table(&registry)?)?;
+
+    let sums = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ctx.sql(&format!(
+        "CREATE VIEW symptom_counts AS \
+         SELECT window_start, window_end, district, district_name, source, {sums} \
+         FROM {INTERNAL_SCHEMA}.symptom_counts \
+         GROUP BY window_start, window_end, district, district_name, source"
+    ))
+    .await?;
+    Ok(ctx)
+}
+
+fn read_registry(data_dir: &Path) -> Result<Registry> {
+    let dir = data_dir.join(META_DIR).join("registry");
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)
+}
+
+async fn parquet_table(
+    ctx: &SessionContext,
+    files: Vec<String>,
+    schema: SchemaRef,
+) -> Result<Arc<dyn TableProvider>> {
+    if files.is_empty() {
+        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
+    }
+    let urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(f))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let _ = ctx;
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+fn districts_table(r: &Registry) -> Result<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("district", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("name_zh", DataType::Utf8, false),
+        Field::new("population", DataType::Int64, false),
+    ]));
+    let mut code = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut zh = StringBuilder::new();
+    let mut pop = Int64Builder::new();
+    for d in r.districts() {
+        code.append_value(&d.district);
+        name.append_value(&d.name);
+        zh.append_value(&d.name_zh);
+        pop.append_value(d.population as i64);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(code.finish()),
+        Arc::new(name.finish()),
+        Arc::new(zh.finish()),
+        Arc::new(pop.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+fn hospitals_table(r: &Registry) -> Result<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("hospital_id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("designated", DataType::Boolean, false),
+        Field::new("beds_total", DataType::Int64, false),
+    ]));
+    let mut id = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut district = StringBuilder::new();
+    let mut designated = BooleanBuilder::new();
+    let mut beds = Int64Builder::new();
+    for h in r.hospitals() {
+        id.append_value(&h.hospital_id);
+        name.append_value(&h.name);
+        district.append_value(&h.district);
+        designated.append_value(h.designated());
+        beds.append_value(h.beds_total as i64);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(name.finish()),
+        Arc::new(district.finish()),
+        Arc::new(designated.finish()),
+        Arc::new(beds.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+/// Runs one read-only statement: DDL, DML and `SET` are refused.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    Ok((schema, batches))
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// An aligned table for people.
+    #[default]
+    Table,
+    /// CSV with a header row, RFC 4180 quoting.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            _ => Err(format!("unknown format `{s}` (table, csv or json)")),
+        }
+    }
+}
+
+/// Renders results in `format`.
+pub fn render(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match format {
+        Format::Table => {
+            let text = if batches.is_empty() {
+                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
+                    schema.clone(),
+                )])?
+            } else {
+                arrow::util::pretty::pretty_format_batches(batches)?
+            };
+            out.extend_from_slice(text.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            if batches.is_empty() {
+                w.write(&RecordBatch::new_empty(schema.clone()))?;
+            }
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(out)
+}

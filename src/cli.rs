@@ -1,0 +1,174 @@
+//! The command line (`shared/contract/cli.md`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Streaming analytics for epidemic mass screening: checkpoint, pharmacy,
+/// door-visit, case and bed events through Kafka into exact event-time
+/// counts in Parquet, queried with SQL.
+#[derive(Debug, Parser)]
+#[command(name = "paicha", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline: consume, process, write Parquet, serve SQL and metrics.
+    Run(RunArgs),
+    /// Write a deterministic simulated scenario as JSON lines.
+    Simulate(SimulateArgs),
+    /// Serve SQL and metrics over an existing data directory.
+    Serve(ServeArgs),
+    /// Run one SQL query against a data directory or a running server.
+    Sql(SqlArgs),
+}
+
+/// Options that shape how events are counted.
+#[derive(Debug, Args, Clone)]
+pub struct ProcessingArgs {
+    /// Window size (e.g. 1h, 30m).
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PAICHA_WINDOW")]
+    pub window: Duration,
+    /// Allowed out-of-orderness of event times.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PAICHA_LATENESS")]
+    pub lateness: Duration,
+    /// Reporting time zone for calendar days.
+    #[arg(long, default_value = "Asia/Shanghai", env = "PAICHA_TIME_ZONE")]
+    pub time_zone: String,
+    /// District registry CSV (default: the shipped Chongqing registry).
+    #[arg(long, env = "PAICHA_DISTRICTS")]
+    pub districts: Option<PathBuf>,
+    /// Hospital registry CSV (default: the shipped Chongqing registry).
+    #[arg(long, env = "PAICHA_HOSPITALS")]
+    pub hospitals: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers; without it an embedded cluster is started.
+    #[arg(long, env = "PAICHA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Produce the events of this JSON-lines file, process them all, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Feed the built-in simulator into the topics (default without --brokers).
+    #[arg(long)]
+    pub simulate: bool,
+    /// Data directory.
+    #[arg(long, default_value = "data", env = "PAICHA_DATA")]
+    pub data: PathBuf,
+    /// HTTP address for SQL and metrics (HOST:PORT; port 0 picks one).
+    /// Default 127.0.0.1:8080; a replay serves HTTP only when this is given.
+    #[arg(long, env = "PAICHA_HTTP")]
+    pub http: Option<String>,
+    /// PostgreSQL wire address (not served yet; accepted for compatibility).
+    #[arg(long, env = "PAICHA_PG")]
+    pub pg: Option<String>,
+    /// Consumer group.
+    #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
+    pub group: String,
+    /// Partitions per topic of the embedded cluster.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
+    pub partitions: i32,
+    /// Events per second the live simulator produces.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulator volume multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// How often to commit a checkpoint.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PAICHA_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Duration,
+    /// File holding the HMAC key for pseudonyms (else PAICHA_HMAC_KEY).
+    #[arg(long, env = "PAICHA_HMAC_KEY_FILE")]
+    pub hmac_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub processing: ProcessingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Output file (JSON lines).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Days to simulate from 2020-01-20.
+    #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// Seed: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Volume multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// No duplicated, late or malformed events.
+    #[arg(long)]
+    pub clean: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory.
+    #[arg(long, default_value = "data", env = "PAICHA_DATA")]
+    pub data: PathBuf,
+    /// HTTP address (HOST:PORT; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "PAICHA_HTTP")]
+    pub http: String,
+    /// PostgreSQL wire address (not served yet; accepted for compatibility).
+    #[arg(long, env = "PAICHA_PG")]
+    pub pg: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Data directory to query directly.
+    #[arg(long, conflicts_with = "url")]
+    pub data: Option<PathBuf>,
+    /// A running paicha's HTTP address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Output format: table, csv or json (one object per line).
+    #[arg(long, default_value = "table")]
+    pub format: paicha_query::Format,
+    /// The query.
+    pub query: String,
+}
+
+/// Parses `90s`, `15m`, `1h`, `2d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 1h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("`{s}` is not a duration like 30s, 15m, 1h or 2d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1w").is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! `paicha run`, `paicha simulate` and `paicha serve`.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use paicha_ingest::event::{Decoder, Source};
+use paicha_ingest::kafka::{self, Batching, BatchProducer, EmbeddedCluster, FlowControl};
+use paicha_ingest::metrics::Metrics;
+use paicha_ingest::pseudonym::Pseudonymizer;
+use paicha_ingest::registry::Registry;
+use paicha_ingest::simulate::{self, SimConfig, Simulator};
+use paicha_processors::time::Calendar;
+use paicha_processors::{Config, Processor};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::cli::{ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
+use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
+
+/// Bytes the producer may run ahead of the consumer per partition of the
+/// embedded cluster: well under the 5 MiB librdkafka's mock cluster keeps.
+const EMBEDDED_IN_FLIGHT_BYTES: i64 = 2 << 20;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Config)> {
+    let registry = Arc::new(Registry::load(
+        args.districts.as_deref(),
+        args.hospitals.as_deref(),
+    )?);
+    let mut cfg = Config::new(data.to_path_buf());
+    cfg.window_micros = i64::try_from(args.window.as_micros()).unwrap_or(i64::MAX);
+    if cfg.window_micros < 1_000_000 {
+        bail!("--window must be at least 1s");
+    }
+    cfg.lateness_micros = i64::try_from(args.lateness.as_micros()).unwrap_or(i64::MAX);
+    cfg.calendar = Calendar::new(&args.time_zone).map_err(|e| anyhow!("--time-zone: {e}"))?;
+    Ok((registry, cfg))
+}
+
+/// The pseudonymization key: PAICHA_HMAC_KEY, the key file, or (embedded
+/// demo only) a random key kept in the data directory so that restarts give
+/// the same pseudonyms.
+fn hmac_key(args: &RunArgs, embedded: bool) -> Result<Vec<u8>> {
+    if let Ok(k) = std::env::var("PAICHA_HMAC_KEY") {
+        if k.is_empty() {
+            bail!("PAICHA_HMAC_KEY is empty");
+        }
+        return Ok(k.into_bytes());
+    }
+    if let Some(p) = &args.hmac_key_file {
+        let k = std::fs::read(p)
+            .with_context(|| format!("cannot read HMAC key file {}", p.display()))?;
+        if k.is_empty() {
+            bail!("HMAC key file {} is empty", p.display());
+        }
+        return Ok(k);
+    }
+    if !embedded {
+        bail!("no pseudonymization key: set PAICHA_HMAC_KEY or --hmac-key-file (required with --brokers)");
+    }
+    let path = args.data.join("_paicha").join("hmac.key");
+    if let Ok(k) = std::fs::read(&path) {
+        return Ok(k);
+    }
+    let mut key = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+        .context("cannot read /dev/urandom for a demo key")?;
+    let hex_key = key.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    write_private(&path, hex_key.as_bytes())?;
+    eprintln!(
+        "paicha: no PAICHA_HMAC_KEY given; generated a demo key in {} (set PAICHA_HMAC_KEY in production)",
+        path.display()
+    );
+    Ok(hex_key.into_bytes())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn serve_http(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    data: &Path,
+    metrics: &Metrics,
+) -> Result<std::net::SocketAddr> {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let router = paicha_query::http::router(paicha_query::http::HttpState {
+        data_dir: data.to_path_buf(),
+        metrics: metrics.registry.clone(),
+    });
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    println!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
+    Ok(local)
+}
+
+fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
+    rt.spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("paicha: shutting down (flushing and committing)");
+        shutdown.store(true, Ordering::Release);
+    });
+}
+
+/// `paicha run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let (registry, cfg) = processing(&args.processing, &args.data)?;
+    let replay = match &args.replay {
+        Some(p) => Some(
+            File::open(p).with_context(|| format!("cannot open replay file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let mut processor = Processor::open(cfg, registry.clone())?;
+
+    let (cluster, brokers) = match &args.brokers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let c = EmbeddedCluster::start(1, args.partitions)?;
+            let b = c.bootstrap_servers();
+            println!(
+                "paicha: embedded Kafka at {b} ({} partitions per topic)",
+                args.partitions
+            );
+            (Some(c), b)
+        }
+    };
+    let embedded = cluster.is_some();
+    let key = hmac_key(&args, embedded)?;
+    let decoder = Decoder::new(registry.clone(), Pseudonymizer::new(&key));
+
+    let rt = runtime()?;
+    let http = match (&args.http, &args.replay) {
+        (Some(a), _) => Some(a.clone()),
+        (None, None) => Some("127.0.0.1:8080".to_string()),
+        (None, Some(_)) => None,
+    };
+    if let Some(addr) = &http {
+        serve_http(&rt, addr, &args.data, &metrics)?;
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(&rt, shutdown.clone());
+
+    let flow = embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
+    let end = args.replay.as_ref().map(|_| Arc::new(ReplayEnd::default()));
+    let simulate = replay.is_none() && (args.simulate || embedded);
+
+    let producer = {
+        let brokers = brokers.clone();
+        let flow = flow.clone();
+        let end = end.clone();
+        let shutdown = shutdown.clone();
+        let registry = registry.clone();
+        let origin = args
+            .replay
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| format!("file:{}", n.to_string_lossy()))
+            .unwrap_or_else(|| "simulator".into());
+        let sim = SimConfig {
+            seed: args.seed,
+            scale: args.scale,
+            ..SimConfig::default()
+        };
+        let rate = args.rate;
+        std::thread::Builder::new()
+            .name("producer".into())
+            .spawn(move || -> Result<Option<kafka::ProduceSummary>> {
+                let result = (|| {
+                    if let Some(file) = replay {
+                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?;
+                        p.produce_reader(BufReader::with_capacity(1 << 20, file), &origin)?;
+                        let summary = p.finish()?;
+                        let probe: BaseConsumer = kafka::client_config(&brokers)
+                            .create()
+                            .context("cannot create Kafka client")?;
+                        let mut ends = std::collections::BTreeMap::new();
+                        for s in Source::ALL {
+                            let n = kafka::partitions(probe.client(), s.topic())?;
+                            ends.extend(pipeline::high_watermarks(&probe, s.topic(), n)?);
+                        }
+                        if let Some(end) = &end {
+                            if let Ok(mut e) = end.source_ends.lock() {
+                                *e = Some(ends);
+                            }
+                        }
+                        Ok(Some(summary))
+                    } else if simulate {
+                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
+                            .paced(rate);
+                        let mut sim = Simulator::new(sim, &registry);
+                        let mut n = 0u64;
+                        'days: while let Some(lines) = sim.next_day() {
+                            for l in lines {
+                                if shutdown.load(Ordering::Acquire) {
+                                    break 'days;
+                                }
+                                n += 1;
+                                p.line(l.as_bytes(), &origin, n)?;
+                            }
+                        }
+                        let summary = p.finish()?;
+                        eprintln!("paicha: the simulator finished its scenario");
+                        Ok(Some(summary))
+                    } else {
+                        Ok(None)
+                    }
+                })();
+                if result.is_err() {
+                    // Stop the consumer: the replay can never complete.
+                    shutdown.store(true, Ordering::Release);
+                }
+                result
+            })
+            .context("cannot start the producer thread")?
+    };
+    if simulate {
+        println!("paicha: simulator producing {} events/s (seed {})", args.rate, args.seed);
+    }
+
+    let started = Instant::now();
+    let consumer_cfg = ConsumerConfig {
+        brokers: brokers.clone(),
+        group: args.group.clone(),
+        embedded,
+        checkpoint_interval: args.checkpoint_interval,
+    };
+    let consumed = pipeline::consume(
+        &consumer_cfg,
+        &decoder,
+        &mut processor,
+        &metrics,
+        flow.clone(),
+        end.clone(),
+        shutdown.clone(),
+    );
+    if let Some(f) = &flow {
+        f.close();
+    }
+    let summary = consumed?;
+    if args.replay.is_none() {
+        shutdown.store(true, Ordering::Release);
+    }
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow!("the producer thread panicked"))??;
+    pipeline::log_summary(&summary);
+    if let (Some(path), Some(p)) = (&args.replay, produced) {
+        let secs = started.elapsed().as_secs_f64();
+        let rejected: u64 = summary.rejected.values().sum::<u64>() + p.unroutable;
+        let mut reasons = summary.rejected.clone();
+        for (r, n) in &p.unroutable_by_reason {
+            if let Some(known) = paicha_ingest::event::RejectReason::parse(r) {
+                *reasons.entry(known.as_str()).or_default() += n;
+            }
+        }
+        let reasons = reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}; data in {}",
+            p.lines,
+            path.display(),
+            p.lines as f64 / secs.max(1e-9),
+            summary.accepted,
+            summary.duplicates,
+            rejected,
+            if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+            args.data.display()
+        );
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// `paicha simulate`.
+pub fn simulate(args: SimulateArgs) -> Result<()> {
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        bail!("--scale must be a positive number");
+    }
+    let registry = Registry::builtin()?;
+    let mut cfg = SimConfig {
+        seed: args.seed,
+        days: args.days,
+        scale: args.scale,
+        ..SimConfig::default()
+    };
+    if args.clean {
+        cfg = cfg.clean();
+    }
+    let file = File::create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let s = simulate::write_scenario(cfg, &registry, &mut out)?;
+    out.flush()
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "paicha: wrote {} lines to {}: {} events ({} checkpoint, {} pharmacy, {} door_visit, {} case, {} bed), {} duplicates, {} late, {} malformed",
+        s.lines,
+        args.out.display(),
+        s.events,
+        s.by_source[0],
+        s.by_source[1],
+        s.by_source[2],
+        s.by_source[3],
+        s.by_source[4],
+        s.duplicates,
+        s.late,
+        s.malformed
+    );
+    Ok(())
+}
+
+/// `paicha serve`.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    paicha_processors::store::Store::open(&args.data)?;
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let rt = runtime()?;
+    serve_http(&rt, &args.http, &args.data, &metrics)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(&rt, shutdown.clone());
+    while !shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
