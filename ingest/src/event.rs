@@ -135,6 +135,9 @@ macro_rules! string_enum {
         pub enum $name { $($(#[$vm])* $variant),+ }
 
         impl $name {
+            /// Every value, in contract order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             /// The contract's spelling.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),+ }
