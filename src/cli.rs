@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// How often to commit a checkpoint.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PAICHA_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Duration,
+    /// Test knob: sleep this long after each consumed message, to stand
+    /// for a slow sink.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub slow_sink_ms: u64,
     /// File holding the HMAC key for pseudonyms (else PAICHA_HMAC_KEY).
     #[arg(long, env = "PAICHA_HMAC_KEY_FILE")]
     pub hmac_key_file: Option<PathBuf>,

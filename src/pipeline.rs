@@ -42,6 +42,8 @@ pub struct ConsumerConfig {
     pub embedded: bool,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
+    /// Pause after each message (a stand-in for a slow sink in tests).
+    pub slow_sink: Duration,
 }
 
 /// Totals of a consumer run.
@@ -136,6 +138,9 @@ pub fn consume(
                 handle(
                     &msg, decoder, processor, metrics, &dlq, &flow, &mut summary,
                 )?;
+                if !cfg.slow_sink.is_zero() {
+                    std::thread::sleep(cfg.slow_sink);
+                }
             }
             Some(Err(e)) => warn!(error = %e, "Kafka consumer error"),
             None => {}

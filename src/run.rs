@@ -108,12 +108,12 @@ fn serve_http(
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    let router = paicha_query::http::router(paicha_query::http::HttpState {
+    let state = paicha_query::http::HttpState {
         data_dir: data.to_path_buf(),
         metrics: metrics.registry.clone(),
-    });
+    };
     rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = paicha_query::http::serve(listener, state).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
@@ -265,6 +265,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         group: args.group.clone(),
         embedded,
         checkpoint_interval: args.checkpoint_interval,
+        slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
     };
     let consumed = pipeline::consume(
         &consumer_cfg,

@@ -7,3 +7,4 @@ pub mod kafka;
 pub mod metrics;
 pub mod pseudonym;
 pub mod registry;
+pub mod simulate;

@@ -124,8 +124,11 @@ impl Processor {
             .write_file("_paicha/registry/districts.csv", districts.as_bytes())?;
         p.store
             .write_file("_paicha/registry/hospitals.csv", hospitals.as_bytes())?;
-        if let Some(m) = p.store.manifest()? {
-            p.restore(m)?;
+        match p.store.manifest()? {
+            Some(m) => p.restore(m)?,
+            // Commit an empty manifest at once, so the directory is a
+            // queryable paicha data directory from the start.
+            None => p.store.commit(&p.manifest)?,
         }
         Ok(p)
     }

@@ -35,6 +35,11 @@ pub fn router(state: HttpState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// Serves the router on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     let body = serde_json::json!({ "error": msg.to_string() }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

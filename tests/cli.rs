@@ -1,0 +1,82 @@
+//! User errors: one clear line on stderr, a non-zero exit, no backtrace.
+
+mod common;
+
+use common::*;
+
+fn fails(args: &[&str]) -> String {
+    let out = paicha().args(args).output().expect("run paicha");
+    assert!(!out.status.success(), "paicha {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line, got: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    err
+}
+
+#[test]
+fn bad_flag() {
+    let err = fails(&["run", "--no-such-flag"]);
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn missing_replay_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let err = fails(&[
+        "run",
+        "--replay",
+        "/nonexistent/events.jsonl",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(err.contains("/nonexistent/events.jsonl"), "{err}");
+}
+
+#[test]
+fn data_directory_that_is_not_paichas() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let err = fails(&["sql", "--data", d, "SELECT 1"]);
+    assert!(err.contains("not a paicha data directory"), "{err}");
+    let err = fails(&["run", "--replay", "/dev/null", "--data", d]);
+    assert!(err.contains("not a paicha data directory"), "{err}");
+}
+
+#[test]
+fn sql_errors_and_refused_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    ok(&[
+        "run",
+        "--replay",
+        empty.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let d = data.to_str().unwrap();
+    let err = fails(&["sql", "--data", d, "SELEKT 1"]);
+    assert!(err.starts_with("error:"), "{err}");
+    let err = fails(&["sql", "--data", d, "SELECT nope FROM symptom_counts"]);
+    assert!(err.contains("nope"), "{err}");
+    fails(&["sql", "--data", d, "DROP VIEW symptom_counts"]);
+    fails(&["sql", "--data", d, "CREATE TABLE t AS SELECT 1"]);
+    // An empty directory still answers with the tables' columns.
+    let out = ok(&["sql", "--data", d, "--format", "csv", "SELECT * FROM symptom_counts"]);
+    assert!(out.starts_with("window_start,window_end,district,district_name,source,events"));
+}
+
+#[test]
+fn simulate_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    ok(&["simulate", "--out", a.to_str().unwrap(), "--days", "1", "--seed", "5"]);
+    ok(&["simulate", "--out", b.to_str().unwrap(), "--days", "1", "--seed", "5"]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let err = fails(&["simulate", "--out", a.to_str().unwrap(), "--scale=-1"]);
+    assert!(err.contains("scale"), "{err}");
+}

@@ -1,0 +1,257 @@
+//! Helpers for the end-to-end tests: run the `paicha` binary as a user would
+//! and fold over input files independently of the code under test.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `paicha` binary under test.
+pub fn paicha() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paicha"));
+    c.env("PAICHA_HMAC_KEY", "test-key").env_remove("PAICHA_DATA");
+    c
+}
+
+/// Runs `paicha` with `args`, panicking with its output unless it succeeds.
+pub fn ok(args: &[&str]) -> String {
+    let out = paicha().args(args).output().expect("run paicha");
+    assert_success(&out, args);
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+pub fn assert_success(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "paicha {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rows of a query as CSV fields (header dropped).
+pub fn sql_rows(data: &Path, query: &str) -> Vec<Vec<String>> {
+    let out = ok(&[
+        "sql",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        query,
+    ]);
+    let mut lines = out.lines();
+    lines.next();
+    lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+pub const REGISTRY_DISTRICTS: &str = include_str!("../../registry/districts.csv");
+
+pub fn districts() -> HashSet<String> {
+    REGISTRY_DISTRICTS
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .map(str::to_string)
+        .collect()
+}
+
+const SYMPTOMS: [&str; 6] = [
+    "fever",
+    "cough",
+    "sore_throat",
+    "shortness_of_breath",
+    "fatigue",
+    "diarrhea",
+];
+
+fn is_str(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| !s.is_empty())
+}
+
+fn temp_ok(v: &Value, nullable: bool) -> bool {
+    match v {
+        Value::Null => nullable,
+        v => v.as_f64().is_some_and(|t| (34.0..=43.0).contains(&t)),
+    }
+}
+
+fn symptoms_ok(v: &Value) -> bool {
+    let Some(a) = v.as_array() else { return false };
+    let mut seen = HashSet::new();
+    a.iter()
+        .all(|s| s.as_str().is_some_and(|s| SYMPTOMS.contains(&s) && seen.insert(s)))
+}
+
+fn one_of(v: &Value, set: &[&str]) -> bool {
+    v.as_str().is_some_and(|s| set.contains(&s))
+}
+
+/// Whether a line is a valid event by the contract's rules (written from
+/// events.md, not from the decoder). Hospitals are checked by prefix.
+pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let o = v.as_object()?;
+    let id = o.get("event_id")?.as_str()?;
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(o.get("event_time")?.as_str()?).ok()?;
+    if !districts.contains(o.get("district")?.as_str()?) {
+        return None;
+    }
+    let null = Value::Null;
+    let f = |k: &str| o.get(k).unwrap_or(&null);
+    let ok = match o.get("source")?.as_str()? {
+        "checkpoint" => {
+            is_str(f("checkpoint_id"))
+                && is_str(f("person_id"))
+                && temp_ok(f("temperature_c"), false)
+                && f("mask").is_boolean()
+                && symptoms_ok(f("symptoms"))
+                && one_of(f("disposition"), &["pass", "referred", "turned_back", "isolated"])
+        }
+        "pharmacy" => {
+            is_str(f("pharmacy_id"))
+                && is_str(f("person_id"))
+                && one_of(
+                    f("drug_class"),
+                    &["antipyretic", "cough", "antiviral", "antibiotic", "other"],
+                )
+                && f("quantity").as_i64().is_some_and(|q| q >= 1)
+                && temp_ok(f("temperature_c"), true)
+        }
+        "door_visit" => {
+            let seen = f("outcome").as_str() == Some("seen");
+            is_str(f("grid_id"))
+                && is_str(f("household_id"))
+                && is_str(f("person_id"))
+                && one_of(f("visit_kind"), &["screening", "follow_up"])
+                && one_of(f("outcome"), &["seen", "not_home", "refused"])
+                && temp_ok(f("temperature_c"), true)
+                && (seen || f("temperature_c").is_null())
+                && symptoms_ok(f("symptoms"))
+                && one_of(
+                    f("observation"),
+                    &[
+                        "none",
+                        "home_isolation",
+                        "centralized_observation",
+                        "medical_observation",
+                        "released",
+                    ],
+                )
+        }
+        "case" => {
+            is_str(f("person_id"))
+                && one_of(
+                    f("status"),
+                    &["suspected", "confirmed", "excluded", "recovered", "died"],
+                )
+                && (f("hospital_id").is_null() || hospital_ok(f("hospital_id")))
+        }
+        "bed" => {
+            hospital_ok(f("hospital_id"))
+                && match f("action").as_str() {
+                    Some("admit") | Some("discharge") => is_str(f("person_id")),
+                    Some("capacity") => f("beds_total").as_i64().is_some_and(|b| b >= 0),
+                    _ => false,
+                }
+        }
+        _ => false,
+    };
+    ok.then_some(v)
+}
+
+fn hospital_ok(v: &Value) -> bool {
+    const NAMED: [&str; 6] = [
+        "cq-phmc",
+        "cq-sanxia",
+        "cq-yongchuan",
+        "cq-qianjiang",
+        "cq-renmin-liangjiang",
+        "cq-banan-new",
+    ];
+    v.as_str().is_some_and(|h| {
+        NAMED.contains(&h)
+            || h.strip_prefix("dh-")
+                .is_some_and(|d| districts().contains(d))
+    })
+}
+
+/// `symptom_counts` computed by folding over a JSON-lines file: key is
+/// (window start in Unix seconds, district, source), value the 8 counts.
+pub fn fold_symptom_counts(path: &Path) -> BTreeMap<(i64, String, String), [i64; 8]> {
+    let text = std::fs::read_to_string(path).expect("read input");
+    let districts = districts();
+    let mut seen = HashSet::new();
+    let mut out: BTreeMap<(i64, String, String), [i64; 8]> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(v) = valid(line, &districts) else { continue };
+        let source = v["source"].as_str().unwrap().to_string();
+        if !seen.insert((source.clone(), v["event_id"].as_str().unwrap().to_string())) {
+            continue;
+        }
+        if !["checkpoint", "pharmacy", "door_visit"].contains(&source.as_str()) {
+            continue;
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
+        let window = t.div_euclid(3600) * 3600;
+        let seen_visit = source != "door_visit" || v["outcome"] == "seen";
+        let temp = v["temperature_c"].as_f64().filter(|_| seen_visit);
+        let symptoms: Vec<&str> = if seen_visit {
+            v["symptoms"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let hot = temp.is_some_and(|t| t >= 37.3);
+        let suspicious = match source.as_str() {
+            "pharmacy" => hot || v["drug_class"] == "antipyretic" || v["drug_class"] == "cough",
+            _ => seen_visit && (hot || !symptoms.is_empty()),
+        };
+        let c = out
+            .entry((window, v["district"].as_str().unwrap().to_string(), source))
+            .or_default();
+        c[0] += 1;
+        c[1] += suspicious as i64;
+        c[2] += (hot || symptoms.contains(&"fever")) as i64;
+        for (i, s) in SYMPTOMS[1..].iter().enumerate() {
+            c[3 + i] += symptoms.contains(s) as i64;
+        }
+    }
+    out
+}
+
+/// `symptom_counts` as paicha answers it, in the same shape as the fold.
+pub fn query_symptom_counts(data: &Path) -> BTreeMap<(i64, String, String), [i64; 8]> {
+    sql_rows(
+        data,
+        "SELECT to_unixtime(window_start), district, source, events, suspicious, fever, \
+         cough, sore_throat, shortness_of_breath, fatigue, diarrhea \
+         FROM symptom_counts ORDER BY 1, 2, 3",
+    )
+    .into_iter()
+    .map(|r| {
+        let mut c = [0i64; 8];
+        for (i, x) in r[3..11].iter().enumerate() {
+            c[i] = x.parse().expect("count");
+        }
+        ((r[0].parse().expect("window"), r[1].clone(), r[2].clone()), c)
+    })
+    .collect()
+}
