@@ -85,7 +85,7 @@ pub fn consume(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20")
         // Bound librdkafka's prefetch so a backlog cannot fill memory.
-        .set("queued.max.messages.kbytes", "65536")
+        .set("queued.max.messages.kbytes", "8192")
         .set("fetch.message.max.bytes", "2097152")
         .create()
         .context("cannot create Kafka consumer")?;
@@ -135,9 +135,7 @@ pub fn consume(
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(msg)) => {
-                handle(
-                    &msg, decoder, processor, metrics, &dlq, &flow, &mut summary,
-                )?;
+                handle(&msg, decoder, processor, metrics, &dlq, &flow, &mut summary)?;
                 if !cfg.slow_sink.is_zero() {
                     std::thread::sleep(cfg.slow_sink);
                 }
@@ -330,8 +328,14 @@ fn handle(
     // Metrics per message, not per event: the counts come out the same.
     summary.valid += valid;
     let label = [source.as_str()];
-    metrics.events_consumed.with_label_values(&label).inc_by(valid);
-    metrics.events_accepted.with_label_values(&label).inc_by(accepted);
+    metrics
+        .events_consumed
+        .with_label_values(&label)
+        .inc_by(valid);
+    metrics
+        .events_accepted
+        .with_label_values(&label)
+        .inc_by(accepted);
     metrics
         .events_duplicate
         .with_label_values(&label)

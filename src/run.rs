@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use paicha_ingest::event::{Decoder, Source};
-use paicha_ingest::kafka::{self, Batching, BatchProducer, EmbeddedCluster, FlowControl};
+use paicha_ingest::kafka::{self, BatchProducer, Batching, EmbeddedCluster, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym::Pseudonymizer;
 use paicha_ingest::registry::Registry;
@@ -182,7 +182,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
 
-    let flow = embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
+    let flow =
+        embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
     let end = args.replay.as_ref().map(|_| Arc::new(ReplayEnd::default()));
     let simulate = replay.is_none() && (args.simulate || embedded);
 
@@ -227,8 +228,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                         }
                         Ok(Some(summary))
                     } else if simulate {
-                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
-                            .paced(rate);
+                        let mut p =
+                            BatchProducer::new(&brokers, Batching::default(), flow)?.paced(rate);
                         let mut sim = Simulator::new(sim, &registry);
                         let mut n = 0u64;
                         'days: while let Some(lines) = sim.next_day() {
@@ -256,7 +257,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             .context("cannot start the producer thread")?
     };
     if simulate {
-        println!("paicha: simulator producing {} events/s (seed {})", args.rate, args.seed);
+        println!(
+            "paicha: simulator producing {} events/s (seed {})",
+            args.rate, args.seed
+        );
     }
 
     let started = Instant::now();
@@ -332,8 +336,8 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
     if args.clean {
         cfg = cfg.clean();
     }
-    let file = File::create(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let file =
+        File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let s = simulate::write_scenario(cfg, &registry, &mut out)?;
     out.flush()

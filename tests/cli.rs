@@ -9,7 +9,10 @@ fn fails(args: &[&str]) -> String {
     assert!(!out.status.success(), "paicha {args:?} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "one line, got: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     err
 }
 
@@ -65,7 +68,14 @@ fn sql_errors_and_refused_statements() {
     fails(&["sql", "--data", d, "DROP VIEW symptom_counts"]);
     fails(&["sql", "--data", d, "CREATE TABLE t AS SELECT 1"]);
     // An empty directory still answers with the tables' columns.
-    let out = ok(&["sql", "--data", d, "--format", "csv", "SELECT * FROM symptom_counts"]);
+    let out = ok(&[
+        "sql",
+        "--data",
+        d,
+        "--format",
+        "csv",
+        "SELECT * FROM symptom_counts",
+    ]);
     assert!(out.starts_with("window_start,window_end,district,district_name,source,events"));
 }
 
@@ -74,8 +84,24 @@ fn simulate_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.jsonl");
     let b = dir.path().join("b.jsonl");
-    ok(&["simulate", "--out", a.to_str().unwrap(), "--days", "1", "--seed", "5"]);
-    ok(&["simulate", "--out", b.to_str().unwrap(), "--days", "1", "--seed", "5"]);
+    ok(&[
+        "simulate",
+        "--out",
+        a.to_str().unwrap(),
+        "--days",
+        "1",
+        "--seed",
+        "5",
+    ]);
+    ok(&[
+        "simulate",
+        "--out",
+        b.to_str().unwrap(),
+        "--days",
+        "1",
+        "--seed",
+        "5",
+    ]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let err = fails(&["simulate", "--out", a.to_str().unwrap(), "--scale=-1"]);
     assert!(err.contains("scale"), "{err}");

@@ -621,7 +621,8 @@ pub fn route(line: &[u8]) -> Result<Route, Reject> {
     let text = as_text(line)?;
     let wire: RouteWire = serde_json::from_str(text).map_err(classify)?;
     let source = string_field(wire.source, "source")?;
-    let source = Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
+    let source =
+        Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
     let district = string_field(wire.district, "district")?.into_owned();
     Ok(Route { source, district })
 }
@@ -992,13 +993,13 @@ mod tests {
             ("[1,2]".into(), NotObject),
             (checkpoint(r#","mask":false"#), DuplicateField),
             (checkpoint("").replace(r#""mask":true,"#, ""), MissingField),
-            (
-                checkpoint("").replace("36.6", r#""high""#),
-                WrongType,
-            ),
+            (checkpoint("").replace("36.6", r#""high""#), WrongType),
             (checkpoint("").replace("36.6", "45.5"), OutOfRange),
             (checkpoint("").replace("36.6", "NaN"), NotJson),
-            (checkpoint("").replace(r#""pass""#, r#""fly""#), UnknownValue),
+            (
+                checkpoint("").replace(r#""pass""#, r#""fly""#),
+                UnknownValue,
+            ),
             (
                 checkpoint("").replace("[]", r#"["cough","cough"]"#),
                 RepeatedSymptom,
@@ -1013,7 +1014,10 @@ mod tests {
                 checkpoint("").replace("2020-01-27", "2120-01-27"),
                 FutureTimestamp,
             ),
-            (checkpoint("").replace(r#""500101""#, r#""999999""#), UnknownDistrict),
+            (
+                checkpoint("").replace(r#""500101""#, r#""999999""#),
+                UnknownDistrict,
+            ),
             (
                 checkpoint("").replace(r#""checkpoint","#, r#""xray","#),
                 UnknownSource,

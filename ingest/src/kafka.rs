@@ -91,7 +91,9 @@ impl FlowControl {
     }
 
     fn slot(&self, source: Source, partition: i32) -> Option<&AtomicI64> {
-        let p = usize::try_from(partition).ok().filter(|p| *p < self.partitions)?;
+        let p = usize::try_from(partition)
+            .ok()
+            .filter(|p| *p < self.partitions)?;
         self.in_flight.get(source as usize * self.partitions + p)
     }
 
@@ -306,7 +308,13 @@ impl DeadLetterHeaders {
 
 impl DeadLetterHeaders {
     /// Headers for a reject of `line` within a message at `topic/partition/offset`.
-    pub fn for_reject(reject: &Reject, topic: &str, partition: Option<i32>, offset: i64, line: i32) -> Self {
+    pub fn for_reject(
+        reject: &Reject,
+        topic: &str,
+        partition: Option<i32>,
+        offset: i64,
+        line: i32,
+    ) -> Self {
         DeadLetterHeaders {
             reason: reject.reason.as_str().to_string(),
             field: reject.field.map(str::to_string),
@@ -341,9 +349,9 @@ pub fn partitions<C: ClientContext>(
 /// The partition a district's events go to: a stable hash of the code, so
 /// every producer paicha runs agrees and a district stays in one partition.
 pub fn partition_for(district: &str, partitions: i32) -> i32 {
-    let h = district
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let h = district.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     (h % partitions.max(1) as u32) as i32
 }
 
@@ -462,10 +470,21 @@ impl BatchProducer {
                     .entry(reject.reason.as_str().to_string())
                     .or_default() += 1;
                 let h = DeadLetterHeaders::for_reject(&reject, origin, None, line_no as i64, 0);
-                send(&self.producer, DEAD_LETTER_TOPIC, None, b"", line, Some(h.to_kafka()))?;
+                send(
+                    &self.producer,
+                    DEAD_LETTER_TOPIC,
+                    None,
+                    b"",
+                    line,
+                    Some(h.to_kafka()),
+                )?;
             }
         }
-        if self.summary.lines % self.batching.flush_every_lines == 0 {
+        if self
+            .summary
+            .lines
+            .is_multiple_of(self.batching.flush_every_lines)
+        {
             self.flush_batches()?;
         }
         self.producer.poll(Duration::ZERO);

@@ -115,7 +115,10 @@ impl Registry {
             if d.district.len() != 6 || !d.district.bytes().all(|b| b.is_ascii_digit()) {
                 bail!("district registry: `{}` is not a 6-digit code", d.district);
             }
-            if district_index.insert(d.district.clone(), i as u16).is_some() {
+            if district_index
+                .insert(d.district.clone(), i as u16)
+                .is_some()
+            {
                 bail!("district registry: `{}` appears twice", d.district);
             }
         }
@@ -128,7 +131,10 @@ impl Registry {
                     h.district
                 );
             }
-            if hospital_index.insert(h.hospital_id.clone(), i as u16).is_some() {
+            if hospital_index
+                .insert(h.hospital_id.clone(), i as u16)
+                .is_some()
+            {
                 bail!("hospital registry: `{}` appears twice", h.hospital_id);
             }
         }

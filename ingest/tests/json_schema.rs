@@ -45,17 +45,49 @@ fn sources_match() {
 #[test]
 fn enums_match() {
     let cases: Vec<(Source, &str, Vec<String>)> = vec![
-        (Source::Checkpoint, "disposition", names(Disposition::ALL, Disposition::as_str)),
-        (Source::Pharmacy, "drug_class", names(DrugClass::ALL, DrugClass::as_str)),
-        (Source::DoorVisit, "visit_kind", names(VisitKind::ALL, VisitKind::as_str)),
-        (Source::DoorVisit, "outcome", names(Outcome::ALL, Outcome::as_str)),
-        (Source::DoorVisit, "observation", names(Observation::ALL, Observation::as_str)),
-        (Source::Case, "status", names(CaseStatus::ALL, CaseStatus::as_str)),
-        (Source::Bed, "action", names(BedAction::ALL, BedAction::as_str)),
+        (
+            Source::Checkpoint,
+            "disposition",
+            names(Disposition::ALL, Disposition::as_str),
+        ),
+        (
+            Source::Pharmacy,
+            "drug_class",
+            names(DrugClass::ALL, DrugClass::as_str),
+        ),
+        (
+            Source::DoorVisit,
+            "visit_kind",
+            names(VisitKind::ALL, VisitKind::as_str),
+        ),
+        (
+            Source::DoorVisit,
+            "outcome",
+            names(Outcome::ALL, Outcome::as_str),
+        ),
+        (
+            Source::DoorVisit,
+            "observation",
+            names(Observation::ALL, Observation::as_str),
+        ),
+        (
+            Source::Case,
+            "status",
+            names(CaseStatus::ALL, CaseStatus::as_str),
+        ),
+        (
+            Source::Bed,
+            "action",
+            names(BedAction::ALL, BedAction::as_str),
+        ),
     ];
     for (source, field, want) in cases {
         let b = branch(source);
-        assert_eq!(strings(&b["properties"][field]["enum"]), want, "{source}.{field}");
+        assert_eq!(
+            strings(&b["properties"][field]["enum"]),
+            want,
+            "{source}.{field}"
+        );
     }
     for source in [Source::Checkpoint, Source::DoorVisit] {
         let b = branch(source);
@@ -81,16 +113,28 @@ fn temperature_range_and_string_limits_match() {
 #[test]
 fn required_fields_match_the_decoder() {
     let registry = std::sync::Arc::new(paicha_ingest::registry::Registry::builtin().unwrap());
-    let decoder = Decoder::new(
-        registry,
-        paicha_ingest::pseudonym::Pseudonymizer::new(b"k"),
-    );
+    let decoder = Decoder::new(registry, paicha_ingest::pseudonym::Pseudonymizer::new(b"k"));
     let samples = [
-        (Source::Checkpoint, r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"checkpoint","district":"500101","checkpoint_id":"c","person_id":"p","vehicle_id":"v","temperature_c":36.6,"mask":true,"symptoms":[],"came_from":"x","disposition":"pass"}"#),
-        (Source::Pharmacy, r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"pharmacy","district":"500101","pharmacy_id":"f","person_id":"p","drug_class":"cough","quantity":2,"temperature_c":36.6}"#),
-        (Source::DoorVisit, r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"door_visit","district":"500101","grid_id":"g","household_id":"h","person_id":"p","visit_kind":"screening","outcome":"seen","temperature_c":36.6,"symptoms":[],"observation":"none"}"#),
-        (Source::Case, r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"case","district":"500101","person_id":"p","status":"confirmed","hospital_id":"cq-phmc"}"#),
-        (Source::Bed, r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"bed","district":"500106","hospital_id":"cq-phmc","action":"capacity","beds_total":300}"#),
+        (
+            Source::Checkpoint,
+            r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"checkpoint","district":"500101","checkpoint_id":"c","person_id":"p","vehicle_id":"v","temperature_c":36.6,"mask":true,"symptoms":[],"came_from":"x","disposition":"pass"}"#,
+        ),
+        (
+            Source::Pharmacy,
+            r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"pharmacy","district":"500101","pharmacy_id":"f","person_id":"p","drug_class":"cough","quantity":2,"temperature_c":36.6}"#,
+        ),
+        (
+            Source::DoorVisit,
+            r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"door_visit","district":"500101","grid_id":"g","household_id":"h","person_id":"p","visit_kind":"screening","outcome":"seen","temperature_c":36.6,"symptoms":[],"observation":"none"}"#,
+        ),
+        (
+            Source::Case,
+            r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"case","district":"500101","person_id":"p","status":"confirmed","hospital_id":"cq-phmc"}"#,
+        ),
+        (
+            Source::Bed,
+            r#"{"event_id":"a","event_time":"2020-01-27T09:15:00+08:00","source":"bed","district":"500106","hospital_id":"cq-phmc","action":"capacity","beds_total":300}"#,
+        ),
     ];
     let now = 1_800_000_000_000_000;
     for (source, line) in samples {

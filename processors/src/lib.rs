@@ -226,7 +226,8 @@ impl Processor {
         match self.offsets.get_mut(&(topic.to_string(), partition)) {
             Some(next) => *next = (*next).max(offset + 1),
             None => {
-                self.offsets.insert((topic.to_string(), partition), offset + 1);
+                self.offsets
+                    .insert((topic.to_string(), partition), offset + 1);
             }
         }
         if let Some(t) = max_event_time {
@@ -279,7 +280,10 @@ impl Processor {
             self.store.write_parquet(&rel, &[b])?;
             self.stats.files += 1;
             self.stats.rows += rows.len() as u64;
-            m.tables.entry("symptom_counts".into()).or_default().push(rel);
+            m.tables
+                .entry("symptom_counts".into())
+                .or_default()
+                .push(rel);
         }
 
         let mut letters: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();

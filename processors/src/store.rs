@@ -187,7 +187,8 @@ impl Store {
             bail!("no rows to write to {rel}");
         };
         let tmp = self.tmp_path(rel);
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
@@ -300,7 +301,10 @@ mod tests {
             ..Default::default()
         };
         store.commit(&m).unwrap();
-        assert_eq!(Store::open(&dir).unwrap().manifest().unwrap(), Some(m.clone()));
+        assert_eq!(
+            Store::open(&dir).unwrap().manifest().unwrap(),
+            Some(m.clone())
+        );
         assert_eq!(store.remove_uncommitted(&m, &["t"]).unwrap(), 1);
         assert!(dir.join("t/day=1/a.bin").exists());
         assert!(!dir.join("t/day=1/b.bin").exists());

@@ -64,7 +64,10 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
     let (content_type, rendered) = if accept.contains(ARROW_STREAM) {
         (ARROW_STREAM, arrow_stream(&schema, &batches))
     } else if accept.contains("text/csv") {
-        ("text/csv", crate::render(crate::Format::Csv, &schema, &batches))
+        (
+            "text/csv",
+            crate::render(crate::Format::Csv, &schema, &batches),
+        )
     } else if accept.contains("application/x-ndjson") {
         (
             "application/x-ndjson",
@@ -112,11 +115,7 @@ fn json_array(batches: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<Ve
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&state.metrics.gather(), &mut buf) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            buf,
-        )
-            .into_response(),
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 /// The `paicha` binary under test.
 pub fn paicha() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_paicha"));
-    c.env("PAICHA_HMAC_KEY", "test-key").env_remove("PAICHA_DATA");
+    c.env("PAICHA_HMAC_KEY", "test-key")
+        .env_remove("PAICHA_DATA");
     c
 }
 
@@ -84,8 +85,10 @@ fn temp_ok(v: &Value, nullable: bool) -> bool {
 fn symptoms_ok(v: &Value) -> bool {
     let Some(a) = v.as_array() else { return false };
     let mut seen = HashSet::new();
-    a.iter()
-        .all(|s| s.as_str().is_some_and(|s| SYMPTOMS.contains(&s) && seen.insert(s)))
+    a.iter().all(|s| {
+        s.as_str()
+            .is_some_and(|s| SYMPTOMS.contains(&s) && seen.insert(s))
+    })
 }
 
 fn one_of(v: &Value, set: &[&str]) -> bool {
@@ -119,7 +122,10 @@ pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
                 && temp_ok(f("temperature_c"), false)
                 && f("mask").is_boolean()
                 && symptoms_ok(f("symptoms"))
-                && one_of(f("disposition"), &["pass", "referred", "turned_back", "isolated"])
+                && one_of(
+                    f("disposition"),
+                    &["pass", "referred", "turned_back", "isolated"],
+                )
         }
         "pharmacy" => {
             is_str(f("pharmacy_id"))
@@ -197,7 +203,9 @@ pub fn fold_symptom_counts(path: &Path) -> BTreeMap<(i64, String, String), [i64;
     let mut seen = HashSet::new();
     let mut out: BTreeMap<(i64, String, String), [i64; 8]> = BTreeMap::new();
     for line in text.lines() {
-        let Some(v) = valid(line, &districts) else { continue };
+        let Some(v) = valid(line, &districts) else {
+            continue;
+        };
         let source = v["source"].as_str().unwrap().to_string();
         if !seen.insert((source.clone(), v["event_id"].as_str().unwrap().to_string())) {
             continue;
@@ -251,7 +259,34 @@ pub fn query_symptom_counts(data: &Path) -> BTreeMap<(i64, String, String), [i64
         for (i, x) in r[3..11].iter().enumerate() {
             c[i] = x.parse().expect("count");
         }
-        ((r[0].parse().expect("window"), r[1].clone(), r[2].clone()), c)
+        (
+            (r[0].parse().expect("window"), r[1].clone(), r[2].clone()),
+            c,
+        )
     })
     .collect()
+}
+
+/// Asserts two tables of counts are equal, reporting a short diff.
+pub fn assert_same_counts(
+    got: &BTreeMap<(i64, String, String), [i64; 8]>,
+    want: &BTreeMap<(i64, String, String), [i64; 8]>,
+) {
+    let diff: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
+        .chain(
+            got.keys()
+                .filter(|k| !want.contains_key(*k))
+                .map(|k| format!("{k:?}: unexpected row")),
+        )
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{} of {} rows differ; first: {:?}",
+        diff.len(),
+        want.len(),
+        &diff[..diff.len().min(5)]
+    );
 }
