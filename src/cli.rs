@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the pipeline: consume, process, write Parquet, serve SQL and metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a deterministic simulated scenario as JSON lines.
     Simulate(SimulateArgs),
     /// Serve SQL and metrics over an existing data directory.

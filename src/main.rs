@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => run::run(*args),
         cli::Command::Simulate(args) => run::simulate(args),
         cli::Command::Serve(args) => run::serve(args),
         cli::Command::Sql(args) => sql::sql(args),

@@ -105,7 +105,7 @@ async fn parquet_table(
     }
     let urls = files
         .iter()
-        .map(|f| ListingTableUrl::parse(f))
+        .map(ListingTableUrl::parse)
         .collect::<datafusion::error::Result<Vec<_>>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
