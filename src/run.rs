@@ -242,7 +242,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                             }
                         }
                         let summary = p.finish()?;
-                        eprintln!("paicha: the simulator finished its scenario");
+                        if !shutdown.load(Ordering::Acquire) {
+                            eprintln!("paicha: the simulator finished its scenario");
+                        }
                         Ok(Some(summary))
                     } else {
                         Ok(None)
