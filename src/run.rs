@@ -151,6 +151,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
         None => None,
     };
+    if args.pg.is_some() {
+        eprintln!("paicha: the PostgreSQL wire protocol is not served yet; --pg is ignored");
+    }
     let metrics = Metrics::new().context("cannot register metrics")?;
     let mut processor = Processor::open(cfg, registry.clone())?;
 

@@ -15,7 +15,7 @@ pub mod symptoms;
 pub mod time;
 pub mod watermark;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -328,10 +328,5 @@ impl Processor {
         self.dirty = false;
         self.stats.checkpoints += 1;
         Ok(())
-    }
-
-    /// Topics and partitions whose offsets the manifest holds.
-    pub fn known_partitions(&self) -> BTreeSet<(String, i32)> {
-        self.offsets.keys().cloned().collect()
     }
 }
