@@ -52,6 +52,10 @@ fn simulated_days_replay_to_exact_symptom_counts() {
     assert!(want.len() > 100, "the scenario is not trivial");
     assert_same_counts(&got, &want);
 
+    let confirmations = fold_confirmations(&file);
+    assert!(!confirmations.is_empty());
+    assert_eq!(query_confirmations(&data), confirmations);
+
     // Every window is an hour on the hour, and names its district.
     let rows = sql_rows(
         &data,
@@ -64,6 +68,7 @@ fn simulated_days_replay_to_exact_symptom_counts() {
     // Replaying the same file again changes nothing: every id was counted.
     replay(&file, &data, &[]);
     assert_same_counts(&query_symptom_counts(&data), &want);
+    assert_eq!(query_confirmations(&data), confirmations);
 }
 
 #[test]

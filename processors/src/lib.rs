@@ -8,6 +8,7 @@
 //! letters and the dedupe ids, and commits them in one manifest together with
 //! the Kafka offsets they cover.
 
+pub mod confirmations;
 pub mod dead_letters;
 pub mod dedupe;
 pub mod store;
@@ -25,6 +26,7 @@ use anyhow::{Context, Result};
 use paicha_ingest::event::Event;
 use paicha_ingest::registry::Registry;
 
+use crate::confirmations::Confirmations;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
 use crate::store::{Manifest, Offset, Store, FORMAT};
@@ -33,7 +35,7 @@ use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
 use crate::watermark::Watermarks;
 
 /// Names of the tables the processors write.
-pub const TABLES: [&str; 2] = ["symptom_counts", "dead_letters"];
+pub const TABLES: [&str; 3] = ["symptom_counts", "confirmations", "dead_letters"];
 
 /// How the processors count and where they write.
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ pub struct Processor {
     store: Store,
     manifest: Manifest,
     symptoms: SymptomWindows,
+    confirmations: Confirmations,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
@@ -103,6 +106,7 @@ impl Processor {
         let windows = Windows::new(cfg.window_micros);
         let mut p = Processor {
             symptoms: SymptomWindows::new(windows),
+            confirmations: Confirmations::new(windows),
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -151,8 +155,19 @@ impl Processor {
                 .load(&mut f)
                 .with_context(|| format!("cannot read {}", path.display()))?;
         }
+        for rel in &m.cases {
+            let path = self.store.root().join(rel);
+            let mut f =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            self.confirmations
+                .load(&mut f)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
         self.symptoms
             .restore(&m.open_windows, &self.registry)
+            .map_err(anyhow::Error::msg)?;
+        self.confirmations
+            .restore(&m.open_confirmations, &self.registry)
             .map_err(anyhow::Error::msg)?;
         let now = Instant::now();
         for o in &m.offsets {
@@ -192,6 +207,7 @@ impl Processor {
             return false;
         }
         self.symptoms.add(e);
+        self.confirmations.add(e);
         self.stats.accepted += 1;
         self.dirty = true;
         true
@@ -259,7 +275,8 @@ impl Processor {
         let watermark = self.watermarks.advance(now);
         let cut = if finish { i64::MAX } else { watermark };
         let finals = self.symptoms.take_final(cut);
-        if !self.dirty && finals.is_empty() {
+        let confirmed = self.confirmations.take_final(cut);
+        if !self.dirty && finals.is_empty() && confirmed.is_empty() {
             return Ok(());
         }
         let seq = self.manifest.checkpoint + 1;
@@ -282,6 +299,25 @@ impl Processor {
             self.stats.rows += rows.len() as u64;
             m.tables
                 .entry("symptom_counts".into())
+                .or_default()
+                .push(rel);
+        }
+
+        let mut by_day: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for row in confirmed {
+            by_day
+                .entry(self.cfg.calendar.day(row.0 .0).to_string())
+                .or_default()
+                .push(row);
+        }
+        for (day, rows) in by_day {
+            let rel = format!("confirmations/day={day}/part-{seq:010}.parquet");
+            let b = confirmations::batch(&rows, windows, &self.registry)?;
+            self.store.write_parquet(&rel, &[b])?;
+            self.stats.files += 1;
+            self.stats.rows += rows.len() as u64;
+            m.tables
+                .entry("confirmations".into())
                 .or_default()
                 .push(rel);
         }
@@ -310,7 +346,16 @@ impl Processor {
             m.dedupe.push(rel);
         }
 
+        if self.confirmations.has_pending() {
+            let rel = format!("_paicha/state/cases-{seq:010}.bin");
+            let mut buf = Vec::new();
+            self.confirmations.write_pending(&mut buf)?;
+            self.store.write_file(&rel, &buf)?;
+            m.cases.push(rel);
+        }
+
         m.open_windows = self.symptoms.open(&self.registry);
+        m.open_confirmations = self.confirmations.open(&self.registry);
         let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
         m.offsets = self
             .offsets

@@ -9,8 +9,10 @@
 //!   _paicha/state/dedupe-N.bin    ids added by checkpoint N
 //!   _paicha/registry/*.csv        the registries the data was validated with
 //!   _paicha/tmp/                  files being written (never read)
-//!   symptom_counts/day=YYYY-MM-DD/part-N-K.parquet
-//!   dead_letters/day=YYYY-MM-DD/part-N-K.parquet
+//!   _paicha/state/cases-N.bin     first case reports changed by checkpoint N
+//!   symptom_counts/day=YYYY-MM-DD/part-N.parquet
+//!   confirmations/day=YYYY-MM-DD/part-N.parquet
+//!   dead_letters/day=YYYY-MM-DD/part-N.parquet
 //! ```
 //!
 //! A checkpoint writes its files under `_paicha/tmp/`, renames each into
@@ -79,8 +81,15 @@ pub struct Manifest {
     pub tables: BTreeMap<String, Vec<String>>,
     /// Dedupe files, relative to the data directory.
     pub dedupe: Vec<String>,
+    /// First case reports per person and status, relative to the data
+    /// directory.
+    #[serde(default)]
+    pub cases: Vec<String>,
     /// Windows not yet final, with their counts so far.
     pub open_windows: Vec<OpenWindow>,
+    /// `confirmations` windows not yet final.
+    #[serde(default)]
+    pub open_confirmations: Vec<OpenWindow>,
     /// Kafka positions the committed files cover.
     pub offsets: Vec<Offset>,
     /// The pipeline watermark at the commit, µs.
@@ -225,6 +234,7 @@ impl Store {
             .values()
             .flatten()
             .chain(manifest.dedupe.iter())
+            .chain(manifest.cases.iter())
             .map(|rel| self.root.join(rel))
             .collect();
         let mut removed = 0;

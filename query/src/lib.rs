@@ -27,7 +27,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use paicha_ingest::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
 use paicha_processors::symptoms::COUNT_COLUMNS;
-use paicha_processors::{dead_letters, symptoms};
+use paicha_processors::{confirmations, dead_letters, symptoms};
 
 /// Schema holding the stored rows behind the folding views.
 pub const INTERNAL_SCHEMA: &str = "paicha_internal";
@@ -62,6 +62,10 @@ pub async fn open(data_dir: &Path) -> Result<SessionContext> {
         "symptom_counts".into(),
         parquet_table(&ctx, files("symptom_counts"), symptoms::schema()).await?,
     )?;
+    internal.register_table(
+        "confirmations".into(),
+        parquet_table(&ctx, files("confirmations"), confirmations::schema()).await?,
+    )?;
     ctx.register_table(
         "dead_letters",
         parquet_table(&ctx, files("dead_letters"), dead_letters::schema()).await?,
@@ -71,19 +75,42 @@ pub async fn open(data_dir: &Path) -> Result<SessionContext> {
     ctx.register_table("districts", districts_table(&registry)?)?;
     ctx.register_table("hospitals", hospitals_table(&registry)?)?;
 
-    let sums = COUNT_COLUMNS
+    folding_view(
+        &ctx,
+        "symptom_counts",
+        "window_start, window_end, district, district_name, source",
+        &COUNT_COLUMNS,
+    )
+    .await?;
+    folding_view(
+        &ctx,
+        "confirmations",
+        "window_start, window_end, district, district_name",
+        &confirmations::COUNT_COLUMNS,
+    )
+    .await?;
+    Ok(ctx)
+}
+
+/// The public view of a windowed table: one row per key, its stored rows
+/// (first writes and late corrections) summed.
+async fn folding_view(
+    ctx: &SessionContext,
+    table: &str,
+    keys: &str,
+    counts: &[&str],
+) -> Result<()> {
+    let sums = counts
         .iter()
         .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
         .collect::<Vec<_>>()
         .join(", ");
     ctx.sql(&format!(
-        "CREATE VIEW symptom_counts AS \
-         SELECT window_start, window_end, district, district_name, source, {sums} \
-         FROM {INTERNAL_SCHEMA}.symptom_counts \
-         GROUP BY window_start, window_end, district, district_name, source"
+        "CREATE VIEW {table} AS SELECT {keys}, {sums} \
+         FROM {INTERNAL_SCHEMA}.{table} GROUP BY {keys}"
     ))
     .await?;
-    Ok(ctx)
+    Ok(())
 }
 
 fn read_registry(data_dir: &Path) -> Result<Registry> {

@@ -290,3 +290,58 @@ pub fn assert_same_counts(
         &diff[..diff.len().min(5)]
     );
 }
+
+/// `confirmations` by folding over a file: the first report of each status
+/// per person, first by event time, counted in its window and district.
+/// Key (window start in Unix seconds, district); counts in the order
+/// suspected, confirmed, excluded, recovered, died.
+pub fn fold_confirmations(path: &Path) -> BTreeMap<(i64, String), [i64; 5]> {
+    const STATUSES: [&str; 5] = ["suspected", "confirmed", "excluded", "recovered", "died"];
+    let text = std::fs::read_to_string(path).expect("read input");
+    let districts = districts();
+    let mut seen = HashSet::new();
+    let mut first: BTreeMap<(String, usize), (i64, String)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(v) = valid(line, &districts) else {
+            continue;
+        };
+        if v["source"] != "case" || !seen.insert(v["event_id"].as_str().unwrap().to_string()) {
+            continue;
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
+        let s = STATUSES.iter().position(|x| v["status"] == *x).unwrap();
+        let d = v["district"].as_str().unwrap().to_string();
+        let e = first
+            .entry((v["person_id"].as_str().unwrap().to_string(), s))
+            .or_insert((t, d.clone()));
+        if t < e.0 {
+            *e = (t, d);
+        }
+    }
+    let mut out: BTreeMap<(i64, String), [i64; 5]> = BTreeMap::new();
+    for ((_, s), (t, d)) in first {
+        out.entry((t.div_euclid(3600) * 3600, d)).or_default()[s] += 1;
+    }
+    out
+}
+
+/// `confirmations` as paicha answers it (rows of all zeros left out).
+pub fn query_confirmations(data: &Path) -> BTreeMap<(i64, String), [i64; 5]> {
+    sql_rows(
+        data,
+        "SELECT to_unixtime(window_start), district, new_suspected, new_confirmed, \
+         new_excluded, new_recovered, new_died FROM confirmations ORDER BY 1, 2",
+    )
+    .into_iter()
+    .map(|r| {
+        let mut c = [0i64; 5];
+        for (i, x) in r[2..7].iter().enumerate() {
+            c[i] = x.parse().expect("count");
+        }
+        ((r[0].parse().expect("window"), r[1].clone()), c)
+    })
+    .filter(|(_, c)| c.iter().any(|x| *x != 0))
+    .collect()
+}

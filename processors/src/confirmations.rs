@@ -1,0 +1,288 @@
+//! `confirmations`: new suspected, confirmed, excluded, recovered and died
+//! per hourly window and district.
+//!
+//! "New" is the first case event of that status for a person, first by event
+//! time: when an earlier report of the same status arrives late, the count
+//! moves from the later report's window to the earlier one (a −1 correction
+//! row and a +1), so the totals are exact whatever order reports arrive in.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use paicha_ingest::event::{Body, CaseStatus, Event};
+use paicha_ingest::registry::Registry;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::store::OpenWindow;
+use crate::time::Windows;
+
+/// Count columns of `confirmations`, in the order of [`CaseStatus::ALL`].
+pub const COUNT_COLUMNS: [&str; 5] = [
+    "new_suspected",
+    "new_confirmed",
+    "new_excluded",
+    "new_recovered",
+    "new_died",
+];
+
+/// A window key: start (µs) and district index.
+pub type Key = (i64, u16);
+
+/// Counts of one window, in the order of [`COUNT_COLUMNS`].
+pub type Counts = [i64; 5];
+
+/// Bytes of one record of the first-report file.
+const RECORD: usize = 16 + 1 + 8 + 2;
+
+fn status_index(s: CaseStatus) -> usize {
+    CaseStatus::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The Arrow schema of stored `confirmations` rows.
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("district_name", DataType::Utf8, false),
+    ];
+    fields.extend(
+        COUNT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// First reports per person and status, and the windows counting them.
+#[derive(Debug)]
+pub struct Confirmations {
+    windows: Windows,
+    /// (person hash, status index) → (event time, district) of the first report.
+    firsts: HashMap<(u128, u8), (i64, u16)>,
+    /// Changes to `firsts` since the last checkpoint.
+    pending: Vec<((u128, u8), (i64, u16))>,
+    state: HashMap<Key, Counts>,
+}
+
+impl Confirmations {
+    /// Empty state for windows of the given size.
+    pub fn new(windows: Windows) -> Self {
+        Confirmations {
+            windows,
+            firsts: HashMap::new(),
+            pending: Vec::new(),
+            state: HashMap::new(),
+        }
+    }
+
+    fn bump(&mut self, time: i64, district: u16, status: usize, by: i64) {
+        let key = (self.windows.start(time), district);
+        self.state.entry(key).or_insert([0; 5])[status] += by;
+    }
+
+    /// Counts one (deduplicated) event if it is a case event.
+    pub fn add(&mut self, e: &Event) {
+        let Body::Case {
+            person_key, status, ..
+        } = &e.body
+        else {
+            return;
+        };
+        let s = status_index(*status);
+        let key = (xxh3_128(person_key.as_bytes()), s as u8);
+        let first = (e.event_time, e.district);
+        match self.firsts.get(&key).copied() {
+            None => self.bump(e.event_time, e.district, s, 1),
+            Some((t, d)) if e.event_time < t => {
+                self.bump(t, d, s, -1);
+                self.bump(e.event_time, e.district, s, 1);
+            }
+            Some(_) => return,
+        }
+        self.firsts.insert(key, first);
+        self.pending.push((key, first));
+    }
+
+    /// Removes and returns, sorted, every window whose end is at or before
+    /// `watermark`. Windows whose counts cancelled out are dropped.
+    pub fn take_final(&mut self, watermark: i64) -> Vec<(Key, Counts)> {
+        let size = self.windows.size();
+        let mut done = Vec::new();
+        self.state.retain(|k, c| {
+            if k.0.saturating_add(size) <= watermark {
+                if c.iter().any(|x| *x != 0) {
+                    done.push((*k, *c));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        done.sort_unstable_by_key(|(k, _)| *k);
+        done
+    }
+
+    /// The windows still open, for the checkpoint.
+    pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
+        let mut rows: Vec<_> = self.state.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| **k);
+        rows.into_iter()
+            .map(|((start, d), c)| OpenWindow {
+                window_start: *start,
+                district: registry.district(*d).district.clone(),
+                source: "case".into(),
+                counts: c.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Restores windows saved by [`Confirmations::open`].
+    pub fn restore(&mut self, rows: &[OpenWindow], registry: &Registry) -> Result<(), String> {
+        for r in rows {
+            let d = registry
+                .district_id(&r.district)
+                .ok_or_else(|| format!("checkpoint names unknown district {}", r.district))?;
+            let c: Counts = r
+                .counts
+                .as_slice()
+                .try_into()
+                .map_err(|_| "checkpoint window has the wrong number of counts".to_string())?;
+            self.state.insert((r.window_start, d), c);
+        }
+        Ok(())
+    }
+
+    /// Whether first reports changed since the last checkpoint.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the first reports changed since the last call.
+    pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(self.pending.len() * RECORD);
+        for ((person, status), (time, district)) in self.pending.drain(..) {
+            buf.extend_from_slice(&person.to_le_bytes());
+            buf.push(status);
+            buf.extend_from_slice(&time.to_le_bytes());
+            buf.extend_from_slice(&district.to_le_bytes());
+        }
+        out.write_all(&buf)
+    }
+
+    /// Loads first reports written by [`Confirmations::write_pending`]; a
+    /// later record of a key replaces an earlier one.
+    pub fn load(&mut self, input: &mut impl Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        if bytes.len() % RECORD != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "case file length is not a whole number of records",
+            ));
+        }
+        for r in bytes.chunks_exact(RECORD) {
+            let mut p = [0u8; 16];
+            p.copy_from_slice(&r[..16]);
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&r[17..25]);
+            let mut d = [0u8; 2];
+            d.copy_from_slice(&r[25..27]);
+            self.firsts.insert(
+                (u128::from_le_bytes(p), r[16]),
+                (i64::from_le_bytes(t), u16::from_le_bytes(d)),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Builds `confirmations` rows.
+pub fn batch(
+    rows: &[(Key, Counts)],
+    windows: Windows,
+    registry: &Registry,
+) -> arrow::error::Result<RecordBatch> {
+    let n = rows.len();
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut district = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut counts: Vec<Int64Builder> = (0..COUNT_COLUMNS.len())
+        .map(|_| Int64Builder::with_capacity(n))
+        .collect();
+    for ((s, d), c) in rows {
+        start.append_value(*s);
+        end.append_value(windows.end(*s));
+        let dist = registry.district(*d);
+        district.append_value(&dist.district);
+        name.append_value(&dist.name);
+        for (b, v) in counts.iter_mut().zip(c) {
+            b.append_value(*v);
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(district.finish()),
+        Arc::new(name.finish()),
+    ];
+    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    RecordBatch::try_new(schema(), cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::HOUR_MICROS;
+
+    fn case(person: &str, status: CaseStatus, t: i64) -> Event {
+        Event {
+            event_id: format!("{person}-{t}"),
+            event_time: t,
+            district: 1,
+            body: Body::Case {
+                person_key: person.into(),
+                status,
+                hospital: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_first_report_by_event_time_counts_once() {
+        let h = HOUR_MICROS;
+        let mut c = Confirmations::new(Windows::new(h));
+        c.add(&case("a", CaseStatus::Confirmed, 5 * h));
+        c.add(&case("a", CaseStatus::Confirmed, 6 * h)); // a re-report
+        c.add(&case("a", CaseStatus::Suspected, 6 * h));
+        let done = c.take_final(10 * h);
+        assert_eq!(
+            done,
+            vec![((5 * h, 1), [0, 1, 0, 0, 0]), ((6 * h, 1), [1, 0, 0, 0, 0])]
+        );
+        // An earlier confirmation arrives after both windows were written:
+        // the count moves from hour 5 to hour 2.
+        c.add(&case("a", CaseStatus::Confirmed, 2 * h));
+        let done = c.take_final(10 * h);
+        assert_eq!(
+            done,
+            vec![
+                ((2 * h, 1), [0, 1, 0, 0, 0]),
+                ((5 * h, 1), [0, -1, 0, 0, 0])
+            ]
+        );
+        // The first reports survive a checkpoint round trip.
+        let mut file = Vec::new();
+        c.write_pending(&mut file).unwrap();
+        let mut again = Confirmations::new(Windows::new(h));
+        again.load(&mut file.as_slice()).unwrap();
+        again.add(&case("a", CaseStatus::Confirmed, 3 * h));
+        assert!(again.take_final(i64::MAX).is_empty());
+    }
+}
