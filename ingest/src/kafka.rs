@@ -498,7 +498,10 @@ impl BatchProducer {
                 if flow.is_closed() {
                     bail!("the consumer stopped before every event was produced");
                 }
-                self.producer.poll(Duration::from_millis(1));
+                // librdkafka's poll with a timeout spins on the clock; sleep
+                // instead, and serve delivery reports without waiting.
+                std::thread::sleep(Duration::from_micros(500));
+                self.producer.poll(Duration::ZERO);
             }
             flow.produced(source, partition, buf.len());
         }
