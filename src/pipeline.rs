@@ -263,7 +263,8 @@ fn handle(
             .to_millis()
             .map(|ms| ms * 1000)
             .unwrap_or_else(micros_now);
-        processor.dead_letter(DeadLetter {
+        let reason = h.reason.clone();
+        let new = processor.dead_letter(DeadLetter {
             received_at,
             topic: h.topic,
             partition: h.partition,
@@ -272,6 +273,9 @@ fn handle(
             reason: h.reason,
             field: h.field,
         });
+        if new {
+            metrics.dead_letters.with_label_values(&[&reason]).inc();
+        }
         processor.consumed(topic, partition, offset, None, now);
         return Ok(());
     }

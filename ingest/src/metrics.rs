@@ -20,8 +20,11 @@ pub struct Metrics {
     pub events_duplicate: IntCounterVec,
     /// Events refused, by source topic and reason.
     pub events_rejected: IntCounterVec,
-    /// Messages written to the dead-letter topic.
+    /// Messages written to the dead-letter topic by the consumer.
     pub dead_letters_produced: IntCounter,
+    /// Dead letters recorded in the `dead_letters` table, by reason: every
+    /// producer's rejects (the replay's unroutable lines included).
+    pub dead_letters: IntCounterVec,
     /// Kafka messages consumed, by topic.
     pub messages_consumed: IntCounterVec,
     /// The pipeline watermark, seconds since the epoch.
@@ -69,6 +72,11 @@ impl Metrics {
                 "Kafka messages consumed, by topic.",
                 &["topic"],
             )?,
+            dead_letters: counter_vec(
+                "paicha_dead_letters_total",
+                "Dead letters recorded in the dead_letters table, by reason.",
+                &["reason"],
+            )?,
             dead_letters_produced: IntCounter::new(
                 "paicha_dead_letters_produced_total",
                 "Messages written to screening.dead_letter.",
@@ -102,6 +110,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.checkpoint_duration.clone()))?;
         // Show every series from the start, so rates and alerts see zeros.
+        for r in RejectReason::ALL {
+            m.dead_letters.with_label_values(&[r.as_str()]);
+        }
         for s in Source::ALL {
             m.events_consumed.with_label_values(&[s.as_str()]);
             m.events_accepted.with_label_values(&[s.as_str()]);
