@@ -11,6 +11,12 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "paicha", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// A TOML file of settings (`data = "…"`, `brokers = "…"`,
+    /// `window = "1h"`, …: each key is a flag name with `_` for `-`);
+    /// environment variables and flags win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,10 +78,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
     pub group: String,
     /// Partitions per topic of the embedded cluster.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
+    #[arg(long, default_value_t = 4, env = "PAICHA_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: i32,
     /// Events per second the live simulator produces.
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 2000.0, env = "PAICHA_RATE")]
     pub rate: f64,
     /// Simulator seed.
     #[arg(long, default_value_t = 1)]
@@ -142,6 +148,46 @@ pub struct SqlArgs {
     pub format: paicha_query::Format,
     /// The query.
     pub query: String,
+}
+
+/// Reads the `--config` file named in `args`, if any, into `PAICHA_*`
+/// environment variables that are not already set, so that the file loses to
+/// the environment and both lose to flags.
+pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
+    let mut path = None;
+    for (i, a) in args.iter().enumerate() {
+        let a = a.to_string_lossy();
+        if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        } else if a == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("config file {}: {}", path.display(), e.message()))?;
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "config file {}: `{key}` must be a string, number or boolean",
+                    path.display()
+                ))
+            }
+        };
+        let var = format!("PAICHA_{}", key.to_uppercase().replace('-', "_"));
+        if std::env::var_os(&var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
+    Ok(())
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (or plain seconds).

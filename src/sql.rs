@@ -16,7 +16,11 @@ pub fn sql(args: SqlArgs) -> Result<()> {
     let (schema, batches) = match &args.url {
         Some(url) => remote(url, &args.query)?,
         None => {
-            let data = args.data.clone().unwrap_or_else(|| PathBuf::from("data"));
+            let data = args
+                .data
+                .clone()
+                .or_else(|| std::env::var_os("PAICHA_DATA").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("data"));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -106,3 +106,47 @@ fn simulate_is_deterministic() {
     let err = fails(&["simulate", "--out", a.to_str().unwrap(), "--scale=-1"]);
     assert!(err.contains("scale"), "{err}");
 }
+
+#[test]
+fn settings_from_a_config_file_lose_to_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-config");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let config = dir.path().join("paicha.toml");
+    std::fs::write(
+        &config,
+        format!("data = {:?}\nwindow = \"30m\"\n", data.to_str().unwrap()),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    ok(&["run", "--config", c, "--replay", empty.to_str().unwrap()]);
+    let manifest = std::fs::read_to_string(data.join("_paicha/manifest.json")).unwrap();
+    assert!(
+        manifest.contains(r#""window_micros":1800000000"#),
+        "{manifest}"
+    );
+    let out = ok(&[
+        "sql",
+        "--config",
+        c,
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n FROM districts",
+    ]);
+    assert_eq!(out, "n\n38\n");
+    // A flag wins over the file: another window for the same directory is refused.
+    let err = fails(&[
+        "run",
+        "--config",
+        c,
+        "--window",
+        "1h",
+        "--replay",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(err.contains("windows"), "{err}");
+    std::fs::write(&config, "data = [1, 2]\n").unwrap();
+    let err = fails(&["sql", "--config", c, "SELECT 1"]);
+    assert!(err.contains("paicha.toml"), "{err}");
+}
