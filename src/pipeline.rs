@@ -44,6 +44,22 @@ pub struct ConsumerConfig {
     pub checkpoint_interval: Duration,
     /// Pause after each message (a stand-in for a slow sink in tests).
     pub slow_sink: Duration,
+    /// Where to publish the rows in memory for SQL, if anyone queries.
+    pub live: Option<paicha_query::Live>,
+}
+
+/// How often the rows in memory are published to SQL: an event is visible
+/// in a query within this much of being consumed.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+fn publish(processor: &Processor, live: &Option<paicha_query::Live>) -> Result<()> {
+    if let Some(live) = live {
+        let view = Arc::new(processor.live_view()?);
+        if let Ok(mut slot) = live.write() {
+            *slot = view;
+        }
+    }
+    Ok(())
 }
 
 /// Totals of a consumer run.
@@ -131,6 +147,7 @@ pub fn consume(
 
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
+    let mut last_publish = Instant::now();
     let mut dlq_ends: Option<BTreeMap<(String, i32), i64>> = None;
     loop {
         if shutdown.load(Ordering::Acquire) {
@@ -150,6 +167,10 @@ pub fn consume(
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
             checkpoint(processor, metrics, false)?;
             last_checkpoint = Instant::now();
+        }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            publish(processor, &cfg.live)?;
+            last_publish = Instant::now();
         }
         if let Some(end) = &end {
             if dlq_ends.is_none() {
@@ -176,6 +197,7 @@ pub fn consume(
     }
     kafka::finish(&dlq, &dlq_counter)?;
     checkpoint(processor, metrics, end.is_some())?;
+    publish(processor, &cfg.live)?;
     let stats = processor.stats();
     summary.accepted = stats.accepted;
     summary.duplicates = stats.duplicates;

@@ -103,6 +103,7 @@ fn serve_http(
     addr: &str,
     data: &Path,
     metrics: &Metrics,
+    live: Option<paicha_query::Live>,
 ) -> Result<std::net::SocketAddr> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
@@ -111,6 +112,7 @@ fn serve_http(
     let state = paicha_query::http::HttpState {
         data_dir: data.to_path_buf(),
         metrics: metrics.registry.clone(),
+        live,
     };
     rt.spawn(async move {
         if let Err(e) = paicha_query::http::serve(listener, state).await {
@@ -179,9 +181,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         (None, None) => Some("127.0.0.1:8080".to_string()),
         (None, Some(_)) => None,
     };
-    if let Some(addr) = &http {
-        serve_http(&rt, addr, &args.data, &metrics)?;
-    }
+    let live: Option<paicha_query::Live> = match &http {
+        Some(addr) => {
+            let live = Arc::new(std::sync::RwLock::new(Arc::new(processor.live_view()?)));
+            serve_http(&rt, addr, &args.data, &metrics, Some(live.clone()))?;
+            Some(live)
+        }
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
 
@@ -275,6 +282,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         embedded,
         checkpoint_interval: args.checkpoint_interval,
         slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
+        live,
     };
     let consumed = pipeline::consume(
         &consumer_cfg,
@@ -369,7 +377,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     paicha_processors::store::Store::open(&args.data)?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let rt = runtime()?;
-    serve_http(&rt, &args.http, &args.data, &metrics)?;
+    serve_http(&rt, &args.http, &args.data, &metrics, None)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
     while !shutdown.load(Ordering::Acquire) {

@@ -128,6 +128,14 @@ impl Confirmations {
         done
     }
 
+    /// Every window held in memory (open, or final but not yet written),
+    /// sorted: what SQL adds to the stored rows.
+    pub fn snapshot(&self) -> Vec<(Key, Counts)> {
+        let mut rows: Vec<(Key, Counts)> = self.state.iter().map(|(k, c)| (*k, *c)).collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        rows
+    }
+
     /// The windows still open, for the checkpoint.
     pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
         let mut rows: Vec<_> = self.state.iter().collect();

@@ -34,6 +34,43 @@ use crate::symptoms::SymptomWindows;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
 use crate::watermark::Watermarks;
 
+/// What the processors hold that SQL should see together with the stored
+/// files: the manifest those files belong to, and the rows still in memory.
+/// Published as one value so a query never pairs a new manifest with an old
+/// snapshot (which would count a window twice) or the reverse.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    /// The manifest of the last checkpoint.
+    pub manifest: Manifest,
+    /// `symptom_counts` rows in memory.
+    pub symptom_counts: arrow::record_batch::RecordBatch,
+    /// `confirmations` rows in memory.
+    pub confirmations: arrow::record_batch::RecordBatch,
+    /// `dead_letters` rows in memory.
+    pub dead_letters: arrow::record_batch::RecordBatch,
+}
+
+impl LiveView {
+    /// The view of a stopped pipeline: the committed files, plus the windows
+    /// its last checkpoint carried as open (committed counts too, only not
+    /// yet final).
+    pub fn from_manifest(m: &Manifest, registry: &Registry) -> Result<Self> {
+        let windows = Windows::new(m.window_micros);
+        let mut s = SymptomWindows::new(windows);
+        s.restore(&m.open_windows, registry)
+            .map_err(anyhow::Error::msg)?;
+        let mut c = Confirmations::new(windows);
+        c.restore(&m.open_confirmations, registry)
+            .map_err(anyhow::Error::msg)?;
+        Ok(LiveView {
+            manifest: m.clone(),
+            symptom_counts: symptoms::batch(&s.snapshot(), windows, registry)?,
+            confirmations: confirmations::batch(&c.snapshot(), windows, registry)?,
+            dead_letters: dead_letters::batch(&[])?,
+        })
+    }
+}
+
 /// Names of the tables the processors write.
 pub const TABLES: [&str; 3] = ["symptom_counts", "confirmations", "dead_letters"];
 
@@ -250,6 +287,21 @@ impl Processor {
             self.watermarks.observe(topic, partition, t, now);
         }
         self.dirty = true;
+    }
+
+    /// The committed manifest and the rows in memory, consistent with it.
+    pub fn live_view(&self) -> Result<LiveView> {
+        let windows = self.symptoms.windows();
+        Ok(LiveView {
+            manifest: self.manifest.clone(),
+            symptom_counts: symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
+            confirmations: confirmations::batch(
+                &self.confirmations.snapshot(),
+                windows,
+                &self.registry,
+            )?,
+            dead_letters: dead_letters::batch(&self.dead_letters)?,
+        })
     }
 
     /// Forgets the consumed positions: the embedded cluster is new each run,

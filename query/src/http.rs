@@ -24,6 +24,8 @@ pub struct HttpState {
     pub data_dir: PathBuf,
     /// The metrics to expose.
     pub metrics: prometheus::Registry,
+    /// The running pipeline's in-memory rows, if there is one.
+    pub live: Option<crate::Live>,
 }
 
 /// The router of the HTTP port.
@@ -53,7 +55,7 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let ctx = match crate::open(&state.data_dir).await {
+    let ctx = match crate::open_with(&state.data_dir, state.live.as_ref()).await {
         Ok(c) => c,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     };

@@ -5,7 +5,8 @@
 //! Only files the manifest lists are read, so a query never sees the files of
 //! a checkpoint that has not committed. Stored windowed tables may hold
 //! correction rows for late events; the public tables are views that fold
-//! them, so `SELECT * FROM symptom_counts` shows one row per key.
+//! them, so `SELECT * FROM symptom_counts` shows one row per key. While the
+//! pipeline runs, the rows it holds in memory join the stored ones.
 
 pub mod http;
 
@@ -27,15 +28,35 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use paicha_ingest::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
 use paicha_processors::symptoms::COUNT_COLUMNS;
-use paicha_processors::{confirmations, dead_letters, symptoms};
+use paicha_processors::{confirmations, dead_letters, symptoms, LiveView};
 
 /// Schema holding the stored rows behind the folding views.
 pub const INTERNAL_SCHEMA: &str = "paicha_internal";
 
+/// The processors' published [`LiveView`], shared with the query side.
+pub type Live = Arc<std::sync::RwLock<Arc<LiveView>>>;
+
 /// A session over the committed state of a data directory.
 pub async fn open(data_dir: &Path) -> Result<SessionContext> {
+    open_with(data_dir, None).await
+}
+
+/// A session over a data directory and, while the pipeline runs, the rows
+/// it holds in memory: every table answers from both.
+pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionContext> {
     let store = Store::open(data_dir)?;
-    let manifest = store.manifest()?.unwrap_or_default();
+    let registry = read_registry(data_dir)?;
+    let live: Arc<LiveView> = match live {
+        Some(l) => l
+            .read()
+            .map_err(|_| anyhow::anyhow!("the pipeline's live state is unavailable"))?
+            .clone(),
+        None => {
+            let m = store.manifest()?.unwrap_or_default();
+            Arc::new(LiveView::from_manifest(&m, &registry)?)
+        }
+    };
+    let manifest = &live.manifest;
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()
             .with_information_schema(true)
@@ -58,20 +79,31 @@ pub async fn open(data_dir: &Path) -> Result<SessionContext> {
             .collect()
     };
     use datafusion::catalog::SchemaProvider;
-    internal.register_table(
-        "symptom_counts".into(),
-        parquet_table(&ctx, files("symptom_counts"), symptoms::schema()).await?,
-    )?;
-    internal.register_table(
-        "confirmations".into(),
-        parquet_table(&ctx, files("confirmations"), confirmations::schema()).await?,
-    )?;
-    ctx.register_table(
-        "dead_letters",
-        parquet_table(&ctx, files("dead_letters"), dead_letters::schema()).await?,
-    )?;
+    let tables = [
+        ("symptom_counts", symptoms::schema(), &live.symptom_counts),
+        (
+            "confirmations",
+            confirmations::schema(),
+            &live.confirmations,
+        ),
+        ("dead_letters", dead_letters::schema(), &live.dead_letters),
+    ];
+    for (name, schema, rows) in tables {
+        internal.register_table(
+            name.into(),
+            parquet_table(files(name), schema.clone()).await?,
+        )?;
+        internal.register_table(
+            format!("{name}_live"),
+            Arc::new(MemTable::try_new(schema, vec![vec![rows.clone()]])?),
+        )?;
+    }
+    ctx.sql(&format!(
+        "CREATE VIEW dead_letters AS SELECT * FROM {INTERNAL_SCHEMA}.dead_letters \
+         UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.dead_letters_live"
+    ))
+    .await?;
 
-    let registry = read_registry(data_dir)?;
     ctx.register_table("districts", districts_table(&registry)?)?;
     ctx.register_table("hospitals", hospitals_table(&registry)?)?;
 
@@ -107,7 +139,9 @@ async fn folding_view(
         .join(", ");
     ctx.sql(&format!(
         "CREATE VIEW {table} AS SELECT {keys}, {sums} \
-         FROM {INTERNAL_SCHEMA}.{table} GROUP BY {keys}"
+         FROM (SELECT * FROM {INTERNAL_SCHEMA}.{table} \
+               UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.{table}_live) \
+         GROUP BY {keys}"
     ))
     .await?;
     Ok(())
@@ -122,11 +156,7 @@ fn read_registry(data_dir: &Path) -> Result<Registry> {
     Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)
 }
 
-async fn parquet_table(
-    ctx: &SessionContext,
-    files: Vec<String>,
-    schema: SchemaRef,
-) -> Result<Arc<dyn TableProvider>> {
+async fn parquet_table(files: Vec<String>, schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
     if files.is_empty() {
         return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
     }
@@ -139,7 +169,6 @@ async fn parquet_table(
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    let _ = ctx;
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
