@@ -17,8 +17,8 @@ use paicha_ingest::event::{Body, CaseStatus, Event};
 use paicha_ingest::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::store::OpenWindow;
 use crate::time::Windows;
+use crate::window_counts::{Case, WindowCounts};
 
 /// Count columns of `confirmations`, in the order of [`CaseStatus::ALL`].
 pub const COUNT_COLUMNS: [&str; 5] = [
@@ -29,8 +29,8 @@ pub const COUNT_COLUMNS: [&str; 5] = [
     "new_died",
 ];
 
-/// A window key: start (µs) and district index.
-pub type Key = (i64, u16);
+/// A window key: start (µs), district index, and the one tag.
+pub type Key = (i64, u16, Case);
 
 /// Counts of one window, in the order of [`COUNT_COLUMNS`].
 pub type Counts = [i64; 5];
@@ -62,28 +62,25 @@ pub fn schema() -> SchemaRef {
 /// First reports per person and status, and the windows counting them.
 #[derive(Debug)]
 pub struct Confirmations {
-    windows: Windows,
     /// (person hash, status index) → (event time, district) of the first report.
     firsts: HashMap<(u128, u8), (i64, u16)>,
     /// Changes to `firsts` since the last checkpoint.
     pending: Vec<((u128, u8), (i64, u16))>,
-    state: HashMap<Key, Counts>,
+    counts: WindowCounts<Case, 5>,
 }
 
 impl Confirmations {
     /// Empty state for windows of the given size.
     pub fn new(windows: Windows) -> Self {
         Confirmations {
-            windows,
             firsts: HashMap::new(),
             pending: Vec::new(),
-            state: HashMap::new(),
+            counts: WindowCounts::new(windows),
         }
     }
 
     fn bump(&mut self, time: i64, district: u16, status: usize, by: i64) {
-        let key = (self.windows.start(time), district);
-        self.state.entry(key).or_insert([0; 5])[status] += by;
+        self.counts.at(time, district, Case)[status] += by;
     }
 
     /// Counts one (deduplicated) event if it is a case event.
@@ -109,61 +106,14 @@ impl Confirmations {
         self.pending.push((key, first));
     }
 
-    /// Removes and returns, sorted, every window whose end is at or before
-    /// `watermark`. Windows whose counts cancelled out are dropped.
-    pub fn take_final(&mut self, watermark: i64) -> Vec<(Key, Counts)> {
-        let size = self.windows.size();
-        let mut done = Vec::new();
-        self.state.retain(|k, c| {
-            if k.0.saturating_add(size) <= watermark {
-                if c.iter().any(|x| *x != 0) {
-                    done.push((*k, *c));
-                }
-                false
-            } else {
-                true
-            }
-        });
-        done.sort_unstable_by_key(|(k, _)| *k);
-        done
+    /// The windows in memory.
+    pub fn counts(&self) -> &WindowCounts<Case, 5> {
+        &self.counts
     }
 
-    /// Every window held in memory (open, or final but not yet written),
-    /// sorted: what SQL adds to the stored rows.
-    pub fn snapshot(&self) -> Vec<(Key, Counts)> {
-        let mut rows: Vec<(Key, Counts)> = self.state.iter().map(|(k, c)| (*k, *c)).collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        rows
-    }
-
-    /// The windows still open, for the checkpoint.
-    pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
-        let mut rows: Vec<_> = self.state.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| **k);
-        rows.into_iter()
-            .map(|((start, d), c)| OpenWindow {
-                window_start: *start,
-                district: registry.district(*d).district.clone(),
-                source: "case".into(),
-                counts: c.to_vec(),
-            })
-            .collect()
-    }
-
-    /// Restores windows saved by [`Confirmations::open`].
-    pub fn restore(&mut self, rows: &[OpenWindow], registry: &Registry) -> Result<(), String> {
-        for r in rows {
-            let d = registry
-                .district_id(&r.district)
-                .ok_or_else(|| format!("checkpoint names unknown district {}", r.district))?;
-            let c: Counts = r
-                .counts
-                .as_slice()
-                .try_into()
-                .map_err(|_| "checkpoint window has the wrong number of counts".to_string())?;
-            self.state.insert((r.window_start, d), c);
-        }
-        Ok(())
+    /// The windows in memory, to finalize or restore.
+    pub fn counts_mut(&mut self) -> &mut WindowCounts<Case, 5> {
+        &mut self.counts
     }
 
     /// Whether first reports changed since the last checkpoint.
@@ -224,7 +174,7 @@ pub fn batch(
     let mut counts: Vec<Int64Builder> = (0..COUNT_COLUMNS.len())
         .map(|_| Int64Builder::with_capacity(n))
         .collect();
-    for ((s, d), c) in rows {
+    for ((s, d, _), c) in rows {
         start.append_value(*s);
         end.append_value(windows.end(*s));
         let dist = registry.district(*d);
@@ -269,20 +219,23 @@ mod tests {
         c.add(&case("a", CaseStatus::Confirmed, 5 * h));
         c.add(&case("a", CaseStatus::Confirmed, 6 * h)); // a re-report
         c.add(&case("a", CaseStatus::Suspected, 6 * h));
-        let done = c.take_final(10 * h);
+        let done = c.counts_mut().take_final(10 * h);
         assert_eq!(
             done,
-            vec![((5 * h, 1), [0, 1, 0, 0, 0]), ((6 * h, 1), [1, 0, 0, 0, 0])]
+            vec![
+                ((5 * h, 1, Case), [0, 1, 0, 0, 0]),
+                ((6 * h, 1, Case), [1, 0, 0, 0, 0])
+            ]
         );
         // An earlier confirmation arrives after both windows were written:
         // the count moves from hour 5 to hour 2.
         c.add(&case("a", CaseStatus::Confirmed, 2 * h));
-        let done = c.take_final(10 * h);
+        let done = c.counts_mut().take_final(10 * h);
         assert_eq!(
             done,
             vec![
-                ((2 * h, 1), [0, 1, 0, 0, 0]),
-                ((5 * h, 1), [0, -1, 0, 0, 0])
+                ((2 * h, 1, Case), [0, 1, 0, 0, 0]),
+                ((5 * h, 1, Case), [0, -1, 0, 0, 0])
             ]
         );
         // The first reports survive a checkpoint round trip.
@@ -291,6 +244,6 @@ mod tests {
         let mut again = Confirmations::new(Windows::new(h));
         again.load(&mut file.as_slice()).unwrap();
         again.add(&case("a", CaseStatus::Confirmed, 3 * h));
-        assert!(again.take_final(i64::MAX).is_empty());
+        assert!(again.counts_mut().take_final(i64::MAX).is_empty());
     }
 }

@@ -15,6 +15,7 @@ pub mod store;
 pub mod symptoms;
 pub mod time;
 pub mod watermark;
+pub mod window_counts;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -60,12 +61,13 @@ impl LiveView {
         s.restore(&m.open_windows, registry)
             .map_err(anyhow::Error::msg)?;
         let mut c = Confirmations::new(windows);
-        c.restore(&m.open_confirmations, registry)
+        c.counts_mut()
+            .restore(&m.open_confirmations, registry)
             .map_err(anyhow::Error::msg)?;
         Ok(LiveView {
             manifest: m.clone(),
             symptom_counts: symptoms::batch(&s.snapshot(), windows, registry)?,
-            confirmations: confirmations::batch(&c.snapshot(), windows, registry)?,
+            confirmations: confirmations::batch(&c.counts().snapshot(), windows, registry)?,
             dead_letters: dead_letters::batch(&[])?,
         })
     }
@@ -204,6 +206,7 @@ impl Processor {
             .restore(&m.open_windows, &self.registry)
             .map_err(anyhow::Error::msg)?;
         self.confirmations
+            .counts_mut()
             .restore(&m.open_confirmations, &self.registry)
             .map_err(anyhow::Error::msg)?;
         let now = Instant::now();
@@ -289,6 +292,33 @@ impl Processor {
         self.dirty = true;
     }
 
+    /// Writes `rows` of `table` as one Parquet file per calendar day of the
+    /// instant `at` gives, and lists the files in `m`.
+    fn write_by_day<R>(
+        &mut self,
+        m: &mut Manifest,
+        table: &str,
+        rows: Vec<R>,
+        at: impl Fn(&R) -> i64,
+        batch: impl Fn(&[R]) -> arrow::error::Result<arrow::record_batch::RecordBatch>,
+    ) -> Result<()> {
+        let mut by_day: BTreeMap<String, Vec<R>> = BTreeMap::new();
+        for row in rows {
+            by_day
+                .entry(self.cfg.calendar.day(at(&row)).to_string())
+                .or_default()
+                .push(row);
+        }
+        for (day, rows) in by_day {
+            let rel = format!("{table}/day={day}/part-{:010}.parquet", m.checkpoint);
+            self.store.write_parquet(&rel, &[batch(&rows)?])?;
+            self.stats.files += 1;
+            self.stats.rows += rows.len() as u64;
+            m.tables.entry(table.into()).or_default().push(rel);
+        }
+        Ok(())
+    }
+
     /// The committed manifest and the rows in memory, consistent with it.
     pub fn live_view(&self) -> Result<LiveView> {
         let windows = self.symptoms.windows();
@@ -296,7 +326,7 @@ impl Processor {
             manifest: self.manifest.clone(),
             symptom_counts: symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
             confirmations: confirmations::batch(
-                &self.confirmations.snapshot(),
+                &self.confirmations.counts().snapshot(),
                 windows,
                 &self.registry,
             )?,
@@ -327,7 +357,7 @@ impl Processor {
         let watermark = self.watermarks.advance(now);
         let cut = if finish { i64::MAX } else { watermark };
         let finals = self.symptoms.take_final(cut);
-        let confirmed = self.confirmations.take_final(cut);
+        let confirmed = self.confirmations.counts_mut().take_final(cut);
         if !self.dirty && finals.is_empty() && confirmed.is_empty() {
             return Ok(());
         }
@@ -336,59 +366,29 @@ impl Processor {
         m.checkpoint = seq;
 
         let windows = self.symptoms.windows();
-        let mut by_day: BTreeMap<String, Vec<_>> = BTreeMap::new();
-        for row in finals {
-            by_day
-                .entry(self.cfg.calendar.day(row.0 .0).to_string())
-                .or_default()
-                .push(row);
-        }
-        for (day, rows) in by_day {
-            let rel = format!("symptom_counts/day={day}/part-{seq:010}.parquet");
-            let b = symptoms::batch(&rows, windows, &self.registry)?;
-            self.store.write_parquet(&rel, &[b])?;
-            self.stats.files += 1;
-            self.stats.rows += rows.len() as u64;
-            m.tables
-                .entry("symptom_counts".into())
-                .or_default()
-                .push(rel);
-        }
-
-        let mut by_day: BTreeMap<String, Vec<_>> = BTreeMap::new();
-        for row in confirmed {
-            by_day
-                .entry(self.cfg.calendar.day(row.0 .0).to_string())
-                .or_default()
-                .push(row);
-        }
-        for (day, rows) in by_day {
-            let rel = format!("confirmations/day={day}/part-{seq:010}.parquet");
-            let b = confirmations::batch(&rows, windows, &self.registry)?;
-            self.store.write_parquet(&rel, &[b])?;
-            self.stats.files += 1;
-            self.stats.rows += rows.len() as u64;
-            m.tables
-                .entry("confirmations".into())
-                .or_default()
-                .push(rel);
-        }
-
-        let mut letters: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
-        for dl in self.dead_letters.drain(..) {
-            letters
-                .entry(self.cfg.calendar.day(dl.received_at).to_string())
-                .or_default()
-                .push(dl);
-        }
-        for (day, rows) in letters {
-            let rel = format!("dead_letters/day={day}/part-{seq:010}.parquet");
-            self.store
-                .write_parquet(&rel, &[dead_letters::batch(&rows)?])?;
-            self.stats.files += 1;
-            self.stats.rows += rows.len() as u64;
-            m.tables.entry("dead_letters".into()).or_default().push(rel);
-        }
+        let registry = self.registry.clone();
+        let letters = std::mem::take(&mut self.dead_letters);
+        self.write_by_day(
+            &mut m,
+            "symptom_counts",
+            finals,
+            |r| r.0 .0,
+            |rows| symptoms::batch(rows, windows, &registry),
+        )?;
+        self.write_by_day(
+            &mut m,
+            "confirmations",
+            confirmed,
+            |r| r.0 .0,
+            |rows| confirmations::batch(rows, windows, &registry),
+        )?;
+        self.write_by_day(
+            &mut m,
+            "dead_letters",
+            letters,
+            |r| r.received_at,
+            |rows| dead_letters::batch(rows),
+        )?;
 
         if self.dedupe.has_pending() {
             let rel = format!("_paicha/state/dedupe-{seq:010}.bin");
@@ -407,7 +407,7 @@ impl Processor {
         }
 
         m.open_windows = self.symptoms.open(&self.registry);
-        m.open_confirmations = self.confirmations.open(&self.registry);
+        m.open_confirmations = self.confirmations.counts().open(&self.registry);
         let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
         m.offsets = self
             .offsets

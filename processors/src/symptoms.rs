@@ -7,7 +7,6 @@
 //! a correction row, and the `symptom_counts` view sums all rows of a key, so
 //! a query sees one row per key with the exact total.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
@@ -16,8 +15,8 @@ use arrow::record_batch::RecordBatch;
 use paicha_ingest::event::{Event, Source, SYMPTOM_NAMES};
 use paicha_ingest::registry::Registry;
 
-use crate::store::OpenWindow;
 use crate::time::Windows;
+use crate::window_counts::WindowCounts;
 
 /// Count columns of `symptom_counts`, in order: `events`, `suspicious`,
 /// then one per symptom name (the `fever` column counts the fever
@@ -65,30 +64,17 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Open windows and the final ones not yet written.
-#[derive(Debug)]
-pub struct SymptomWindows {
-    windows: Windows,
-    state: HashMap<Key, Counts>,
-}
+pub type SymptomWindows = WindowCounts<Source, 8>;
 
 impl SymptomWindows {
-    /// Empty state for windows of the given size.
-    pub fn new(windows: Windows) -> Self {
-        SymptomWindows {
-            windows,
-            state: HashMap::with_capacity(1024),
-        }
-    }
-
     /// Counts one (deduplicated) event.
     pub fn add(&mut self, e: &Event) {
         let source = e.source();
         if !counted(source) {
             return;
         }
-        let key = (self.windows.start(e.event_time), e.district, source);
-        let c = self.state.entry(key).or_insert([0; 8]);
         let symptoms = e.symptoms();
+        let c = self.at(e.event_time, e.district, source);
         c[0] += 1;
         c[1] += e.suspicious() as i64;
         c[2] += e.fever() as i64;
@@ -96,79 +82,6 @@ impl SymptomWindows {
             // Columns 3.. are the symptoms after `fever`.
             *slot += symptoms.has(i + 1) as i64;
         }
-    }
-
-    /// Removes and returns, sorted by key, every window whose end is at or
-    /// before `watermark`.
-    pub fn take_final(&mut self, watermark: i64) -> Vec<(Key, Counts)> {
-        let size = self.windows.size();
-        let mut done: Vec<(Key, Counts)> = Vec::new();
-        self.state.retain(|k, c| {
-            if k.0.saturating_add(size) <= watermark {
-                done.push((*k, *c));
-                false
-            } else {
-                true
-            }
-        });
-        done.sort_unstable_by_key(|(k, _)| *k);
-        done
-    }
-
-    /// Every window held in memory (open, or final but not yet written),
-    /// sorted: what SQL adds to the stored rows.
-    pub fn snapshot(&self) -> Vec<(Key, Counts)> {
-        let mut rows: Vec<(Key, Counts)> = self.state.iter().map(|(k, c)| (*k, *c)).collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        rows
-    }
-
-    /// The windows still open, sorted, for the checkpoint.
-    pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
-        let mut rows: Vec<_> = self.state.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| **k);
-        rows.into_iter()
-            .map(|((start, d, s), c)| OpenWindow {
-                window_start: *start,
-                district: registry.district(*d).district.clone(),
-                source: s.as_str().to_string(),
-                counts: c.to_vec(),
-            })
-            .collect()
-    }
-
-    /// Restores windows saved by [`SymptomWindows::open`]; rows naming a
-    /// district or source this registry does not know are returned as errors.
-    pub fn restore(&mut self, rows: &[OpenWindow], registry: &Registry) -> Result<(), String> {
-        for r in rows {
-            let d = registry
-                .district_id(&r.district)
-                .ok_or_else(|| format!("checkpoint names unknown district {}", r.district))?;
-            let s = Source::parse(&r.source)
-                .ok_or_else(|| format!("checkpoint names unknown source {}", r.source))?;
-            let mut c = [0; 8];
-            if r.counts.len() != c.len() {
-                return Err("checkpoint window has the wrong number of counts".into());
-            }
-            c.copy_from_slice(&r.counts);
-            self.state.insert((r.window_start, d, s), c);
-        }
-        Ok(())
-    }
-
-    /// Number of windows held.
-    pub fn len(&self) -> usize {
-        self.state.len()
-    }
-
-    /// Whether no window is held.
-    pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
-    }
-
-    /// The window arithmetic in use.
-    pub fn windows(&self) -> Windows {
-        self.windows
     }
 }
 

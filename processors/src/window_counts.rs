@@ -1,0 +1,142 @@
+//! Windowed counters shared by the windowed tables: counts per (window
+//! start, district, tag), finalized by the watermark, carried across
+//! checkpoints while open.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use paicha_ingest::event::Source;
+use paicha_ingest::registry::Registry;
+
+use crate::store::OpenWindow;
+use crate::time::Windows;
+
+/// What besides window and district keys a table's rows, stored by name in
+/// the checkpoint.
+pub trait Tag: Copy + Ord + Hash + Debug {
+    /// The name saved in the checkpoint.
+    fn name(self) -> &'static str;
+    /// Parses a saved name.
+    fn parse(s: &str) -> Option<Self>;
+}
+
+impl Tag for Source {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Source::parse(s)
+    }
+}
+
+/// The only tag of tables keyed by window and district alone (from case
+/// events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Case;
+
+impl Tag for Case {
+    fn name(self) -> &'static str {
+        "case"
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        (s == "case").then_some(Case)
+    }
+}
+
+/// Counts of windows still in memory: open, or final but not yet written.
+#[derive(Debug)]
+pub struct WindowCounts<T, const N: usize> {
+    windows: Windows,
+    state: HashMap<(i64, u16, T), [i64; N]>,
+}
+
+impl<T: Tag, const N: usize> WindowCounts<T, N> {
+    /// Empty state for windows of the given size.
+    pub fn new(windows: Windows) -> Self {
+        WindowCounts {
+            windows,
+            state: HashMap::with_capacity(1024),
+        }
+    }
+
+    /// The window arithmetic in use.
+    pub fn windows(&self) -> Windows {
+        self.windows
+    }
+
+    /// The counts of the window holding event time `t`.
+    pub fn at(&mut self, t: i64, district: u16, tag: T) -> &mut [i64; N] {
+        let key = (self.windows.start(t), district, tag);
+        self.state.entry(key).or_insert([0; N])
+    }
+
+    /// Removes and returns, sorted by key, every window whose end is at or
+    /// before `watermark`; windows whose counts cancelled out are dropped.
+    pub fn take_final(&mut self, watermark: i64) -> Vec<((i64, u16, T), [i64; N])> {
+        let size = self.windows.size();
+        let mut done = Vec::new();
+        self.state.retain(|k, c| {
+            if k.0.saturating_add(size) <= watermark {
+                if c.iter().any(|x| *x != 0) {
+                    done.push((*k, *c));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        done.sort_unstable_by_key(|(k, _)| *k);
+        done
+    }
+
+    /// Every window held, sorted: what SQL adds to the stored rows.
+    pub fn snapshot(&self) -> Vec<((i64, u16, T), [i64; N])> {
+        let mut rows: Vec<_> = self.state.iter().map(|(k, c)| (*k, *c)).collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        rows
+    }
+
+    /// The windows held, for the checkpoint.
+    pub fn open(&self, registry: &Registry) -> Vec<OpenWindow> {
+        self.snapshot()
+            .into_iter()
+            .map(|((start, d, tag), c)| OpenWindow {
+                window_start: start,
+                district: registry.district(d).district.clone(),
+                source: tag.name().to_string(),
+                counts: c.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Restores windows saved by [`WindowCounts::open`].
+    pub fn restore(&mut self, rows: &[OpenWindow], registry: &Registry) -> Result<(), String> {
+        for r in rows {
+            let d = registry
+                .district_id(&r.district)
+                .ok_or_else(|| format!("checkpoint names unknown district {}", r.district))?;
+            let tag = T::parse(&r.source)
+                .ok_or_else(|| format!("checkpoint names unknown source {}", r.source))?;
+            let c: [i64; N] = r
+                .counts
+                .as_slice()
+                .try_into()
+                .map_err(|_| "checkpoint window has the wrong number of counts".to_string())?;
+            self.state.insert((r.window_start, d, tag), c);
+        }
+        Ok(())
+    }
+
+    /// Number of windows held.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+}
