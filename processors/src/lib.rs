@@ -387,7 +387,7 @@ impl Processor {
             "dead_letters",
             letters,
             |r| r.received_at,
-            |rows| dead_letters::batch(rows),
+            dead_letters::batch,
         )?;
 
         if self.dedupe.has_pending() {
