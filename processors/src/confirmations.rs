@@ -8,17 +8,15 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use paicha_ingest::event::{Body, CaseStatus, Event};
 use paicha_ingest::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::time::Windows;
-use crate::window_counts::{Case, WindowCounts};
+use crate::window_counts::{self, Case, WindowCounts};
 
 /// Count columns of `confirmations`, in the order of [`CaseStatus::ALL`].
 pub const COUNT_COLUMNS: [&str; 5] = [
@@ -44,19 +42,7 @@ fn status_index(s: CaseStatus) -> usize {
 
 /// The Arrow schema of stored `confirmations` rows.
 pub fn schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let mut fields = vec![
-        Field::new("window_start", ts.clone(), false),
-        Field::new("window_end", ts, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("district_name", DataType::Utf8, false),
-    ];
-    fields.extend(
-        COUNT_COLUMNS
-            .iter()
-            .map(|c| Field::new(*c, DataType::Int64, false)),
-    );
-    Arc::new(Schema::new(fields))
+    window_counts::schema(None, &COUNT_COLUMNS)
 }
 
 /// First reports per person and status, and the windows counting them.
@@ -166,32 +152,7 @@ pub fn batch(
     windows: Windows,
     registry: &Registry,
 ) -> arrow::error::Result<RecordBatch> {
-    let n = rows.len();
-    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut district = StringBuilder::new();
-    let mut name = StringBuilder::new();
-    let mut counts: Vec<Int64Builder> = (0..COUNT_COLUMNS.len())
-        .map(|_| Int64Builder::with_capacity(n))
-        .collect();
-    for ((s, d, _), c) in rows {
-        start.append_value(*s);
-        end.append_value(windows.end(*s));
-        let dist = registry.district(*d);
-        district.append_value(&dist.district);
-        name.append_value(&dist.name);
-        for (b, v) in counts.iter_mut().zip(c) {
-            b.append_value(*v);
-        }
-    }
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(start.finish()),
-        Arc::new(end.finish()),
-        Arc::new(district.finish()),
-        Arc::new(name.finish()),
-    ];
-    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    RecordBatch::try_new(schema(), cols)
+    window_counts::batch(schema(), rows, windows, registry)
 }
 
 #[cfg(test)]

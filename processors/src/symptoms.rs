@@ -7,16 +7,13 @@
 //! a correction row, and the `symptom_counts` view sums all rows of a key, so
 //! a query sees one row per key with the exact total.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use paicha_ingest::event::{Event, Source, SYMPTOM_NAMES};
 use paicha_ingest::registry::Registry;
 
 use crate::time::Windows;
-use crate::window_counts::WindowCounts;
+use crate::window_counts::{self, WindowCounts};
 
 /// Count columns of `symptom_counts`, in order: `events`, `suspicious`,
 /// then one per symptom name (the `fever` column counts the fever
@@ -47,20 +44,7 @@ pub type Counts = [i64; 8];
 
 /// The Arrow schema of stored `symptom_counts` rows.
 pub fn schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let mut fields = vec![
-        Field::new("window_start", ts.clone(), false),
-        Field::new("window_end", ts, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("district_name", DataType::Utf8, false),
-        Field::new("source", DataType::Utf8, false),
-    ];
-    fields.extend(
-        COUNT_COLUMNS
-            .iter()
-            .map(|c| Field::new(*c, DataType::Int64, false)),
-    );
-    Arc::new(Schema::new(fields))
+    window_counts::schema(Some("source"), &COUNT_COLUMNS)
 }
 
 /// Open windows and the final ones not yet written.
@@ -91,35 +75,7 @@ pub fn batch(
     windows: Windows,
     registry: &Registry,
 ) -> arrow::error::Result<RecordBatch> {
-    let n = rows.len();
-    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut district = StringBuilder::with_capacity(n, n * 6);
-    let mut name = StringBuilder::with_capacity(n, n * 10);
-    let mut source = StringBuilder::with_capacity(n, n * 10);
-    let mut counts: Vec<Int64Builder> = (0..COUNT_COLUMNS.len())
-        .map(|_| Int64Builder::with_capacity(n))
-        .collect();
-    for ((s, d, src), c) in rows {
-        start.append_value(*s);
-        end.append_value(windows.end(*s));
-        let dist = registry.district(*d);
-        district.append_value(&dist.district);
-        name.append_value(&dist.name);
-        source.append_value(src.as_str());
-        for (b, v) in counts.iter_mut().zip(c) {
-            b.append_value(*v);
-        }
-    }
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(start.finish()),
-        Arc::new(end.finish()),
-        Arc::new(district.finish()),
-        Arc::new(name.finish()),
-        Arc::new(source.finish()),
-    ];
-    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    RecordBatch::try_new(schema(), cols)
+    window_counts::batch(schema(), rows, windows, registry)
 }
 
 #[cfg(test)]

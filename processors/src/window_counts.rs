@@ -5,6 +5,11 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
 
 use paicha_ingest::event::Source;
 use paicha_ingest::registry::Registry;
@@ -46,6 +51,10 @@ impl Tag for Case {
     }
 }
 
+/// One row of a windowed table: (window start, district index, tag) and
+/// its counts.
+pub type Row<T, const N: usize> = ((i64, u16, T), [i64; N]);
+
 /// Counts of windows still in memory: open, or final but not yet written.
 #[derive(Debug)]
 pub struct WindowCounts<T, const N: usize> {
@@ -75,7 +84,7 @@ impl<T: Tag, const N: usize> WindowCounts<T, N> {
 
     /// Removes and returns, sorted by key, every window whose end is at or
     /// before `watermark`; windows whose counts cancelled out are dropped.
-    pub fn take_final(&mut self, watermark: i64) -> Vec<((i64, u16, T), [i64; N])> {
+    pub fn take_final(&mut self, watermark: i64) -> Vec<Row<T, N>> {
         let size = self.windows.size();
         let mut done = Vec::new();
         self.state.retain(|k, c| {
@@ -93,7 +102,7 @@ impl<T: Tag, const N: usize> WindowCounts<T, N> {
     }
 
     /// Every window held, sorted: what SQL adds to the stored rows.
-    pub fn snapshot(&self) -> Vec<((i64, u16, T), [i64; N])> {
+    pub fn snapshot(&self) -> Vec<Row<T, N>> {
         let mut rows: Vec<_> = self.state.iter().map(|(k, c)| (*k, *c)).collect();
         rows.sort_unstable_by_key(|(k, _)| *k);
         rows
@@ -139,4 +148,63 @@ impl<T: Tag, const N: usize> WindowCounts<T, N> {
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()
     }
+}
+
+/// The schema of a windowed table: window bounds, district and its name,
+/// the tag column if the table has one, then the counts.
+pub fn schema(tag_column: Option<&str>, counts: &[&str]) -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("district_name", DataType::Utf8, false),
+    ];
+    fields.extend(tag_column.map(|c| Field::new(c, DataType::Utf8, false)));
+    fields.extend(
+        counts
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds rows of a windowed table with `schema` (from [`schema`]); the tag
+/// is written when the schema has a column for it.
+pub fn batch<T: Tag, const N: usize>(
+    schema: SchemaRef,
+    rows: &[Row<T, N>],
+    windows: Windows,
+    registry: &Registry,
+) -> arrow::error::Result<RecordBatch> {
+    let n = rows.len();
+    let with_tag = schema.fields().len() == 4 + 1 + N;
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut district = StringBuilder::with_capacity(n, n * 6);
+    let mut name = StringBuilder::with_capacity(n, n * 10);
+    let mut tag = StringBuilder::with_capacity(n, n * 10);
+    let mut counts: Vec<Int64Builder> = (0..N).map(|_| Int64Builder::with_capacity(n)).collect();
+    for ((s, d, t), c) in rows {
+        start.append_value(*s);
+        end.append_value(windows.end(*s));
+        let dist = registry.district(*d);
+        district.append_value(&dist.district);
+        name.append_value(&dist.name);
+        tag.append_value(t.name());
+        for (b, v) in counts.iter_mut().zip(c) {
+            b.append_value(*v);
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(district.finish()),
+        Arc::new(name.finish()),
+    ];
+    if with_tag {
+        cols.push(Arc::new(tag.finish()));
+    }
+    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    RecordBatch::try_new(schema, cols)
 }
