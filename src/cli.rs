@@ -42,6 +42,10 @@ pub struct ProcessingArgs {
     /// Allowed out-of-orderness of event times.
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "PAICHA_LATENESS")]
     pub lateness: Duration,
+    /// How late an event may arrive and still count: older than the
+    /// pipeline clock minus this, it goes to dead letters as `too_late`.
+    #[arg(long, default_value = "30d", value_parser = parse_duration, env = "PAICHA_RETENTION")]
+    pub retention: Duration,
     /// Reporting time zone for calendar days.
     #[arg(long, default_value = "Asia/Shanghai", env = "PAICHA_TIME_ZONE")]
     pub time_zone: String,

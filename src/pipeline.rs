@@ -15,7 +15,7 @@ use paicha_ingest::event::{Decoder, Reject, RejectReason, Source, DEAD_LETTER_TO
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_processors::dead_letters::DeadLetter;
-use paicha_processors::Processor;
+use paicha_processors::{Accepted, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -52,7 +52,7 @@ pub struct ConsumerConfig {
 /// in a query within this much of being consumed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
-fn publish(processor: &Processor, live: &Option<paicha_query::Live>) -> Result<()> {
+fn publish(processor: &mut Processor, live: &Option<paicha_query::Live>) -> Result<()> {
     if let Some(live) = live {
         let view = Arc::new(processor.live_view()?);
         if let Ok(mut slot) = live.write() {
@@ -197,6 +197,10 @@ pub fn consume(
     }
     kafka::finish(&dlq, &dlq_counter)?;
     checkpoint(processor, metrics, end.is_some())?;
+    if end.is_some() {
+        // A finished replay leaves one file per table per day.
+        processor.compact_all()?;
+    }
     publish(processor, &cfg.live)?;
     let stats = processor.stats();
     summary.accepted = stats.accepted;
@@ -338,6 +342,7 @@ fn handle(
         )?;
     }
     let (mut valid, mut accepted) = (0u64, 0u64);
+    let mut high_mark = processor.high_mark(topic, partition);
     for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -347,8 +352,21 @@ fn handle(
             Ok(e) => {
                 valid += 1;
                 max_time = Some(max_time.map_or(e.event_time, |m| m.max(e.event_time)));
-                if processor.event(&e) {
-                    accepted += 1;
+                high_mark = high_mark.max(max_time);
+                match processor.event(&e, processor.horizon(high_mark)) {
+                    Accepted::Counted => accepted += 1,
+                    Accepted::Duplicate => {}
+                    Accepted::TooLate => {
+                        valid -= 1;
+                        reject(
+                            line,
+                            index as i32,
+                            Reject {
+                                reason: RejectReason::TooLate,
+                                field: Some("event_time"),
+                            },
+                        )?
+                    }
                 }
             }
             Err(r) => reject(line, index as i32, r)?,

@@ -44,6 +44,7 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
         bail!("--window must be at least 1s");
     }
     cfg.lateness_micros = i64::try_from(args.lateness.as_micros()).unwrap_or(i64::MAX);
+    cfg.retention_micros = i64::try_from(args.retention.as_micros()).unwrap_or(i64::MAX);
     cfg.calendar = Calendar::new(&args.time_zone).map_err(|e| anyhow!("--time-zone: {e}"))?;
     Ok((registry, cfg))
 }

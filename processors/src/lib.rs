@@ -8,9 +8,12 @@
 //! letters and the dedupe ids, and commits them in one manifest together with
 //! the Kafka offsets they cover.
 
+pub mod beds;
+pub mod compact;
 pub mod confirmations;
 pub mod dead_letters;
 pub mod dedupe;
+pub mod raw;
 pub mod store;
 pub mod symptoms;
 pub mod time;
@@ -19,17 +22,20 @@ pub mod window_counts;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use paicha_ingest::event::Event;
+use paicha_ingest::event::{Event, Source};
 use paicha_ingest::registry::Registry;
 
+use crate::beds::Beds;
+use crate::compact::Merge;
 use crate::confirmations::Confirmations;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
+use crate::raw::RawEvents;
 use crate::store::{Manifest, Offset, Store, FORMAT};
 use crate::symptoms::SymptomWindows;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
@@ -49,14 +55,24 @@ pub struct LiveView {
     pub confirmations: arrow::record_batch::RecordBatch,
     /// `dead_letters` rows in memory.
     pub dead_letters: arrow::record_batch::RecordBatch,
+    /// `bed_occupancy` rows in memory: windows not yet written, and
+    /// corrections to written ones.
+    pub bed_occupancy: arrow::record_batch::RecordBatch,
+    /// Raw event rows in memory, in the order of [`Source::ALL`].
+    pub raw: [Vec<arrow::record_batch::RecordBatch>; 5],
 }
 
 impl LiveView {
     /// The view of a stopped pipeline: the committed files, plus the windows
     /// its last checkpoint carried as open (committed counts too, only not
     /// yet final).
-    pub fn from_manifest(m: &Manifest, registry: &Registry) -> Result<Self> {
+    pub fn from_manifest(root: &Path, m: &Manifest, registry: &Registry) -> Result<Self> {
         let windows = Windows::new(m.window_micros);
+        let mut beds = Beds::new(windows);
+        load_state(root, &m.beds, |f| beds.load(f))?;
+        beds.restore_written(m.bed_final_until, registry);
+        let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
+        let clock = max_time.map_or(i64::MIN, |t| windows.end(windows.start(t)));
         let mut s = SymptomWindows::new(windows);
         s.restore(&m.open_windows, registry)
             .map_err(anyhow::Error::msg)?;
@@ -69,12 +85,38 @@ impl LiveView {
             symptom_counts: symptoms::batch(&s.snapshot(), windows, registry)?,
             confirmations: confirmations::batch(&c.counts().snapshot(), windows, registry)?,
             dead_letters: dead_letters::batch(&[])?,
+            bed_occupancy: beds::batch(&beds.snapshot(clock, registry), windows, registry)?,
+            raw: Default::default(),
         })
     }
 }
 
+/// Reads the state files `rels` (relative to `root`) in order.
+fn load_state(
+    root: &Path,
+    rels: &[String],
+    mut load: impl FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    for rel in rels {
+        let path = root.join(rel);
+        let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        load(&mut f).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Names of the tables the processors write.
-pub const TABLES: [&str; 3] = ["symptom_counts", "confirmations", "dead_letters"];
+pub const TABLES: [&str; 9] = [
+    "symptom_counts",
+    "confirmations",
+    "bed_occupancy",
+    "dead_letters",
+    "checkpoint_events",
+    "pharmacy_events",
+    "door_visits",
+    "case_events",
+    "bed_events",
+];
 
 /// How the processors count and where they write.
 #[derive(Debug, Clone)]
@@ -85,6 +127,9 @@ pub struct Config {
     pub window_micros: i64,
     /// Allowed out-of-orderness, µs (default one hour).
     pub lateness_micros: i64,
+    /// How far behind the pipeline clock an event may be and still count,
+    /// µs (default 30 days); dedupe ids older than this are forgotten.
+    pub retention_micros: i64,
     /// A partition silent this long stops holding the watermark back.
     pub idle_after: Duration,
     /// The reporting calendar for day partitions.
@@ -98,6 +143,7 @@ impl Config {
             data_dir,
             window_micros: HOUR_MICROS,
             lateness_micros: HOUR_MICROS,
+            retention_micros: 30 * DAY_MICROS,
             idle_after: Duration::from_secs(10),
             calendar: Calendar::default(),
         }
@@ -119,6 +165,26 @@ pub struct Stats {
     pub files: u64,
     /// Table rows written.
     pub rows: u64,
+    /// Merges committed by compaction.
+    pub merges: u64,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What became of an event handed to [`Processor::event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Counted: its id was new.
+    Counted,
+    /// Its id was counted before; nothing changed.
+    Duplicate,
+    /// Older than the clock minus the retention: not counted, and the caller
+    /// should dead-letter it as `too_late`.
+    TooLate,
 }
 
 /// The stateful core: windows, dedupe, watermarks and the sink.
@@ -129,10 +195,16 @@ pub struct Processor {
     manifest: Manifest,
     symptoms: SymptomWindows,
     confirmations: Confirmations,
+    beds: Beds,
+    raw: RawEvents,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
     dead_letters: Vec<DeadLetter>,
+    /// Highest event time of any event consumed, µs.
+    max_time: i64,
+    /// The merges running in the background, if any.
+    compaction: Option<(Vec<Merge>, std::thread::JoinHandle<Result<()>>)>,
     dirty: bool,
     stats: Stats,
 }
@@ -146,6 +218,8 @@ impl Processor {
         let mut p = Processor {
             symptoms: SymptomWindows::new(windows),
             confirmations: Confirmations::new(windows),
+            beds: Beds::new(windows),
+            raw: RawEvents::new(cfg.calendar),
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -156,6 +230,8 @@ impl Processor {
             dedupe: Dedupe::default(),
             offsets: BTreeMap::new(),
             dead_letters: Vec::new(),
+            max_time: i64::MIN,
+            compaction: None,
             dirty: false,
             stats: Stats::default(),
             cfg,
@@ -186,22 +262,11 @@ impl Processor {
             );
         }
         self.store.remove_uncommitted(&m, &TABLES)?;
-        for rel in &m.dedupe {
-            let path = self.store.root().join(rel);
-            let mut f =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            self.dedupe
-                .load(&mut f)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-        }
-        for rel in &m.cases {
-            let path = self.store.root().join(rel);
-            let mut f =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            self.confirmations
-                .load(&mut f)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-        }
+        let root = self.store.root().to_path_buf();
+        load_state(&root, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
+        load_state(&root, &m.cases, |f| self.confirmations.load(f))?;
+        load_state(&root, &m.beds, |f| self.beds.load(f))?;
+        self.beds.restore_written(m.bed_final_until, &self.registry);
         self.symptoms
             .restore(&m.open_windows, &self.registry)
             .map_err(anyhow::Error::msg)?;
@@ -213,6 +278,7 @@ impl Processor {
         for o in &m.offsets {
             self.offsets.insert((o.topic.clone(), o.partition), o.next);
             if let Some(t) = o.max_event_time {
+                self.max_time = self.max_time.max(t);
                 self.watermarks.restore(&o.topic, o.partition, t, now);
             }
         }
@@ -235,22 +301,47 @@ impl Processor {
         &self.stats
     }
 
-    /// Counts an event unless its id was counted before. Returns whether it
-    /// counted.
-    pub fn event(&mut self, e: &Event) -> bool {
+    /// The highest event time a partition has delivered so far.
+    pub fn high_mark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.watermarks.high_mark(topic, partition)
+    }
+
+    /// The oldest event time that still counts in a partition whose highest
+    /// event time so far is `high_mark`: that minus the allowed lateness and
+    /// the retention. Per partition rather than from the pipeline watermark
+    /// because a partition's order is fixed in Kafka, so a rerun after a
+    /// crash decides exactly as the first run did.
+    pub fn horizon(&self, high_mark: Option<i64>) -> i64 {
+        high_mark.map_or(i64::MIN, |t| self.behind(t))
+    }
+
+    fn behind(&self, t: i64) -> i64 {
+        t.saturating_sub(self.cfg.lateness_micros)
+            .saturating_sub(self.cfg.retention_micros)
+    }
+
+    /// Counts an event unless it is older than `horizon` (from
+    /// [`Processor::horizon`]) or its id was counted before.
+    pub fn event(&mut self, e: &Event, horizon: i64) -> Accepted {
+        if e.event_time < horizon {
+            return Accepted::TooLate;
+        }
+        self.max_time = self.max_time.max(e.event_time);
         let day = e.event_time.div_euclid(DAY_MICROS) as i32;
         if !self
             .dedupe
             .insert(day, dedupe::key(e.source().as_str(), &e.event_id))
         {
             self.stats.duplicates += 1;
-            return false;
+            return Accepted::Duplicate;
         }
         self.symptoms.add(e);
         self.confirmations.add(e);
+        self.beds.add(e);
+        self.raw.add(e, &self.registry);
         self.stats.accepted += 1;
         self.dirty = true;
-        true
+        Accepted::Counted
     }
 
     /// Records a dead letter unless the same rejected message was recorded
@@ -320,8 +411,9 @@ impl Processor {
     }
 
     /// The committed manifest and the rows in memory, consistent with it.
-    pub fn live_view(&self) -> Result<LiveView> {
+    pub fn live_view(&mut self) -> Result<LiveView> {
         let windows = self.symptoms.windows();
+        self.raw.seal()?;
         Ok(LiveView {
             manifest: self.manifest.clone(),
             symptom_counts: symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
@@ -331,7 +423,23 @@ impl Processor {
                 &self.registry,
             )?,
             dead_letters: dead_letters::batch(&self.dead_letters)?,
+            bed_occupancy: beds::batch(
+                &self.beds.snapshot(self.clock_end(), &self.registry),
+                windows,
+                &self.registry,
+            )?,
+            raw: Source::ALL.map(|s| self.raw.batches(s)),
         })
+    }
+
+    /// The end of the window holding the highest event time consumed: the
+    /// last window that has begun.
+    fn clock_end(&self) -> i64 {
+        if self.max_time == i64::MIN {
+            return i64::MIN;
+        }
+        let w = self.symptoms.windows();
+        w.end(w.start(self.max_time))
     }
 
     /// Forgets the consumed positions: the embedded cluster is new each run,
@@ -354,11 +462,26 @@ impl Processor {
     /// With `finish`, every window is final (the end of a replay: the clock
     /// stands at the highest event time and nothing more is coming).
     pub fn checkpoint(&mut self, finish: bool, now: Instant) -> Result<()> {
-        let watermark = self.watermarks.advance(now);
+        let watermark = self.watermark(now);
+        // Ids of days wholly behind every partition's horizon can only come
+        // again as too late, never as a duplicate to recognise.
+        if let Some(low) = self.watermarks.lowest_high_mark() {
+            self.dedupe
+                .evict_before(self.behind(low).div_euclid(DAY_MICROS) as i32);
+        }
         let cut = if finish { i64::MAX } else { watermark };
         let finals = self.symptoms.take_final(cut);
         let confirmed = self.confirmations.counts_mut().take_final(cut);
-        if !self.dirty && finals.is_empty() && confirmed.is_empty() {
+        let occupancy = self
+            .beds
+            .take_final(cut.min(self.clock_end()), &self.registry);
+        let merged = self.finished_merges();
+        if !self.dirty
+            && finals.is_empty()
+            && confirmed.is_empty()
+            && occupancy.is_empty()
+            && merged.is_empty()
+        {
             return Ok(());
         }
         let seq = self.manifest.checkpoint + 1;
@@ -384,6 +507,24 @@ impl Processor {
         )?;
         self.write_by_day(
             &mut m,
+            "bed_occupancy",
+            occupancy,
+            |r| r.0,
+            |rows| beds::batch(rows, windows, &registry),
+        )?;
+        for ((source, day), batches) in self.raw.take()? {
+            let day = chrono::NaiveDate::default() + chrono::Days::new(day as u64);
+            let rel = format!("{}/day={day}/part-{seq:010}.parquet", raw::table(source));
+            self.store.write_parquet(&rel, &batches)?;
+            self.stats.files += 1;
+            self.stats.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            m.tables
+                .entry(raw::table(source).into())
+                .or_default()
+                .push(rel);
+        }
+        self.write_by_day(
+            &mut m,
             "dead_letters",
             letters,
             |r| r.received_at,
@@ -406,6 +547,15 @@ impl Processor {
             m.cases.push(rel);
         }
 
+        if self.beds.has_pending() {
+            let rel = format!("_paicha/state/beds-{seq:010}.bin");
+            let mut buf = Vec::new();
+            self.beds.write_pending(&mut buf)?;
+            self.store.write_file(&rel, &buf)?;
+            m.beds.push(rel);
+        }
+        m.bed_final_until = self.beds.final_until();
+
         m.open_windows = self.symptoms.open(&self.registry);
         m.open_confirmations = self.confirmations.counts().open(&self.registry);
         let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
@@ -420,10 +570,85 @@ impl Processor {
             })
             .collect();
         m.watermark = (watermark != i64::MIN).then_some(watermark);
+        let now_secs = unix_now();
+        self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
+        compact::expire(&self.store, &mut m, now_secs);
         self.store.commit(&m)?;
         self.manifest = m;
         self.dirty = false;
         self.stats.checkpoints += 1;
+        if self.compaction.is_none() {
+            let merges = compact::plan(
+                &self.store,
+                &self.manifest,
+                &self.cfg.calendar.day(watermark).to_string(),
+                seq,
+            );
+            if !merges.is_empty() {
+                let store = self.store.clone();
+                let job = merges.clone();
+                let handle = std::thread::Builder::new()
+                    .name("paicha-compact".into())
+                    .spawn(move || compact::run(&store, &job))
+                    .context("cannot start the compaction thread")?;
+                self.compaction = Some((merges, handle));
+            }
+        }
+        Ok(())
+    }
+
+    /// The merges of the background compaction if it has finished (empty if
+    /// it is still running, or failed: the inputs then stay as they are).
+    fn finished_merges(&mut self) -> Vec<Merge> {
+        match self.compaction.take() {
+            Some((merges, handle)) if handle.is_finished() => match handle.join() {
+                Ok(Ok(())) => merges,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "compaction failed; the files stay as they are");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!("compaction panicked; the files stay as they are");
+                    Vec::new()
+                }
+            },
+            running => {
+                self.compaction = running;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Merges every day partition down to one file per table and commits
+    /// it, waiting for any compaction already running: the tidy end of a
+    /// replay.
+    pub fn compact_all(&mut self) -> Result<()> {
+        if let Some((merges, handle)) = self.compaction.take() {
+            if let Ok(Ok(())) = handle.join() {
+                self.commit_merges(&merges)?;
+            }
+        }
+        let merges = compact::plan(
+            &self.store,
+            &self.manifest,
+            "9999-12-31",
+            self.manifest.checkpoint + 1,
+        );
+        if merges.is_empty() {
+            return Ok(());
+        }
+        compact::run(&self.store, &merges)?;
+        self.commit_merges(&merges)
+    }
+
+    fn commit_merges(&mut self, merges: &[Merge]) -> Result<()> {
+        let mut m = self.manifest.clone();
+        m.checkpoint += 1;
+        let now_secs = unix_now();
+        self.stats.merges += compact::commit(&mut m, merges, now_secs) as u64;
+        compact::expire(&self.store, &mut m, now_secs);
+        self.store.commit(&m)?;
+        self.manifest = m;
         Ok(())
     }
 }

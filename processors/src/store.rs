@@ -10,9 +10,12 @@
 //!   _paicha/registry/*.csv        the registries the data was validated with
 //!   _paicha/tmp/                  files being written (never read)
 //!   _paicha/state/cases-N.bin     first case reports changed by checkpoint N
+//!   _paicha/state/beds-N.bin      bed events received by checkpoint N
 //!   symptom_counts/day=YYYY-MM-DD/part-N.parquet
 //!   confirmations/day=YYYY-MM-DD/part-N.parquet
 //!   dead_letters/day=YYYY-MM-DD/part-N.parquet
+//!   bed_occupancy/…, checkpoint_events/…, pharmacy_events/…, door_visits/…,
+//!   case_events/…, bed_events/…   the same way
 //! ```
 //!
 //! A checkpoint writes its files under `_paicha/tmp/`, renames each into
@@ -66,6 +69,16 @@ pub struct OpenWindow {
     pub counts: Vec<i64>,
 }
 
+/// A file that left the manifest (merged by compaction), kept until
+/// readers of older manifests are done with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retired {
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Unix seconds when it left the manifest.
+    pub since: i64,
+}
+
 /// The commit point of the data directory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -85,6 +98,12 @@ pub struct Manifest {
     /// directory.
     #[serde(default)]
     pub cases: Vec<String>,
+    /// Bed events per checkpoint, relative to the data directory.
+    #[serde(default)]
+    pub beds: Vec<String>,
+    /// End of the last `bed_occupancy` window written, µs.
+    #[serde(default)]
+    pub bed_final_until: Option<i64>,
     /// Windows not yet final, with their counts so far.
     pub open_windows: Vec<OpenWindow>,
     /// `confirmations` windows not yet final.
@@ -94,6 +113,9 @@ pub struct Manifest {
     pub offsets: Vec<Offset>,
     /// The pipeline watermark at the commit, µs.
     pub watermark: Option<i64>,
+    /// Files merged away by compaction, deleted after a grace period.
+    #[serde(default)]
+    pub retired: Vec<Retired>,
 }
 
 /// A paicha data directory.
@@ -235,6 +257,8 @@ impl Store {
             .flatten()
             .chain(manifest.dedupe.iter())
             .chain(manifest.cases.iter())
+            .chain(manifest.beds.iter())
+            .chain(manifest.retired.iter().map(|r| &r.path))
             .map(|rel| self.root.join(rel))
             .collect();
         let mut removed = 0;

@@ -63,6 +63,26 @@ impl Calendar {
         self.tz.from_utc_datetime(&utc.naive_utc()).date_naive()
     }
 
+    /// The calendar day holding `t` and its bounds `[start, end)` in µs.
+    pub fn day_bounds(self, t: i64) -> (i64, i64, NaiveDate) {
+        let day = self.day(t);
+        let start_of = |d: NaiveDate| {
+            // A zone whose clocks skip midnight has no 00:00 that day; the
+            // bound then falls back to `t` itself, which is only a smaller
+            // cache range.
+            d.and_hms_opt(0, 0, 0)
+                .and_then(|m| self.tz.from_local_datetime(&m).earliest())
+                .map(|x| x.timestamp_micros())
+        };
+        let start = start_of(day).filter(|s| *s <= t).unwrap_or(t);
+        let end = day
+            .succ_opt()
+            .and_then(start_of)
+            .filter(|e| *e > t)
+            .unwrap_or(t + 1);
+        (start, end, day)
+    }
+
     /// The time zone's name.
     pub fn name(self) -> &'static str {
         self.tz.name()

@@ -60,6 +60,18 @@ impl Watermarks {
         }
     }
 
+    /// The highest event time a partition has delivered, if any.
+    pub fn high_mark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .map(|m| m.max_event_time)
+    }
+
+    /// The lowest high mark over every partition, idle or not.
+    pub fn lowest_high_mark(&self) -> Option<i64> {
+        self.partitions.values().map(|m| m.max_event_time).min()
+    }
+
     /// Restores a partition's high mark from a checkpoint.
     pub fn restore(&mut self, topic: &str, partition: i32, max_event_time: i64, now: Instant) {
         self.observe(topic, partition, max_event_time, now);

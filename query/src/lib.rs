@@ -25,10 +25,11 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use paicha_ingest::event::Source;
 use paicha_ingest::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
 use paicha_processors::symptoms::COUNT_COLUMNS;
-use paicha_processors::{confirmations, dead_letters, symptoms, LiveView};
+use paicha_processors::{beds, confirmations, dead_letters, raw, symptoms, LiveView};
 
 /// Schema holding the stored rows behind the folding views.
 pub const INTERNAL_SCHEMA: &str = "paicha_internal";
@@ -53,7 +54,7 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
             .clone(),
         None => {
             let m = store.manifest()?.unwrap_or_default();
-            Arc::new(LiveView::from_manifest(&m, &registry)?)
+            Arc::new(LiveView::from_manifest(data_dir, &m, &registry)?)
         }
     };
     let manifest = &live.manifest;
@@ -80,14 +81,34 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
     };
     use datafusion::catalog::SchemaProvider;
     let tables = [
-        ("symptom_counts", symptoms::schema(), &live.symptom_counts),
+        (
+            "symptom_counts",
+            symptoms::schema(),
+            vec![live.symptom_counts.clone()],
+        ),
         (
             "confirmations",
             confirmations::schema(),
-            &live.confirmations,
+            vec![live.confirmations.clone()],
         ),
-        ("dead_letters", dead_letters::schema(), &live.dead_letters),
-    ];
+        (
+            "bed_occupancy",
+            beds::schema(),
+            vec![live.bed_occupancy.clone()],
+        ),
+        (
+            "dead_letters",
+            dead_letters::schema(),
+            vec![live.dead_letters.clone()],
+        ),
+    ]
+    .into_iter()
+    .chain(
+        Source::ALL
+            .into_iter()
+            .zip(&live.raw)
+            .map(|(s, rows)| (raw::table(s), raw::schema(s), rows.clone())),
+    );
     for (name, schema, rows) in tables {
         internal.register_table(
             name.into(),
@@ -95,7 +116,7 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
         )?;
         internal.register_table(
             format!("{name}_live"),
-            Arc::new(MemTable::try_new(schema, vec![vec![rows.clone()]])?),
+            Arc::new(MemTable::try_new(schema, vec![rows])?),
         )?;
     }
     ctx.sql(&format!(
@@ -103,6 +124,25 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
          UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.dead_letters_live"
     ))
     .await?;
+    // `day` is the directory partition of the raw files; the view derives
+    // the same calendar day from `event_time` in the data's time zone.
+    let tz = if manifest.time_zone.is_empty() {
+        "Asia/Shanghai"
+    } else {
+        manifest.time_zone.as_str()
+    };
+    if tz.parse::<chrono_tz::Tz>().is_err() {
+        anyhow::bail!("the manifest names an unknown time zone `{tz}`");
+    }
+    for name in raw::TABLES {
+        ctx.sql(&format!(
+            "CREATE VIEW {name} AS SELECT *, \
+               CAST(arrow_cast(event_time, 'Timestamp(Microsecond, Some(\"{tz}\"))') AS DATE) AS day \
+             FROM (SELECT * FROM {INTERNAL_SCHEMA}.{name} \
+                   UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.{name}_live)"
+        ))
+        .await?;
+    }
 
     ctx.register_table("districts", districts_table(&registry)?)?;
     ctx.register_table("hospitals", hospitals_table(&registry)?)?;
@@ -121,11 +161,56 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
         &confirmations::COUNT_COLUMNS,
     )
     .await?;
+    bed_views(&ctx).await?;
     Ok(ctx)
 }
 
+/// `bed_occupancy` (stored rows and corrections folded, utilization
+/// derived) and `bed_occupancy_now`: every hospital of the registry at the
+/// latest window, or at its registry capacity and no patients if it never
+/// had a bed event.
+async fn bed_views(ctx: &SessionContext) -> Result<()> {
+    let keys = "window_start, window_end, hospital_id, hospital_name, district, designated";
+    let sums = beds::COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ctx.sql(&format!(
+        "CREATE VIEW bed_occupancy AS SELECT {keys}, beds_total, occupied, admissions, discharges, \
+           CASE WHEN beds_total = 0 THEN NULL ELSE CAST(occupied AS DOUBLE) / beds_total END \
+             AS utilization, \
+           repeat_admissions, unmatched_discharges \
+         FROM (SELECT {keys}, {sums} FROM \
+                 (SELECT * FROM {INTERNAL_SCHEMA}.bed_occupancy \
+                  UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.bed_occupancy_live) \
+               GROUP BY {keys})"
+    ))
+    .await?;
+    ctx.sql(
+        "CREATE VIEW bed_occupancy_now AS \
+         SELECT h.hospital_id, h.name AS hospital_name, h.district, h.designated, \
+           b.window_end AS as_of, \
+           COALESCE(b.beds_total, h.beds_total) AS beds_total, \
+           COALESCE(b.occupied, 0) AS occupied, \
+           CASE WHEN COALESCE(b.beds_total, h.beds_total) = 0 THEN NULL \
+             ELSE CAST(COALESCE(b.occupied, 0) AS DOUBLE) / COALESCE(b.beds_total, h.beds_total) \
+           END AS utilization \
+         FROM hospitals h LEFT JOIN \
+           (SELECT * FROM (SELECT *, ROW_NUMBER() OVER \
+              (PARTITION BY hospital_id ORDER BY window_start DESC) AS latest \
+              FROM bed_occupancy) WHERE latest = 1) b \
+         ON h.hospital_id = b.hospital_id",
+    )
+    .await?;
+    Ok(())
+}
+
 /// The public view of a windowed table: one row per key, its stored rows
-/// (first writes and late corrections) summed.
+/// (first writes and late corrections) summed. A key whose counts sum to
+/// zero (a first report that moved to an earlier window) has no row, as a
+/// window without events has none — whether or not the move crossed a
+/// checkpoint.
 async fn folding_view(
     ctx: &SessionContext,
     table: &str,
@@ -137,11 +222,16 @@ async fn folding_view(
         .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let nonzero = counts
+        .iter()
+        .map(|c| format!("{c} <> 0"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
     ctx.sql(&format!(
-        "CREATE VIEW {table} AS SELECT {keys}, {sums} \
+        "CREATE VIEW {table} AS SELECT * FROM (SELECT {keys}, {sums} \
          FROM (SELECT * FROM {INTERNAL_SCHEMA}.{table} \
                UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.{table}_live) \
-         GROUP BY {keys}"
+         GROUP BY {keys}) WHERE {nonzero}"
     ))
     .await?;
     Ok(())

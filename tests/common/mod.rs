@@ -345,3 +345,157 @@ pub fn query_confirmations(data: &Path) -> BTreeMap<(i64, String), [i64; 5]> {
     .filter(|(_, c)| c.iter().any(|x| *x != 0))
     .collect()
 }
+
+pub const REGISTRY_HOSPITALS: &str = include_str!("../../registry/hospitals.csv");
+
+/// `bed_occupancy` by folding over a file, written from the contract's
+/// definition: per hospital, events in event-time order (ties in file
+/// order); a second admit of a person inside, or a discharge of a person not
+/// inside, changes nothing and is an anomaly; `beds_total` is the latest
+/// capacity (the registry's before any). One row per hour from the
+/// hospital's first bed event through the hour of the input's highest event
+/// time. Key (window start in Unix seconds, hospital); values beds_total,
+/// occupied, admissions, discharges, repeat admissions, unmatched discharges.
+pub fn fold_bed_occupancy(path: &Path) -> BTreeMap<(i64, String), [i64; 6]> {
+    let registry_beds: BTreeMap<String, i64> = REGISTRY_HOSPITALS
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f[0].to_string(), f.last()?.parse().ok()?))
+        })
+        .collect();
+    let text = std::fs::read_to_string(path).expect("read input");
+    let districts = districts();
+    let mut seen = HashSet::new();
+    let mut last = i64::MIN;
+    // hospital → (time, file order, action, person or beds)
+    let mut events: BTreeMap<String, Vec<(i64, usize, String, Value)>> = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let Some(v) = valid(line, &districts) else {
+            continue;
+        };
+        let source = v["source"].as_str().unwrap().to_string();
+        if !seen.insert((source.clone(), v["event_id"].as_str().unwrap().to_string())) {
+            continue;
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros();
+        last = last.max(t);
+        if source != "bed" {
+            continue;
+        }
+        let action = v["action"].as_str().unwrap().to_string();
+        let arg = if action == "capacity" {
+            v["beds_total"].clone()
+        } else {
+            v["person_id"].clone()
+        };
+        events
+            .entry(v["hospital_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push((t, n, action, arg));
+    }
+    let hour = 3_600_000_000i64;
+    let end = last.div_euclid(hour) * hour + hour;
+    let mut out = BTreeMap::new();
+    for (h, mut evs) in events {
+        evs.sort_by_key(|e| (e.0, e.1));
+        let mut beds = registry_beds[&h];
+        let mut inside: HashSet<String> = HashSet::new();
+        let mut i = 0;
+        let mut w = evs[0].0.div_euclid(hour) * hour;
+        while w + hour <= end {
+            let mut row = [0i64; 6];
+            while i < evs.len() && evs[i].0 < w + hour {
+                let (_, _, action, arg) = &evs[i];
+                match action.as_str() {
+                    "capacity" => beds = arg.as_i64().unwrap(),
+                    "admit" => {
+                        if inside.insert(arg.as_str().unwrap().to_string()) {
+                            row[2] += 1
+                        } else {
+                            row[4] += 1
+                        }
+                    }
+                    _ => {
+                        if inside.remove(arg.as_str().unwrap()) {
+                            row[3] += 1
+                        } else {
+                            row[5] += 1
+                        }
+                    }
+                }
+                i += 1;
+            }
+            row[0] = beds;
+            row[1] = inside.len() as i64;
+            out.insert((w / 1_000_000, h.clone()), row);
+            w += hour;
+        }
+    }
+    out
+}
+
+/// `bed_occupancy` as paicha answers it, in the shape of the fold.
+pub fn query_bed_occupancy(data: &Path) -> BTreeMap<(i64, String), [i64; 6]> {
+    sql_rows(
+        data,
+        "SELECT to_unixtime(window_start), hospital_id, beds_total, occupied, admissions, \
+         discharges, repeat_admissions, unmatched_discharges FROM bed_occupancy ORDER BY 1, 2",
+    )
+    .into_iter()
+    .map(|r| {
+        let mut c = [0i64; 6];
+        for (i, x) in r[2..8].iter().enumerate() {
+            c[i] = x.parse().expect("count");
+        }
+        ((r[0].parse().expect("window"), r[1].clone()), c)
+    })
+    .collect()
+}
+
+/// Number of distinct valid events of each source in a file: the rows each
+/// raw table must hold.
+pub fn fold_raw_counts(path: &Path) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(path).expect("read input");
+    let districts = districts();
+    let mut seen = HashSet::new();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(v) = valid(line, &districts) else {
+            continue;
+        };
+        let source = v["source"].as_str().unwrap().to_string();
+        if seen.insert((source.clone(), v["event_id"].as_str().unwrap().to_string())) {
+            *out.entry(source).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Rows of each raw table, keyed by source name.
+pub fn query_raw_counts(data: &Path) -> BTreeMap<String, usize> {
+    let tables = [
+        ("checkpoint", "checkpoint_events"),
+        ("pharmacy", "pharmacy_events"),
+        ("door_visit", "door_visits"),
+        ("case", "case_events"),
+        ("bed", "bed_events"),
+    ];
+    tables
+        .iter()
+        .filter_map(|(s, t)| {
+            let n: usize = sql_rows(data, &format!("SELECT COUNT(DISTINCT event_id) FROM {t}"))[0]
+                [0]
+            .parse()
+            .expect("count");
+            let all: usize = sql_rows(data, &format!("SELECT COUNT(*) FROM {t}"))[0][0]
+                .parse()
+                .expect("count");
+            assert_eq!(n, all, "{t} holds an event twice");
+            (n > 0).then(|| (s.to_string(), n))
+        })
+        .collect()
+}

@@ -1,0 +1,424 @@
+//! `bed_occupancy`: the state of every hospital at the end of each window —
+//! capacity, occupied beds, admissions and discharges in the window, and the
+//! anomalies (a repeated admission, a discharge of someone not admitted).
+//!
+//! Occupancy at a window's end depends on every earlier bed event of the
+//! hospital in event-time order, so a late event changes the state of every
+//! later window, not just its own. The processor therefore keeps each
+//! hospital's bed events (few: admissions, not checks) and recomputes the
+//! hospital's rows from them by one sweep. What was written is remembered per
+//! window; a checkpoint writes, for each window now final, the difference
+//! between the recomputed row and what was written before — the full row the
+//! first time, a correction row after a late event — and the view sums them.
+//!
+//! Rules (documented in `docs/semantics.md`):
+//! - events of a hospital are applied in event-time order, ties in arrival
+//!   order (one hospital's events share a district, hence a partition);
+//! - `beds_total` is the latest `capacity` before the window's end, or the
+//!   registry's `beds_total` before any;
+//! - rows are dense: one per window from the hospital's first bed event to
+//!   the pipeline clock, so a quiet hour still shows the occupancy.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use paicha_ingest::event::{BedAction, Body, Event};
+use paicha_ingest::registry::Registry;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::time::Windows;
+
+/// Count columns of stored `bed_occupancy` rows, in order. `utilization` is
+/// computed by the view from the folded `occupied` and `beds_total`.
+pub const COUNT_COLUMNS: [&str; 6] = [
+    "beds_total",
+    "occupied",
+    "admissions",
+    "discharges",
+    "repeat_admissions",
+    "unmatched_discharges",
+];
+
+/// The state of one hospital at the end of one window, in the order of
+/// [`COUNT_COLUMNS`].
+pub type State = [i64; 6];
+
+/// One stored row: window start, hospital index, state (or correction).
+pub type Row = (i64, u16, State);
+
+/// Bytes of one record of a bed-event file.
+const RECORD: usize = 8 + 8 + 2 + 1 + 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Admit(u128),
+    Discharge(u128),
+    Capacity(i64),
+}
+
+#[derive(Debug, Default)]
+struct Hospital {
+    /// Bed events by (event time, arrival sequence).
+    events: BTreeMap<(i64, u64), Act>,
+    /// The row of each window as written so far (sum of rows written).
+    written: BTreeMap<i64, State>,
+}
+
+/// Bed events per hospital and the rows written from them.
+#[derive(Debug)]
+pub struct Beds {
+    windows: Windows,
+    hospitals: BTreeMap<u16, Hospital>,
+    seq: u64,
+    pending: Vec<(i64, u64, u16, Act)>,
+    final_until: i64,
+}
+
+impl Beds {
+    /// Empty state for windows of the given size.
+    pub fn new(windows: Windows) -> Self {
+        Beds {
+            windows,
+            hospitals: BTreeMap::new(),
+            seq: 0,
+            pending: Vec::new(),
+            final_until: i64::MIN,
+        }
+    }
+
+    /// Records one (deduplicated) event if it is a bed event.
+    pub fn add(&mut self, e: &Event) {
+        let Body::Bed {
+            hospital,
+            action,
+            person_key,
+            beds_total,
+        } = &e.body
+        else {
+            return;
+        };
+        let person = || xxh3_128(person_key.as_deref().unwrap_or("").as_bytes());
+        let act = match action {
+            BedAction::Admit => Act::Admit(person()),
+            BedAction::Discharge => Act::Discharge(person()),
+            BedAction::Capacity => Act::Capacity(beds_total.unwrap_or(0)),
+        };
+        let seq = self.seq;
+        self.seq += 1;
+        self.insert(e.event_time, seq, *hospital, act);
+        self.pending.push((e.event_time, seq, *hospital, act));
+    }
+
+    fn insert(&mut self, time: i64, seq: u64, hospital: u16, act: Act) {
+        self.hospitals
+            .entry(hospital)
+            .or_default()
+            .events
+            .insert((time, seq), act);
+    }
+
+    /// The state of `h` at the end of each window from its first event's
+    /// window through the windows ending at or before `until`.
+    fn sweep(&self, h: &Hospital, registry_beds: i64, until: i64) -> Vec<(i64, State)> {
+        let Some(((first, _), _)) = h.events.iter().next() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut inside: HashSet<u128> = HashSet::new();
+        let mut beds = registry_beds;
+        let mut events = h.events.iter().peekable();
+        let mut start = self.windows.start(*first);
+        while self.windows.end(start) <= until {
+            let end = self.windows.end(start);
+            let mut s: State = [0; 6];
+            while let Some(((t, _), act)) = events.peek() {
+                if *t >= end {
+                    break;
+                }
+                match **act {
+                    Act::Capacity(n) => beds = n,
+                    Act::Admit(p) if inside.insert(p) => s[2] += 1,
+                    Act::Admit(_) => s[4] += 1,
+                    Act::Discharge(p) if inside.remove(&p) => s[3] += 1,
+                    Act::Discharge(_) => s[5] += 1,
+                }
+                events.next();
+            }
+            s[0] = beds;
+            s[1] = inside.len() as i64;
+            out.push((start, s));
+            start = end;
+        }
+        out
+    }
+
+    /// What the windows ending at or before `until` add to the rows written:
+    /// a full row for a window never written, the difference for one whose
+    /// state changed since.
+    fn changes(&self, registry: &Registry, until: i64) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (&id, h) in &self.hospitals {
+            let beds = registry.hospital(id).beds_total as i64;
+            for (start, s) in self.sweep(h, beds, until) {
+                match h.written.get(&start) {
+                    None => rows.push((start, id, s)),
+                    Some(w) => {
+                        let d: State = std::array::from_fn(|i| s[i] - w[i]);
+                        if d.iter().any(|x| *x != 0) {
+                            rows.push((start, id, d));
+                        }
+                    }
+                }
+            }
+        }
+        rows.sort_unstable_by_key(|r| (r.0, r.1));
+        rows
+    }
+
+    /// Rows for every window that has ended by `until`, marked as written.
+    pub fn take_final(&mut self, until: i64, registry: &Registry) -> Vec<Row> {
+        if until == i64::MIN {
+            return Vec::new();
+        }
+        let rows = self.changes(registry, until);
+        for (start, id, d) in &rows {
+            let w = self
+                .hospitals
+                .entry(*id)
+                .or_default()
+                .written
+                .entry(*start)
+                .or_insert([0; 6]);
+            for (a, b) in w.iter_mut().zip(d) {
+                *a += b;
+            }
+        }
+        self.final_until = self.final_until.max(until);
+        rows
+    }
+
+    /// Rows not yet written for the windows ending by `until` (the end of
+    /// the window of the highest event time): what SQL adds to the stored
+    /// rows while the pipeline runs.
+    pub fn snapshot(&self, until: i64, registry: &Registry) -> Vec<Row> {
+        self.changes(registry, until)
+    }
+
+    /// The end of the last window written, to save in the checkpoint.
+    pub fn final_until(&self) -> Option<i64> {
+        (self.final_until != i64::MIN).then_some(self.final_until)
+    }
+
+    /// Whether bed events arrived since the last checkpoint.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the bed events received since the last call.
+    pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(self.pending.len() * RECORD);
+        for (time, seq, hospital, act) in self.pending.drain(..) {
+            let (kind, value) = match act {
+                Act::Admit(p) => (0u8, p),
+                Act::Discharge(p) => (1, p),
+                Act::Capacity(n) => (2, n as u128),
+            };
+            buf.extend_from_slice(&time.to_le_bytes());
+            buf.extend_from_slice(&seq.to_le_bytes());
+            buf.extend_from_slice(&hospital.to_le_bytes());
+            buf.push(kind);
+            buf.extend_from_slice(&value.to_le_bytes());
+        }
+        out.write_all(&buf)
+    }
+
+    /// Loads bed events written by [`Beds::write_pending`].
+    pub fn load(&mut self, input: &mut impl Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        if bytes.len() % RECORD != 0 {
+            return Err(invalid("bed file length is not a whole number of records"));
+        }
+        for r in bytes.chunks_exact(RECORD) {
+            let time = i64::from_le_bytes(r[0..8].try_into().map_err(|_| invalid("time"))?);
+            let seq = u64::from_le_bytes(r[8..16].try_into().map_err(|_| invalid("seq"))?);
+            let hospital = u16::from_le_bytes(r[16..18].try_into().map_err(|_| invalid("id"))?);
+            let value = u128::from_le_bytes(r[19..35].try_into().map_err(|_| invalid("value"))?);
+            let act = match r[18] {
+                0 => Act::Admit(value),
+                1 => Act::Discharge(value),
+                2 => Act::Capacity(value as i64),
+                _ => return Err(invalid("unknown bed action in bed file")),
+            };
+            self.seq = self.seq.max(seq + 1);
+            self.insert(time, seq, hospital, act);
+        }
+        Ok(())
+    }
+
+    /// After [`Beds::load`]: marks the windows through `final_until` as
+    /// written, as the checkpoint that saved them had.
+    pub fn restore_written(&mut self, final_until: Option<i64>, registry: &Registry) {
+        if let Some(until) = final_until {
+            self.take_final(until, registry);
+        }
+    }
+}
+
+fn invalid(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// The Arrow schema of stored `bed_occupancy` rows.
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("hospital_id", DataType::Utf8, false),
+        Field::new("hospital_name", DataType::Utf8, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("designated", DataType::Boolean, false),
+    ];
+    fields.extend(
+        COUNT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds `bed_occupancy` rows.
+pub fn batch(
+    rows: &[Row],
+    windows: Windows,
+    registry: &Registry,
+) -> arrow::error::Result<RecordBatch> {
+    let n = rows.len();
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut id = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut district = StringBuilder::new();
+    let mut designated = BooleanBuilder::with_capacity(n);
+    let mut counts: Vec<Int64Builder> = (0..6).map(|_| Int64Builder::with_capacity(n)).collect();
+    for (s, h, c) in rows {
+        let hospital = registry.hospital(*h);
+        start.append_value(*s);
+        end.append_value(windows.end(*s));
+        id.append_value(&hospital.hospital_id);
+        name.append_value(&hospital.name);
+        district.append_value(&hospital.district);
+        designated.append_value(hospital.designated());
+        for (b, v) in counts.iter_mut().zip(c) {
+            b.append_value(*v);
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(id.finish()),
+        Arc::new(name.finish()),
+        Arc::new(district.finish()),
+        Arc::new(designated.finish()),
+    ];
+    cols.extend(counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    RecordBatch::try_new(schema(), cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::HOUR_MICROS;
+
+    const H: i64 = HOUR_MICROS;
+
+    fn bed(id: &str, t: i64, action: BedAction, person: &str, beds: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            event_time: t,
+            district: 0,
+            body: Body::Bed {
+                hospital: 0,
+                action,
+                person_key: (action != BedAction::Capacity).then(|| person.into()),
+                beds_total: (action == BedAction::Capacity).then_some(beds),
+            },
+        }
+    }
+
+    /// Folds stored rows the way the view does.
+    fn fold(rows: &[Row]) -> BTreeMap<i64, State> {
+        let mut out: BTreeMap<i64, State> = BTreeMap::new();
+        for (s, _, c) in rows {
+            let e = out.entry(*s).or_insert([0; 6]);
+            for (a, b) in e.iter_mut().zip(c) {
+                *a += b;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn anomalies_change_nothing_and_occupancy_never_goes_negative() {
+        let reg = Registry::builtin().unwrap();
+        let mut b = Beds::new(Windows::new(H));
+        b.add(&bed("c", 0, BedAction::Capacity, "", 2));
+        b.add(&bed("a1", 10, BedAction::Admit, "p", 0));
+        b.add(&bed("a2", 20, BedAction::Admit, "p", 0)); // already in
+        b.add(&bed("d1", H + 5, BedAction::Discharge, "q", 0)); // never admitted
+        b.add(&bed("d2", H + 6, BedAction::Discharge, "p", 0));
+        b.add(&bed("d3", 2 * H + 1, BedAction::Discharge, "p", 0)); // already out
+        let rows = b.take_final(3 * H, &reg);
+        assert_eq!(
+            rows.iter().map(|r| (r.0, r.2)).collect::<Vec<_>>(),
+            vec![
+                (0, [2, 1, 1, 0, 1, 0]),
+                (H, [2, 0, 0, 1, 0, 1]),
+                (2 * H, [2, 0, 0, 0, 0, 1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_late_admission_corrects_every_later_window() {
+        let reg = Registry::builtin().unwrap();
+        let beds = reg.hospital(0).beds_total as i64;
+        let mut b = Beds::new(Windows::new(H));
+        b.add(&bed("a", 0, BedAction::Admit, "p", 0));
+        b.add(&bed("x", 3 * H, BedAction::Admit, "r", 0));
+        let first = b.take_final(3 * H, &reg);
+        assert_eq!(first.len(), 3);
+        let mut before = Vec::new();
+        b.write_pending(&mut before).unwrap();
+        // q was admitted in hour 1; the report arrives after hours 0–2 were
+        // written.
+        b.add(&bed("late", H + 1, BedAction::Admit, "q", 0));
+        let mut file = Vec::new();
+        b.write_pending(&mut file).unwrap();
+        let second = b.take_final(4 * H, &reg);
+        let all: Vec<Row> = first.iter().chain(&second).copied().collect();
+        let folded = fold(&all);
+        assert_eq!(folded[&0], [beds, 1, 1, 0, 0, 0]);
+        assert_eq!(folded[&H], [beds, 2, 1, 0, 0, 0]);
+        assert_eq!(folded[&(2 * H)], [beds, 2, 0, 0, 0, 0]);
+        assert_eq!(folded[&(3 * H)], [beds, 3, 1, 0, 0, 0]);
+        // Corrections only where the state changed: hours 1 and 2, then the
+        // first write of hour 3.
+        assert_eq!(second.len(), 3);
+
+        // A restart from the first checkpoint's events and cut rebuilds
+        // what was written, and adds the same corrections.
+        let mut again = Beds::new(Windows::new(H));
+        again.load(&mut before.as_slice()).unwrap();
+        again.restore_written(Some(3 * H), &reg);
+        again.load(&mut file.as_slice()).unwrap();
+        assert_eq!(again.take_final(4 * H, &reg), second);
+    }
+}
