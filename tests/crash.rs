@@ -22,6 +22,12 @@ fn replay_killed_and_rerun_is_exact() {
     ]);
     let want = fold_symptom_counts(&file);
     let confirmations = fold_confirmations(&file);
+    let beds = fold_bed_occupancy(&file);
+    let raw = fold_raw_counts(&file);
+    assert!(
+        beds.len() > 100 && raw.len() == 5,
+        "the scenario is not trivial"
+    );
     let total: i64 = want.values().map(|c| c[0]).sum();
     let mut partial = 0;
     // Kill points spread over the run, which the slowed sink stretches to
@@ -73,6 +79,8 @@ fn replay_killed_and_rerun_is_exact() {
         assert!(out.contains("replayed"), "{out}");
         assert_same_counts(&query_symptom_counts(&data), &want);
         assert_eq!(query_confirmations(&data), confirmations);
+        assert_eq!(query_bed_occupancy(&data), beds);
+        assert_eq!(query_raw_counts(&data), raw);
         let letters = sql_rows(
             &data,
             "SELECT COUNT(*), COUNT(DISTINCT topic || offset || '/' || line) FROM dead_letters",

@@ -55,6 +55,11 @@ fn simulated_days_replay_to_exact_symptom_counts() {
     let confirmations = fold_confirmations(&file);
     assert!(!confirmations.is_empty());
     assert_eq!(query_confirmations(&data), confirmations);
+    let beds = fold_bed_occupancy(&file);
+    assert!(beds.len() > 100, "the scenario has bed events");
+    assert_eq!(query_bed_occupancy(&data), beds);
+    let raw = fold_raw_counts(&file);
+    assert_eq!(query_raw_counts(&data), raw);
 
     // Every window is an hour on the hour, and names its district.
     let rows = sql_rows(
@@ -69,6 +74,134 @@ fn simulated_days_replay_to_exact_symptom_counts() {
     replay(&file, &data, &[]);
     assert_same_counts(&query_symptom_counts(&data), &want);
     assert_eq!(query_confirmations(&data), confirmations);
+    assert_eq!(query_bed_occupancy(&data), beds);
+    assert_eq!(query_raw_counts(&data), raw);
+
+    // A finished replay leaves one file per table and day.
+    let files = |table: &str| -> Vec<String> {
+        let mut days = Vec::new();
+        for day in std::fs::read_dir(data.join(table)).unwrap().flatten() {
+            let n = std::fs::read_dir(day.path()).unwrap().flatten().count();
+            days.push(format!("{}:{n}", day.file_name().to_string_lossy()));
+        }
+        days
+    };
+    for table in ["symptom_counts", "checkpoint_events", "bed_occupancy"] {
+        let days = files(table);
+        assert!(!days.is_empty());
+        assert!(days.iter().all(|d| d.ends_with(":1")), "{table}: {days:?}");
+    }
+}
+
+/// Bed events shuffled across days, delivered twice, and late: admissions
+/// and discharges of many patients at two hospitals, a repeated admission
+/// and a discharge of someone never admitted, and capacity changes.
+#[test]
+fn bed_occupancy_is_exact_under_shuffling_duplicates_and_anomalies() {
+    use std::fmt::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("beds.jsonl");
+    let data = dir.path().join("data");
+    let mut lines = Vec::new();
+    let bed = |id: &str, hour: u32, min: u32, hospital: &str, extra: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2020-01-{:02}T{:02}:{min:02}:00+08:00","source":"bed","district":"500106","hospital_id":"{hospital}",{extra}}}"#,
+            25 + hour / 24,
+            hour % 24
+        )
+    };
+    lines.push(bed(
+        "cap-1",
+        0,
+        0,
+        "cq-phmc",
+        r#""action":"capacity","beds_total":40"#,
+    ));
+    lines.push(bed(
+        "cap-2",
+        30,
+        0,
+        "cq-phmc",
+        r#""action":"capacity","beds_total":60"#,
+    ));
+    for p in 0..50u32 {
+        let hospital = if p % 3 == 0 { "cq-sanxia" } else { "cq-phmc" };
+        let admit = (p * 7) % 60;
+        lines.push(bed(
+            &format!("a{p}"),
+            admit,
+            p % 60,
+            hospital,
+            &format!(r#""action":"admit","person_id":"patient-{p}""#),
+        ));
+        if p % 4 != 0 {
+            lines.push(bed(
+                &format!("d{p}"),
+                admit + 1 + p % 20,
+                (p * 13) % 60,
+                hospital,
+                &format!(r#""action":"discharge","person_id":"patient-{p}""#),
+            ));
+        }
+    }
+    // patient-0 is admitted at hour 0 and never discharged.
+    lines.push(bed(
+        "again",
+        20,
+        30,
+        "cq-sanxia",
+        r#""action":"admit","person_id":"patient-0""#,
+    ));
+    lines.push(bed(
+        "ghost",
+        21,
+        0,
+        "cq-phmc",
+        r#""action":"discharge","person_id":"nobody""#,
+    ));
+    // A deterministic shuffle, then every fifth line delivered twice and a
+    // block of early events moved to the end (late, after their windows).
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    let mut x = 12345u64;
+    for i in (1..order.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    let mut text = String::new();
+    for (n, i) in order.iter().enumerate() {
+        writeln!(text, "{}", lines[*i]).unwrap();
+        if n % 5 == 0 {
+            writeln!(text, "{}", lines[*i]).unwrap();
+        }
+    }
+    writeln!(
+        text,
+        "{}",
+        bed(
+            "late",
+            2,
+            5,
+            "cq-phmc",
+            r#""action":"admit","person_id":"late-1""#
+        )
+    )
+    .unwrap();
+    std::fs::write(&file, text).unwrap();
+    replay(&file, &data, &["--partitions", "2"]);
+
+    let want = fold_bed_occupancy(&file);
+    assert!(want.values().any(|c| c[4] > 0), "a repeat admission");
+    assert!(want.values().any(|c| c[5] > 0), "an unmatched discharge");
+    assert!(want.values().all(|c| c[1] >= 0));
+    assert_eq!(query_bed_occupancy(&data), want);
+    let now = sql_rows(
+        &data,
+        "SELECT beds_total, occupied FROM bed_occupancy_now WHERE hospital_id = 'cq-phmc'",
+    );
+    let last = want.iter().rfind(|((_, h), _)| h == "cq-phmc").unwrap().1;
+    assert_eq!(now, vec![vec![last[0].to_string(), last[1].to_string()]]);
 }
 
 #[test]

@@ -49,9 +49,15 @@ impl Dedupe {
         self.days.is_empty()
     }
 
-    /// Forgets days before `first_day` (past retention).
+    /// Forgets days before `first_day` (past retention). The bucket
+    /// `i32::MIN` (dead letters, which have no event day) is kept.
     pub fn evict_before(&mut self, first_day: i32) {
-        self.days = self.days.split_off(&first_day);
+        let kept = self.days.split_off(&first_day);
+        let timeless = self.days.remove(&i32::MIN);
+        self.days = kept;
+        if let Some(ids) = timeless {
+            self.days.insert(i32::MIN, ids);
+        }
     }
 
     /// Writes the ids added since the last call and clears them: 20 bytes
@@ -100,6 +106,18 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eviction_forgets_old_days_but_not_dead_letters() {
+        let mut d = Dedupe::default();
+        assert!(d.insert(i32::MIN, 1));
+        assert!(d.insert(10, 2));
+        assert!(d.insert(20, 3));
+        d.evict_before(15);
+        assert!(!d.insert(i32::MIN, 1), "dead letters are never forgotten");
+        assert!(d.insert(10, 2), "day 10 was forgotten");
+        assert!(!d.insert(20, 3));
+    }
 
     #[test]
     fn key_hashes_namespace_nul_id() {

@@ -24,12 +24,15 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
 use paicha_ingest::event::Source;
 use paicha_ingest::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
 use paicha_processors::symptoms::COUNT_COLUMNS;
 use paicha_processors::{beds, confirmations, dead_letters, raw, symptoms, LiveView};
+
+/// The DataFusion session type [`open`] returns.
+pub use datafusion::prelude::SessionContext;
 
 /// Schema holding the stored rows behind the folding views.
 pub const INTERNAL_SCHEMA: &str = "paicha_internal";
