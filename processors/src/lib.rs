@@ -13,6 +13,7 @@ pub mod compact;
 pub mod confirmations;
 pub mod dead_letters;
 pub mod dedupe;
+pub mod ears;
 pub mod raw;
 pub mod store;
 pub mod symptoms;
