@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use paicha_ingest::event::{Decoder, Reject, RejectReason, Source, DEAD_LETTER_TOPIC};
+use paicha_ingest::event::{
+    Decoder, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+};
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_processors::dead_letters::DeadLetter;
@@ -147,6 +149,7 @@ pub fn consume(
 
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
+    let mut lag_checked: Option<Instant> = None;
     let mut last_publish = Instant::now();
     let mut dlq_ends: Option<BTreeMap<(String, i32), i64>> = None;
     loop {
@@ -166,6 +169,7 @@ pub fn consume(
         dlq.poll(Duration::ZERO);
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
             checkpoint(processor, metrics, false)?;
+            observe(processor, metrics, &consumer, &dlq, &mut lag_checked)?;
             last_checkpoint = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
@@ -197,6 +201,8 @@ pub fn consume(
     }
     kafka::finish(&dlq, &dlq_counter)?;
     checkpoint(processor, metrics, end.is_some())?;
+    observe(processor, metrics, &consumer, &dlq, &mut lag_checked)?;
+    kafka::finish(&dlq, &dlq_counter)?;
     if end.is_some() {
         // A finished replay leaves one file per table per day.
         processor.compact_all()?;
@@ -252,6 +258,113 @@ fn checkpoint(processor: &mut Processor, metrics: &Metrics, finish: bool) -> Res
             .set(*next);
     }
     Ok(())
+}
+
+/// Publishes what changed since the last call: alerts to `screening.alerts`
+/// (at least once: a crash before the next commit publishes them again, with
+/// the same `alert_id`), and the gauges of follow-ups, beds and lag.
+fn observe(
+    processor: &mut Processor,
+    metrics: &Metrics,
+    consumer: &BaseConsumer,
+    producer: &kafka::CountingProducer,
+    lag_checked: &mut Option<Instant>,
+) -> Result<()> {
+    for alert in processor.take_alert_news() {
+        if alert.resolved_at.is_none() {
+            metrics
+                .alerts_raised
+                .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
+                .inc();
+        }
+        let json = serde_json::json!({
+            "alert_id": alert.alert_id,
+            "raised_at": micros_to_rfc3339(alert.raised_at),
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "district": alert.district,
+            "hospital_id": alert.hospital_id,
+            "person_key": alert.person_key,
+            "detail": alert.detail,
+            "resolved_at": alert.resolved_at.map(micros_to_rfc3339),
+        });
+        kafka::send(
+            producer,
+            ALERTS_TOPIC,
+            None,
+            alert.district.as_bytes(),
+            json.to_string().as_bytes(),
+            None,
+        )?;
+    }
+    let registry = processor.registry();
+    metrics.follow_ups.reset();
+    for ((d, status), n) in processor.follow_ups().by_status() {
+        metrics
+            .follow_ups
+            .with_label_values(&[registry.district(*d).district.as_str(), status.as_str()])
+            .set(*n);
+    }
+    metrics.follow_ups_overdue.reset();
+    for ((d, days), n) in processor.follow_ups().by_days() {
+        let days = if *days >= 4 {
+            "4+".to_string()
+        } else {
+            days.to_string()
+        };
+        metrics
+            .follow_ups_overdue
+            .with_label_values(&[registry.district(*d).district.as_str(), days.as_str()])
+            .set(*n);
+    }
+    for (h, beds, occupied) in processor.beds_now() {
+        let hospital = registry.hospital(h);
+        let labels = [
+            hospital.hospital_id.as_str(),
+            hospital.district.as_str(),
+            if hospital.designated() {
+                "true"
+            } else {
+                "false"
+            },
+        ];
+        metrics
+            .beds_occupied
+            .with_label_values(&labels)
+            .set(occupied);
+        if beds > 0 {
+            metrics
+                .bed_utilization
+                .with_label_values(&labels)
+                .set(occupied as f64 / beds as f64);
+        }
+    }
+    let clock = processor.follow_ups().clock();
+    if clock != i64::MIN {
+        metrics
+            .watermark_lag_seconds
+            .set((micros_now() - clock).div_euclid(1_000_000));
+    }
+    // Partition ends cost a broker round trip each: measured every 15 s.
+    if lag_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {
+        *lag_checked = Some(Instant::now());
+        for ((topic, p), next) in processor.positions() {
+            if let Ok((_, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_millis(500))
+            {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                    .set((high - next).max(0));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn micros_to_rfc3339(t: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 #[allow(clippy::too_many_arguments)]

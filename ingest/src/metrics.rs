@@ -35,6 +35,20 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     /// Time to write and commit a checkpoint.
     pub checkpoint_duration: Histogram,
+    /// Wall clock minus the watermark.
+    pub watermark_lag_seconds: IntGauge,
+    /// Messages behind the end of each partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Observation episodes by district and status.
+    pub follow_ups: IntGaugeVec,
+    /// Overdue episodes by district and days missed (1, 2, 3, 4+).
+    pub follow_ups_overdue: IntGaugeVec,
+    /// Alerts raised, by kind and severity.
+    pub alerts_raised: IntCounterVec,
+    /// Occupied share of beds per hospital at the latest window.
+    pub bed_utilization: prometheus::GaugeVec,
+    /// Occupied beds per hospital at the latest window.
+    pub beds_occupied: IntGaugeVec,
 }
 
 impl Metrics {
@@ -100,8 +114,60 @@ impl Metrics {
                 "paicha_checkpoint_duration_seconds",
                 "Time to write a checkpoint's files and commit its manifest.",
             ))?,
+            alerts_raised: counter_vec(
+                "paicha_alerts_raised_total",
+                "Alerts raised (also written to screening.alerts), by kind and severity.",
+                &["kind", "severity"],
+            )?,
+            watermark_lag_seconds: IntGauge::new(
+                "paicha_watermark_lag_seconds",
+                "Wall clock minus the event-time watermark, seconds (large in a replay of old data).",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_kafka_consumer_lag",
+                    "Messages between the consumer's position and the end of the partition.",
+                ),
+                &["topic", "partition"],
+            )?,
+            follow_ups: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_follow_ups",
+                    "Observation episodes by district and status at the pipeline clock.",
+                ),
+                &["district", "status"],
+            )?,
+            follow_ups_overdue: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_follow_ups_overdue",
+                    "Overdue follow-ups by district and whole days missed (1, 2, 3, 4+).",
+                ),
+                &["district", "days_missed"],
+            )?,
+            bed_utilization: prometheus::GaugeVec::new(
+                Opts::new(
+                    "paicha_bed_utilization_ratio",
+                    "Occupied beds over beds in service per hospital, at the latest window.",
+                ),
+                &["hospital_id", "district", "designated"],
+            )?,
+            beds_occupied: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_beds_occupied",
+                    "Occupied beds per hospital, at the latest window.",
+                ),
+                &["hospital_id", "district", "designated"],
+            )?,
             registry,
         };
+        m.registry
+            .register(Box::new(m.watermark_lag_seconds.clone()))?;
+        m.registry.register(Box::new(m.consumer_lag.clone()))?;
+        m.registry.register(Box::new(m.follow_ups.clone()))?;
+        m.registry
+            .register(Box::new(m.follow_ups_overdue.clone()))?;
+        m.registry.register(Box::new(m.bed_utilization.clone()))?;
+        m.registry.register(Box::new(m.beds_occupied.clone()))?;
         m.registry
             .register(Box::new(m.dead_letters_produced.clone()))?;
         m.registry.register(Box::new(m.watermark_seconds.clone()))?;

@@ -181,6 +181,19 @@ impl Beds {
         rows
     }
 
+    /// Each hospital's (index, beds_total, occupied) at the end of the last
+    /// window ending by `until`.
+    pub fn latest(&self, until: i64, registry: &Registry) -> Vec<(u16, i64, i64)> {
+        self.hospitals
+            .iter()
+            .filter_map(|(&id, h)| {
+                let beds = registry.hospital(id).beds_total as i64;
+                let (_, s) = *self.sweep(h, beds, until).last()?;
+                Some((id, s[0], s[1]))
+            })
+            .collect()
+    }
+
     /// Rows for every window that has ended by `until`, marked as written.
     pub fn take_final(&mut self, until: i64, registry: &Registry) -> Vec<Row> {
         if until == i64::MIN {

@@ -14,6 +14,7 @@ pub mod confirmations;
 pub mod dead_letters;
 pub mod dedupe;
 pub mod ears;
+pub mod follow_ups;
 pub mod raw;
 pub mod store;
 pub mod symptoms;
@@ -36,6 +37,7 @@ use crate::compact::Merge;
 use crate::confirmations::Confirmations;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
+use crate::follow_ups::{Alert, FollowUps};
 use crate::raw::RawEvents;
 use crate::store::{Manifest, Offset, Store, FORMAT};
 use crate::symptoms::SymptomWindows;
@@ -61,6 +63,10 @@ pub struct LiveView {
     pub bed_occupancy: arrow::record_batch::RecordBatch,
     /// Raw event rows in memory, in the order of [`Source::ALL`].
     pub raw: [Vec<arrow::record_batch::RecordBatch>; 5],
+    /// Every follow-up episode at the clock.
+    pub follow_ups: arrow::record_batch::RecordBatch,
+    /// Every alert raised.
+    pub alerts: arrow::record_batch::RecordBatch,
 }
 
 impl LiveView {
@@ -72,6 +78,10 @@ impl LiveView {
         let mut beds = Beds::new(windows);
         load_state(root, &m.beds, |f| beds.load(f))?;
         beds.restore_written(m.bed_final_until, registry);
+        let mut follow = FollowUps::new();
+        load_state(root, &m.follow_ups, |f| follow.load(f, registry))?;
+        follow.restore_alerts(read_alerts(root, m)?);
+        follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
         let clock = max_time.map_or(i64::MIN, |t| windows.end(windows.start(t)));
         let mut s = SymptomWindows::new(windows);
@@ -88,8 +98,20 @@ impl LiveView {
             dead_letters: dead_letters::batch(&[])?,
             bed_occupancy: beds::batch(&beds.snapshot(clock, registry), windows, registry)?,
             raw: Default::default(),
+            follow_ups: follow.batch(registry)?,
+            alerts: follow_ups::alerts_batch(follow.alerts())?,
         })
     }
+}
+
+/// The alerts saved with the checkpoint of `m`.
+fn read_alerts(root: &Path, m: &Manifest) -> Result<Vec<Alert>> {
+    let Some(rel) = &m.alerts else {
+        return Ok(Vec::new());
+    };
+    let path = root.join(rel);
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is corrupt", path.display()))
 }
 
 /// Reads the state files `rels` (relative to `root`) in order.
@@ -198,6 +220,10 @@ pub struct Processor {
     confirmations: Confirmations,
     beds: Beds,
     raw: RawEvents,
+    follow_ups: FollowUps,
+    /// The last `follow_ups` rows built for SQL, and when: rebuilding every
+    /// episode is not free, so live SQL sees it at most a second old.
+    follow_up_rows: Option<(Instant, arrow::record_batch::RecordBatch)>,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
@@ -221,6 +247,8 @@ impl Processor {
             confirmations: Confirmations::new(windows),
             beds: Beds::new(windows),
             raw: RawEvents::new(cfg.calendar),
+            follow_ups: FollowUps::new(),
+            follow_up_rows: None,
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -268,6 +296,12 @@ impl Processor {
         load_state(&root, &m.cases, |f| self.confirmations.load(f))?;
         load_state(&root, &m.beds, |f| self.beds.load(f))?;
         self.beds.restore_written(m.bed_final_until, &self.registry);
+        let registry = self.registry.clone();
+        load_state(&root, &m.follow_ups, |f| self.follow_ups.load(f, &registry))?;
+        self.follow_ups.restore_alerts(read_alerts(&root, &m)?);
+        self.follow_ups
+            .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
+        self.follow_ups.take_news();
         self.symptoms
             .restore(&m.open_windows, &self.registry)
             .map_err(anyhow::Error::msg)?;
@@ -340,6 +374,7 @@ impl Processor {
         self.confirmations.add(e);
         self.beds.add(e);
         self.raw.add(e, &self.registry);
+        self.follow_ups.add(e, &self.registry);
         self.stats.accepted += 1;
         self.dirty = true;
         Accepted::Counted
@@ -381,7 +416,25 @@ impl Processor {
         if let Some(t) = max_event_time {
             self.watermarks.observe(topic, partition, t, now);
         }
+        let clock = self.watermarks.advance(now);
+        self.follow_ups.advance(clock, &self.registry);
         self.dirty = true;
+    }
+
+    /// Follow-up state: episodes, counts, alerts.
+    pub fn follow_ups(&self) -> &FollowUps {
+        &self.follow_ups
+    }
+
+    /// Each hospital with bed events: (index, beds_total, occupied) at the
+    /// latest window.
+    pub fn beds_now(&self) -> Vec<(u16, i64, i64)> {
+        self.beds.latest(self.clock_end(), &self.registry)
+    }
+
+    /// Alerts raised or resolved since the last call, to publish.
+    pub fn take_alert_news(&mut self) -> Vec<Alert> {
+        self.follow_ups.take_news()
     }
 
     /// Writes `rows` of `table` as one Parquet file per calendar day of the
@@ -430,7 +483,20 @@ impl Processor {
                 &self.registry,
             )?,
             raw: Source::ALL.map(|s| self.raw.batches(s)),
+            follow_ups: self.follow_up_rows()?,
+            alerts: follow_ups::alerts_batch(self.follow_ups.alerts())?,
         })
+    }
+
+    fn follow_up_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
+        if let Some((at, rows)) = &self.follow_up_rows {
+            if at.elapsed() < Duration::from_secs(1) {
+                return Ok(rows.clone());
+            }
+        }
+        let rows = self.follow_ups.batch(&self.registry)?;
+        self.follow_up_rows = Some((Instant::now(), rows.clone()));
+        Ok(rows)
     }
 
     /// The end of the window holding the highest event time consumed: the
@@ -476,8 +542,14 @@ impl Processor {
         let occupancy = self
             .beds
             .take_final(cut.min(self.clock_end()), &self.registry);
+        if finish && self.max_time != i64::MIN {
+            // The end of a replay: the clock stands at the highest event time.
+            self.follow_ups.advance(self.max_time, &self.registry);
+            self.follow_up_rows = None;
+        }
         let merged = self.finished_merges();
         if !self.dirty
+            && !self.follow_ups.has_pending()
             && finals.is_empty()
             && confirmed.is_empty()
             && occupancy.is_empty()
@@ -557,6 +629,23 @@ impl Processor {
         }
         m.bed_final_until = self.beds.final_until();
 
+        if self.follow_ups.has_pending() {
+            let rel = format!("_paicha/state/follow-ups-{seq:010}.bin");
+            let mut buf = Vec::new();
+            self.follow_ups.write_pending(&mut buf)?;
+            self.store.write_file(&rel, &buf)?;
+            m.follow_ups.push(rel);
+        }
+        let clock = self.follow_ups.clock();
+        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
+        let mut old_alerts = None;
+        if self.follow_ups.take_alerts_changed() {
+            let rel = format!("_paicha/state/alerts-{seq:010}.json");
+            self.store
+                .write_file(&rel, &serde_json::to_vec(self.follow_ups.alerts())?)?;
+            old_alerts = m.alerts.replace(rel);
+        }
+
         m.open_windows = self.symptoms.open(&self.registry);
         m.open_confirmations = self.confirmations.counts().open(&self.registry);
         let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
@@ -575,6 +664,10 @@ impl Processor {
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs);
         self.store.commit(&m)?;
+        if let Some(old) = old_alerts {
+            // Superseded by the file just committed.
+            let _ = std::fs::remove_file(self.store.root().join(old));
+        }
         self.manifest = m;
         self.dirty = false;
         self.stats.checkpoints += 1;

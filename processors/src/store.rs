@@ -104,6 +104,15 @@ pub struct Manifest {
     /// End of the last `bed_occupancy` window written, µs.
     #[serde(default)]
     pub bed_final_until: Option<i64>,
+    /// Follow-up changes per checkpoint, relative to the data directory.
+    #[serde(default)]
+    pub follow_ups: Vec<String>,
+    /// The follow-up clock at the commit, µs.
+    #[serde(default)]
+    pub follow_up_clock: Option<i64>,
+    /// Every alert raised so far (JSON), relative to the data directory.
+    #[serde(default)]
+    pub alerts: Option<String>,
     /// Windows not yet final, with their counts so far.
     pub open_windows: Vec<OpenWindow>,
     /// `confirmations` windows not yet final.
@@ -258,6 +267,8 @@ impl Store {
             .chain(manifest.dedupe.iter())
             .chain(manifest.cases.iter())
             .chain(manifest.beds.iter())
+            .chain(manifest.follow_ups.iter())
+            .chain(manifest.alerts.iter())
             .chain(manifest.retired.iter().map(|r| &r.path))
             .map(|rel| self.root.join(rel))
             .collect();

@@ -147,6 +147,12 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
         .await?;
     }
 
+    for (name, rows) in [("follow_ups", &live.follow_ups), ("alerts", &live.alerts)] {
+        ctx.register_table(
+            name,
+            Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?),
+        )?;
+    }
     ctx.register_table("districts", districts_table(&registry)?)?;
     ctx.register_table("hospitals", hospitals_table(&registry)?)?;
 

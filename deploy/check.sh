@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Validate paicha's monitoring configuration:
+#   - Prometheus config, alerting/recording rules and their unit tests (promtool)
+#   - Alertmanager config and its routing (amtool)
+# Installs promtool/amtool from Debian (packages `prometheus`,
+# `prometheus-alertmanager`) when they are missing. Works from any directory.
+# Exits non-zero if any check fails; every check runs either way.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."   # repository root
+
+PROM_CONFIG=deploy/prometheus/prometheus.yml
+PROM_RULES=deploy/prometheus/rules.yml
+PROM_TESTS=deploy/prometheus/rules_test.yml
+AM_CONFIG=deploy/alertmanager/alertmanager.yml
+
+# --- tools -------------------------------------------------------------------
+
+install_tools() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "check.sh: promtool/amtool missing and not root without sudo;" \
+                 "install the Debian packages prometheus and prometheus-alertmanager" >&2
+            exit 1
+        fi
+    fi
+    echo "==> installing prometheus (promtool) and prometheus-alertmanager (amtool)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager
+    # The packages start their daemons where the init system allows it; this
+    # script only wants the CLI tools, so leave ports 9090/9093 free.
+    "${sudo[@]}" service prometheus stop >/dev/null 2>&1 || true
+    "${sudo[@]}" service prometheus-alertmanager stop >/dev/null 2>&1 || true
+}
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+    install_tools
+fi
+echo "==> $(promtool --version 2>&1 | head -n1)"
+echo "==> $(amtool --version 2>&1 | head -n1)"
+
+# --- checks ------------------------------------------------------------------
+
+passed=0
+failed=0
+failures=()
+
+# check NAME CMD...: run CMD, show its output, count the result.
+check() {
+    local name=$1 out rc
+    shift
+    echo "==> $name"
+    set +e
+    out=$("$@" 2>&1)
+    rc=$?
+    set -e
+    [ -n "$out" ] && printf '%s\n' "$out" | sed 's/^/    /'
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1))
+        echo "    ok"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "    FAILED (exit $rc)"
+    fi
+}
+
+# route_is EXPECTED LABEL=VALUE...: the receiver amtool picks for these labels.
+route_is() {
+    local expected=$1 got
+    shift
+    # amtool prints the receiver on stdout and a flag warning on stderr.
+    got=$(amtool config routes test --config.file="$AM_CONFIG" "$@" 2>/dev/null) || true
+    if [ "$got" = "$expected" ]; then
+        echo "$* -> $got"
+    else
+        echo "$* -> '$got', expected '$expected'"
+        return 1
+    fi
+}
+
+# Every alert defined in rules.yml must be exercised by rules_test.yml.
+alerts_tested() {
+    local alerts missing=0 a
+    alerts=$(sed -n 's/^[[:space:]]*-[[:space:]]*alert:[[:space:]]*\([A-Za-z0-9_]*\).*/\1/p' "$PROM_RULES")
+    [ -n "$alerts" ] || { echo "no alerts found in $PROM_RULES"; return 1; }
+    for a in $alerts; do
+        if grep -Eq "^[[:space:]]*alertname:[[:space:]]*$a[[:space:]]*$" "$PROM_TESTS"; then
+            echo "$a: tested"
+        else
+            echo "$a: NO TEST in $PROM_TESTS"
+            missing=1
+        fi
+    done
+    return "$missing"
+}
+
+# promtool check config resolves rule_files relative to the config file.
+check "promtool check config"  promtool check config "$PROM_CONFIG"
+check "promtool check rules"   promtool check rules "$PROM_RULES"
+check "promtool test rules"    promtool test rules "$PROM_TESTS"
+check "every alert has a unit test" alerts_tested
+check "amtool check-config"    amtool check-config "$AM_CONFIG"
+check "route: critical pipeline alert" \
+    route_is paicha-critical severity=critical alertname=PaichaDown instance=paicha:8080
+check "route: critical district alert" \
+    route_is paicha-critical severity=critical alertname=FollowUpsOverdueCritical district=500103
+check "route: warning district alert" \
+    route_is paicha-warning severity=warning alertname=FollowUpsOverdue district=500103
+check "route: alert without severity falls back to warning" \
+    route_is paicha-warning alertname=Unlabelled
+
+echo
+if [ "$failed" -ne 0 ]; then
+    echo "deploy/check.sh: $failed of $((passed + failed)) checks FAILED:"
+    printf '  - %s\n' "${failures[@]}"
+    exit 1
+fi
+echo "deploy/check.sh: all $passed checks passed"
