@@ -140,6 +140,12 @@ pub fn consume(
                 _ => Offset::Beginning,
             };
             tpl.add_partition_offset(topic, p, offset)?;
+            if end.is_some() && Source::from_topic(topic).is_some() {
+                // A replay's partitions all have data coming: none may let
+                // the clock run ahead before it has delivered (see
+                // `Watermarks::expect`).
+                processor.expect_partition(topic, p, Instant::now());
+            }
         }
     }
     if cfg.embedded {

@@ -194,6 +194,30 @@ impl Beds {
             .collect()
     }
 
+    /// If hospital `id`'s utilization is above `share` at the last window
+    /// ending by `until`: the start of the run of windows above it (the
+    /// condition's stable identity) and the utilization now.
+    pub fn above_since(
+        &self,
+        id: u16,
+        share: f64,
+        until: i64,
+        registry: &Registry,
+    ) -> Option<(i64, f64)> {
+        let h = self.hospitals.get(&id)?;
+        let states = self.sweep(h, registry.hospital(id).beds_total as i64, until);
+        let util = |s: &State| (s[0] > 0).then(|| s[1] as f64 / s[0] as f64);
+        let (_, last) = states.last()?;
+        let now = util(last).filter(|u| *u > share)?;
+        let start = states
+            .iter()
+            .rev()
+            .take_while(|(_, s)| util(s).is_some_and(|u| u > share))
+            .last()
+            .map(|(start, _)| *start)?;
+        Some((start, now))
+    }
+
     /// Rows for every window that has ended by `until`, marked as written.
     pub fn take_final(&mut self, until: i64, registry: &Registry) -> Vec<Row> {
         if until == i64::MIN {

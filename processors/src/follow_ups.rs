@@ -186,6 +186,11 @@ pub struct FollowUps {
     alert_index: HashMap<String, usize>,
     /// Alerts raised or resolved since last taken, for the alerts topic.
     news: Vec<Alert>,
+    /// Changes not yet applied, by (event time, arrival): applied in
+    /// event-time order as the clock reaches them, so a confirmation and a
+    /// visit from different topics take effect in the order they happened.
+    buffer: std::collections::BTreeMap<(i64, u64), (u128, u16, Change)>,
+    seq: u64,
     pending: Vec<(i64, u128, u16, Change)>,
     changed: bool,
     alerts_changed: bool,
@@ -208,9 +213,12 @@ impl FollowUps {
         }
     }
 
-    /// Applies one (deduplicated) event if it concerns follow-ups.
+    /// Takes one (deduplicated) event if it concerns follow-ups. It takes
+    /// effect when the clock reaches its event time (at once if the clock
+    /// has passed it already: a late event).
     pub fn add(&mut self, e: &Event, registry: &Registry) {
         let t = e.event_time;
+        let d = e.district;
         match &e.body {
             Body::DoorVisit {
                 person_key,
@@ -219,34 +227,31 @@ impl FollowUps {
                 ..
             } => {
                 let p = person_of(person_key);
-                if *outcome == Outcome::Seen {
-                    self.apply(t, p, e.district, Change::Seen, registry);
-                }
-                match observation {
+                // The visit that opens an episode is its first sighting too:
+                // open first, then see.
+                if matches!(
+                    observation,
                     Observation::HomeIsolation
-                    | Observation::CentralizedObservation
-                    | Observation::MedicalObservation => {
-                        self.apply(t, p, e.district, Change::Open(*observation), registry);
-                        if *outcome == Outcome::Seen {
-                            // The visit that opens an episode is its first
-                            // sighting too.
-                            self.apply(t, p, e.district, Change::Seen, registry);
-                        }
-                    }
-                    Observation::Released => {
-                        self.apply(t, p, e.district, Change::Release, registry)
-                    }
-                    Observation::None => {}
+                        | Observation::CentralizedObservation
+                        | Observation::MedicalObservation
+                ) {
+                    self.submit(t, p, d, Change::Open(*observation), registry);
+                }
+                if *outcome == Outcome::Seen {
+                    self.submit(t, p, d, Change::Seen, registry);
+                }
+                if *observation == Observation::Released {
+                    self.submit(t, p, d, Change::Release, registry);
                 }
             }
             Body::Checkpoint {
                 person_key,
                 disposition: Disposition::Isolated,
                 ..
-            } => self.apply(
+            } => self.submit(
                 t,
                 person_of(person_key),
-                e.district,
+                d,
                 Change::Open(Observation::CentralizedObservation),
                 registry,
             ),
@@ -254,14 +259,18 @@ impl FollowUps {
                 person_key,
                 status: CaseStatus::Confirmed,
                 ..
-            } => self.apply(
-                t,
-                person_of(person_key),
-                e.district,
-                Change::Confirm,
-                registry,
-            ),
+            } => self.submit(t, person_of(person_key), d, Change::Confirm, registry),
             _ => {}
+        }
+    }
+
+    fn submit(&mut self, t: i64, p: u128, district: u16, change: Change, registry: &Registry) {
+        self.pending.push((t, p, district, change));
+        if t <= self.clock {
+            self.apply(t, p, district, change, registry);
+        } else {
+            self.buffer.insert((t, self.seq), (p, district, change));
+            self.seq += 1;
         }
     }
 
@@ -295,10 +304,16 @@ impl FollowUps {
                 self.refresh(p, i, registry);
             }
             (Change::Seen, Some(i)) => {
+                let mut due = None;
                 if let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) {
                     ep.last_seen_at = Some(ep.last_seen_at.map_or(t, |s| s.max(t)));
+                    due = Some(ep.next_due_at());
                 }
-                self.resolve_overdue(p, i);
+                // Alerts about a due time this visit moved past are over;
+                // a visit that changes nothing resolves nothing.
+                if let Some(due) = due {
+                    self.resolve_overdue(p, i, due);
+                }
                 self.refresh(p, i, registry);
             }
             (Change::Release | Change::Confirm, Some(i)) => {
@@ -310,12 +325,11 @@ impl FollowUps {
                 if let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) {
                     ep.closed = Some((t, status));
                 }
-                self.resolve_overdue(p, i);
+                self.resolve_overdue(p, i, i64::MAX);
                 self.refresh(p, i, registry);
             }
             (_, None) => return,
         }
-        self.pending.push((t, p, district, change));
         self.changed = true;
     }
 
@@ -332,6 +346,9 @@ impl FollowUps {
         let (district, started, due) = (ep.district, ep.started_at, ep.next_due_at());
         if let Some(next) = ep.next_change(clock) {
             self.queue.insert((next, p, i as u32));
+        }
+        if now.0 == Status::Completed && before.0 != Status::Completed {
+            self.resolve_overdue(p, i, i64::MAX);
         }
         if before != now {
             *self.by_status.entry((district, before.0)).or_default() -= 1;
@@ -378,18 +395,25 @@ impl FollowUps {
         }
     }
 
-    /// Resolves the open overdue alerts of an episode (a visit came, or it
-    /// ended).
-    fn resolve_overdue(&mut self, p: u128, i: usize) {
+    /// Resolves the open overdue alerts of an episode about a due time
+    /// before `due_before` (a visit moved it, or the episode ended).
+    fn resolve_overdue(&mut self, p: u128, i: usize, due_before: i64) {
         let Some(ep) = self.persons.get(&p).and_then(|e| e.get(i)) else {
             return;
         };
         let prefix_person = format!("{p:032x}:{}:", ep.started_at);
         let clock = self.clock;
         for a in self.alerts.iter_mut() {
+            let due = a
+                .alert_id
+                .rsplit(':')
+                .next()
+                .and_then(|d| d.parse::<i64>().ok())
+                .unwrap_or(i64::MIN);
             if a.kind == "follow_up_overdue"
                 && a.resolved_at.is_none()
                 && a.alert_id.contains(&prefix_person)
+                && due < due_before
             {
                 a.resolved_at = Some(a.raised_at.max(clock));
                 self.news.push(a.clone());
@@ -398,20 +422,34 @@ impl FollowUps {
         }
     }
 
-    /// Moves the clock to `clock` (never backwards) and updates the
-    /// episodes whose state changes by then.
+    /// Moves the clock to `clock` (never backwards): applies the changes it
+    /// has reached and updates the episodes whose state changes by then, all
+    /// in event-time order, so each alert is raised at the instant its
+    /// condition became true.
     pub fn advance(&mut self, clock: i64, registry: &Registry) {
         if clock <= self.clock {
             return;
         }
-        self.clock = clock;
-        while let Some(&(t, p, i)) = self.queue.first() {
-            if t > clock {
-                break;
+        loop {
+            let change = self.buffer.first_key_value().map(|(k, _)| k.0);
+            let wake = self.queue.first().map(|w| w.0);
+            match (change, wake) {
+                (Some(t), w) if t <= clock && w.is_none_or(|w| t <= w) => {
+                    if let Some(((t, _), (p, d, c))) = self.buffer.pop_first() {
+                        self.clock = self.clock.max(t);
+                        self.apply(t, p, d, c, registry);
+                    }
+                }
+                (_, Some(w)) if w <= clock => {
+                    if let Some((w, p, i)) = self.queue.pop_first() {
+                        self.clock = self.clock.max(w);
+                        self.refresh(p, i as usize, registry);
+                    }
+                }
+                _ => break,
             }
-            self.queue.pop_first();
-            self.refresh(p, i as usize, registry);
         }
+        self.clock = clock;
     }
 
     /// The clock.
@@ -432,6 +470,35 @@ impl FollowUps {
     /// Every alert raised, in order.
     pub fn alerts(&self) -> &[Alert] {
         &self.alerts
+    }
+
+    /// Raises `alert` unless its id was raised before; true if new.
+    pub fn raise(&mut self, alert: Alert) -> bool {
+        if self.alert_index.contains_key(&alert.alert_id) {
+            return false;
+        }
+        self.alert_index
+            .insert(alert.alert_id.clone(), self.alerts.len());
+        self.news.push(alert.clone());
+        self.alerts.push(alert);
+        self.alerts_changed = true;
+        true
+    }
+
+    /// Resolves the alert `id` at the clock if it is open.
+    pub fn resolve(&mut self, id: &str) {
+        let clock = self.clock;
+        if let Some(a) = self
+            .alert_index
+            .get(id)
+            .and_then(|i| self.alerts.get_mut(*i))
+        {
+            if a.resolved_at.is_none() {
+                a.resolved_at = Some(a.raised_at.max(clock));
+                self.news.push(a.clone());
+                self.alerts_changed = true;
+            }
+        }
     }
 
     /// Alerts raised or resolved since the last call.
@@ -473,9 +540,9 @@ impl FollowUps {
         out.write_all(&buf)
     }
 
-    /// Re-applies changes written by [`FollowUps::write_pending`], in order.
-    /// Alerts are not raised again: the caller restores them and then
-    /// advances the clock.
+    /// Takes back changes written by [`FollowUps::write_pending`]. Alerts are
+    /// not raised again: the caller restores them and then advances the
+    /// clock.
     pub fn load(&mut self, input: &mut impl Read, registry: &Registry) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
@@ -503,15 +570,15 @@ impl FollowUps {
                 2 => Change::Release,
                 _ => Change::Confirm,
             };
-            self.apply(
-                i64::from_le_bytes(t),
-                u128::from_le_bytes(p),
-                u16::from_le_bytes(d),
-                change,
-                registry,
+            // Back into the queue of changes: the caller advances the clock
+            // to the checkpoint's, which applies them in event-time order.
+            let _ = registry;
+            self.buffer.insert(
+                (i64::from_le_bytes(t), self.seq),
+                (u128::from_le_bytes(p), u16::from_le_bytes(d), change),
             );
+            self.seq += 1;
         }
-        self.pending.clear();
         Ok(())
     }
 

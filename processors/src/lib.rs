@@ -8,6 +8,7 @@
 //! letters and the dedupe ids, and commits them in one manifest together with
 //! the Kafka offsets they cover.
 
+pub mod aberrations;
 pub mod beds;
 pub mod compact;
 pub mod confirmations;
@@ -32,6 +33,7 @@ use anyhow::{Context, Result};
 use paicha_ingest::event::{Event, Source};
 use paicha_ingest::registry::Registry;
 
+use crate::aberrations::DailyCounts;
 use crate::beds::Beds;
 use crate::compact::Merge;
 use crate::confirmations::Confirmations;
@@ -42,6 +44,7 @@ use crate::raw::RawEvents;
 use crate::store::{Manifest, Offset, Store, FORMAT};
 use crate::symptoms::SymptomWindows;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
+
 use crate::watermark::Watermarks;
 
 /// What the processors hold that SQL should see together with the stored
@@ -67,6 +70,8 @@ pub struct LiveView {
     pub follow_ups: arrow::record_batch::RecordBatch,
     /// Every alert raised.
     pub alerts: arrow::record_batch::RecordBatch,
+    /// EARS output for every closed day.
+    pub aberrations: arrow::record_batch::RecordBatch,
 }
 
 impl LiveView {
@@ -82,6 +87,12 @@ impl LiveView {
         load_state(root, &m.follow_ups, |f| follow.load(f, registry))?;
         follow.restore_alerts(read_alerts(root, m)?);
         follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
+        let mut daily = DailyCounts::default();
+        daily
+            .restore(&m.daily, registry)
+            .map_err(anyhow::Error::msg)?;
+        let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
+        let closed = closed_before(calendar, follow.clock());
         let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
         let clock = max_time.map_or(i64::MIN, |t| windows.end(windows.start(t)));
         let mut s = SymptomWindows::new(windows);
@@ -100,8 +111,17 @@ impl LiveView {
             raw: Default::default(),
             follow_ups: follow.batch(registry)?,
             alerts: follow_ups::alerts_batch(follow.alerts())?,
+            aberrations: aberrations::batch(&daily.evaluate(registry, closed))?,
         })
     }
+}
+
+/// The first calendar day not yet closed at `clock`: the day holding it.
+fn closed_before(calendar: Calendar, clock: i64) -> i32 {
+    if clock == i64::MIN {
+        return i32::MIN;
+    }
+    time::date32(calendar.day(clock))
 }
 
 /// The alerts saved with the checkpoint of `m`.
@@ -153,6 +173,9 @@ pub struct Config {
     /// How far behind the pipeline clock an event may be and still count,
     /// µs (default 30 days); dedupe ids older than this are forgotten.
     pub retention_micros: i64,
+    /// Utilization of a designated hospital above which a `bed_utilization`
+    /// alert is raised (default 0.85).
+    pub bed_alert_share: f64,
     /// A partition silent this long stops holding the watermark back.
     pub idle_after: Duration,
     /// The reporting calendar for day partitions.
@@ -167,6 +190,7 @@ impl Config {
             window_micros: HOUR_MICROS,
             lateness_micros: HOUR_MICROS,
             retention_micros: 30 * DAY_MICROS,
+            bed_alert_share: 0.85,
             idle_after: Duration::from_secs(10),
             calendar: Calendar::default(),
         }
@@ -224,6 +248,9 @@ pub struct Processor {
     /// The last `follow_ups` rows built for SQL, and when: rebuilding every
     /// episode is not free, so live SQL sees it at most a second old.
     follow_up_rows: Option<(Instant, arrow::record_batch::RecordBatch)>,
+    daily: DailyCounts,
+    /// The last EARS evaluation and the first open day it was made for.
+    aberrations: Option<(i32, Vec<aberrations::Row>)>,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
@@ -249,6 +276,8 @@ impl Processor {
             raw: RawEvents::new(cfg.calendar),
             follow_ups: FollowUps::new(),
             follow_up_rows: None,
+            daily: DailyCounts::default(),
+            aberrations: None,
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -297,6 +326,9 @@ impl Processor {
         load_state(&root, &m.beds, |f| self.beds.load(f))?;
         self.beds.restore_written(m.bed_final_until, &self.registry);
         let registry = self.registry.clone();
+        self.daily
+            .restore(&m.daily, &registry)
+            .map_err(anyhow::Error::msg)?;
         load_state(&root, &m.follow_ups, |f| self.follow_ups.load(f, &registry))?;
         self.follow_ups.restore_alerts(read_alerts(&root, &m)?);
         self.follow_ups
@@ -375,6 +407,8 @@ impl Processor {
         self.beds.add(e);
         self.raw.add(e, &self.registry);
         self.follow_ups.add(e, &self.registry);
+        let day = self.raw.day(e.event_time);
+        self.daily.add(day, e.district, e.source(), e.suspicious());
         self.stats.accepted += 1;
         self.dirty = true;
         Accepted::Counted
@@ -419,6 +453,12 @@ impl Processor {
         let clock = self.watermarks.advance(now);
         self.follow_ups.advance(clock, &self.registry);
         self.dirty = true;
+    }
+
+    /// Registers a partition that has events coming (a replay's), so the
+    /// clock waits for it.
+    pub fn expect_partition(&mut self, topic: &str, partition: i32, now: Instant) {
+        self.watermarks.expect(topic, partition, now);
     }
 
     /// Follow-up state: episodes, counts, alerts.
@@ -485,7 +525,113 @@ impl Processor {
             raw: Source::ALL.map(|s| self.raw.batches(s)),
             follow_ups: self.follow_up_rows()?,
             alerts: follow_ups::alerts_batch(self.follow_ups.alerts())?,
+            aberrations: aberrations::batch(self.evaluate_days())?,
         })
+    }
+
+    /// EARS over the closed days, recomputed only when a count or the set
+    /// of closed days changed.
+    fn evaluate_days(&mut self) -> &[aberrations::Row] {
+        let closed = closed_before(self.cfg.calendar, self.follow_ups.clock());
+        let changed = self.daily.take_changed();
+        let stale = self
+            .aberrations
+            .as_ref()
+            .is_none_or(|(c, _)| *c != closed || changed);
+        if stale {
+            let rows = self.daily.evaluate(&self.registry, closed);
+            self.aberrations = Some((closed, rows));
+        }
+        self.aberrations.as_ref().map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    /// Raises and resolves the `ears_*` and `bed_utilization` alerts for
+    /// the state at the clock.
+    fn detect(&mut self) {
+        let clock = self.follow_ups.clock();
+        let rows = self.evaluate_days().to_vec();
+        for (day, district, source, a) in rows {
+            let day = chrono::NaiveDate::default() + chrono::Days::new(day as u64);
+            let kind = format!("ears_{}", a.method.as_str().to_lowercase());
+            // One alert per detector, series and day: a late event that takes
+            // the day below its threshold resolves it.
+            let id = format!("{kind}:{district}:{source}:{day}");
+            if !a.alarm {
+                self.follow_ups.resolve(&id);
+                continue;
+            }
+            self.follow_ups.raise(Alert {
+                alert_id: id,
+                raised_at: clock,
+                kind,
+                severity: if a.method == ears::Method::C3 {
+                    "critical"
+                } else {
+                    "warning"
+                }
+                .into(),
+                district,
+                hospital_id: None,
+                person_key: None,
+                detail: format!(
+                    "{source}: {} suspicious on {day}, above the EARS {} threshold {:.2}",
+                    a.observed,
+                    a.method.as_str(),
+                    a.threshold
+                ),
+                resolved_at: None,
+            });
+        }
+        let until = self.clock_end();
+        let share = self.cfg.bed_alert_share;
+        for (i, h) in self.registry.hospitals().iter().enumerate() {
+            if !h.designated() {
+                continue;
+            }
+            let open: Vec<String> = self
+                .follow_ups
+                .alerts()
+                .iter()
+                .filter(|a| {
+                    a.kind == "bed_utilization"
+                        && a.resolved_at.is_none()
+                        && a.hospital_id.as_deref() == Some(h.hospital_id.as_str())
+                })
+                .map(|a| a.alert_id.clone())
+                .collect();
+            match self
+                .beds
+                .above_since(i as u16, share, until, &self.registry)
+            {
+                Some((since, util)) => {
+                    let id = format!("bed_utilization:{}:{since}", h.hospital_id);
+                    for other in open.iter().filter(|o| **o != id) {
+                        self.follow_ups.resolve(other);
+                    }
+                    self.follow_ups.raise(Alert {
+                        alert_id: id,
+                        raised_at: clock,
+                        kind: "bed_utilization".into(),
+                        severity: if util >= 0.95 { "critical" } else { "warning" }.into(),
+                        district: h.district.clone(),
+                        hospital_id: Some(h.hospital_id.clone()),
+                        person_key: None,
+                        detail: format!(
+                            "{} at {:.0}% of its beds (alert above {:.0}%)",
+                            h.name,
+                            util * 100.0,
+                            share * 100.0
+                        ),
+                        resolved_at: None,
+                    });
+                }
+                None => {
+                    for o in &open {
+                        self.follow_ups.resolve(o);
+                    }
+                }
+            }
+        }
     }
 
     fn follow_up_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
@@ -636,8 +782,10 @@ impl Processor {
             self.store.write_file(&rel, &buf)?;
             m.follow_ups.push(rel);
         }
+        self.detect();
         let clock = self.follow_ups.clock();
         m.follow_up_clock = (clock != i64::MIN).then_some(clock);
+        m.daily = self.daily.save(&self.registry);
         let mut old_alerts = None;
         if self.follow_ups.take_alerts_changed() {
             let rel = format!("_paicha/state/alerts-{seq:010}.json");

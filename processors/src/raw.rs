@@ -300,7 +300,9 @@ impl RawEvents {
         }
     }
 
-    fn day(&mut self, t: i64) -> i32 {
+    /// The calendar day (`Date32`) of instant `t`, cached for the day last
+    /// asked about.
+    pub fn day(&mut self, t: i64) -> i32 {
         let (start, end, day) = self.last_day;
         if t >= start && t < end {
             return day;

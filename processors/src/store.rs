@@ -110,6 +110,9 @@ pub struct Manifest {
     /// The follow-up clock at the commit, µs.
     #[serde(default)]
     pub follow_up_clock: Option<i64>,
+    /// Daily suspicious counts per district and source (for EARS).
+    #[serde(default)]
+    pub daily: Vec<crate::aberrations::SavedDay>,
     /// Every alert raised so far (JSON), relative to the data directory.
     #[serde(default)]
     pub alerts: Option<String>,

@@ -65,11 +65,29 @@ impl Watermarks {
         self.partitions
             .get(&(topic.to_string(), partition))
             .map(|m| m.max_event_time)
+            .filter(|t| *t != i64::MIN)
     }
 
     /// The lowest high mark over every partition, idle or not.
     pub fn lowest_high_mark(&self) -> Option<i64> {
-        self.partitions.values().map(|m| m.max_event_time).min()
+        self.partitions
+            .values()
+            .map(|m| m.max_event_time)
+            .filter(|t| *t != i64::MIN)
+            .min()
+    }
+
+    /// Registers a partition that will deliver events: until it does (or
+    /// goes idle), it holds the watermark where it is. A replay registers
+    /// every partition, so the partition read first cannot move the clock
+    /// past events still waiting in the others.
+    pub fn expect(&mut self, topic: &str, partition: i32, now: Instant) {
+        self.partitions
+            .entry((topic.to_string(), partition))
+            .or_insert(PartitionMark {
+                max_event_time: i64::MIN,
+                last_seen: now,
+            });
     }
 
     /// Restores a partition's high mark from a checkpoint.
@@ -107,7 +125,10 @@ impl Watermarks {
 
     /// Per-partition high marks, for the checkpoint.
     pub fn marks(&self) -> impl Iterator<Item = (&PartitionId, i64)> {
-        self.partitions.iter().map(|(k, m)| (k, m.max_event_time))
+        self.partitions
+            .iter()
+            .filter(|(_, m)| m.max_event_time != i64::MIN)
+            .map(|(k, m)| (k, m.max_event_time))
     }
 }
 

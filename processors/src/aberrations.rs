@@ -1,0 +1,198 @@
+//! `aberrations`: EARS C1, C2 and C3 on the daily suspicious counts of each
+//! district and source, for every day the clock has closed.
+//!
+//! Daily counts are kept in memory (districts × sources × days: small) and
+//! saved with checkpoints. The table is recomputed from them whenever it is
+//! asked for, so a late event that changes a closed day re-evaluates that
+//! day and every later day whose baseline holds it, with no bookkeeping.
+//! Series start on the first day any counted event fell on, so every series
+//! has the same days; days without events count 0. `minSigma` is 1
+//! ([`ears::DEFAULT_MIN_SIGMA`]) for all three methods.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use paicha_ingest::event::Source;
+use paicha_ingest::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::ears::{self, Aberration, Method};
+use crate::symptoms::counted;
+
+/// Suspicious events per (day, district, source), days as `Date32`.
+#[derive(Debug, Default, Clone)]
+pub struct DailyCounts {
+    /// (district index, source) → day → suspicious events.
+    series: HashMap<(u16, Source), BTreeMap<i32, i64>>,
+    first_day: Option<i32>,
+    changed: bool,
+}
+
+/// One saved daily count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedDay {
+    /// District code.
+    pub district: String,
+    /// Source name.
+    pub source: String,
+    /// Days since 1970-01-01 in the reporting calendar.
+    pub day: i32,
+    /// Suspicious events, or 0 for a day with events but none suspicious.
+    pub suspicious: i64,
+}
+
+/// One evaluated row: day, district, source, and the detector's output.
+pub type Row = (i32, String, String, Aberration);
+
+impl DailyCounts {
+    /// Counts an accepted event of `source` in `district` on `day`.
+    pub fn add(&mut self, day: i32, district: u16, source: Source, suspicious: bool) {
+        if !counted(source) {
+            return;
+        }
+        if self.first_day.is_none_or(|d| day < d) {
+            self.first_day = Some(day);
+        }
+        let days = self.series.entry((district, source)).or_default();
+        *days.entry(day).or_default() += suspicious as i64;
+        self.changed = true;
+    }
+
+    /// The counts, to save with a checkpoint.
+    pub fn save(&self, registry: &Registry) -> Vec<SavedDay> {
+        let mut out: Vec<SavedDay> = self
+            .series
+            .iter()
+            .flat_map(|((d, s), days)| {
+                days.iter().map(move |(day, n)| SavedDay {
+                    district: registry.district(*d).district.clone(),
+                    source: s.as_str().to_string(),
+                    day: *day,
+                    suspicious: *n,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.day, &a.district, &a.source).cmp(&(b.day, &b.district, &b.source)));
+        out
+    }
+
+    /// Restores counts saved by [`DailyCounts::save`].
+    pub fn restore(&mut self, saved: &[SavedDay], registry: &Registry) -> Result<(), String> {
+        for r in saved {
+            let d = registry.district_id(&r.district).ok_or_else(|| {
+                format!("saved daily counts name unknown district {}", r.district)
+            })?;
+            let s = Source::parse(&r.source)
+                .ok_or_else(|| format!("saved daily counts name unknown source {}", r.source))?;
+            self.series
+                .entry((d, s))
+                .or_default()
+                .insert(r.day, r.suspicious);
+            if self.first_day.is_none_or(|f| r.day < f) {
+                self.first_day = Some(r.day);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether counts changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::replace(&mut self.changed, false)
+    }
+
+    /// Every (district, source) series of every district in the registry
+    /// and counted source, evaluated for the days before `closed_before`.
+    pub fn evaluate(&self, registry: &Registry, closed_before: i32) -> Vec<Row> {
+        let Some(first) = self.first_day else {
+            return Vec::new();
+        };
+        let len = (closed_before - first).max(0) as usize;
+        let empty = BTreeMap::new();
+        let mut rows = Vec::new();
+        let mut counts = vec![0i64; len];
+        for (i, d) in registry.districts().iter().enumerate() {
+            for source in Source::ALL.into_iter().filter(|s| counted(*s)) {
+                let days = self.series.get(&(i as u16, source)).unwrap_or(&empty);
+                counts.iter_mut().for_each(|c| *c = 0);
+                for (day, n) in days.range(first..closed_before) {
+                    counts[(day - first) as usize] = *n;
+                }
+                for t in 0..len {
+                    for m in Method::ALL {
+                        if let Some(a) = ears::evaluate(&counts, t, m, ears::DEFAULT_MIN_SIGMA) {
+                            rows.push((
+                                first + t as i32,
+                                d.district.clone(),
+                                source.as_str().to_string(),
+                                a,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// The Arrow schema of `aberrations`.
+pub fn schema() -> SchemaRef {
+    let f = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
+    Arc::new(Schema::new(vec![
+        f("day", DataType::Date32, false),
+        f("district", DataType::Utf8, false),
+        f("source", DataType::Utf8, false),
+        f("method", DataType::Utf8, false),
+        f("observed", DataType::Int64, false),
+        f("baseline_mean", DataType::Float64, true),
+        f("baseline_sd", DataType::Float64, true),
+        f("threshold", DataType::Float64, false),
+        f("statistic", DataType::Float64, true),
+        f("alarm", DataType::Boolean, false),
+    ]))
+}
+
+/// Builds `aberrations` rows.
+pub fn batch(rows: &[Row]) -> arrow::error::Result<RecordBatch> {
+    let n = rows.len();
+    let mut day = Date32Builder::with_capacity(n);
+    let mut district = StringBuilder::new();
+    let mut source = StringBuilder::new();
+    let mut method = StringBuilder::new();
+    let mut observed = Int64Builder::with_capacity(n);
+    let mut mean = Float64Builder::with_capacity(n);
+    let mut sd = Float64Builder::with_capacity(n);
+    let mut threshold = Float64Builder::with_capacity(n);
+    let mut statistic = Float64Builder::with_capacity(n);
+    let mut alarm = BooleanBuilder::with_capacity(n);
+    for (d, dist, src, a) in rows {
+        day.append_value(*d);
+        district.append_value(dist);
+        source.append_value(src);
+        method.append_value(a.method.as_str());
+        observed.append_value(a.observed);
+        mean.append_option(a.baseline_mean);
+        sd.append_option(a.baseline_sd);
+        threshold.append_value(a.threshold);
+        statistic.append_option(a.statistic);
+        alarm.append_value(a.alarm);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(day.finish()),
+        Arc::new(district.finish()),
+        Arc::new(source.finish()),
+        Arc::new(method.finish()),
+        Arc::new(observed.finish()),
+        Arc::new(mean.finish()),
+        Arc::new(sd.finish()),
+        Arc::new(threshold.finish()),
+        Arc::new(statistic.finish()),
+        Arc::new(alarm.finish()),
+    ];
+    RecordBatch::try_new(schema(), cols)
+}
