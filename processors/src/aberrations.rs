@@ -108,10 +108,10 @@ impl DailyCounts {
     /// Every (district, source) series of every district in the registry
     /// and counted source, evaluated for the days before `closed_before`.
     pub fn evaluate(&self, registry: &Registry, closed_before: i32) -> Vec<Row> {
-        let Some(first) = self.first_day else {
+        let Some(first) = self.first_day.filter(|f| *f < closed_before) else {
             return Vec::new();
         };
-        let len = (closed_before - first).max(0) as usize;
+        let len = (i64::from(closed_before) - i64::from(first)) as usize;
         let empty = BTreeMap::new();
         let mut rows = Vec::new();
         let mut counts = vec![0i64; len];
@@ -195,4 +195,47 @@ pub fn batch(rows: &[Row]) -> arrow::error::Result<RecordBatch> {
         Arc::new(alarm.finish()),
     ];
     RecordBatch::try_new(schema(), cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_event_on_a_closed_day_re_evaluates_it_and_the_days_after() {
+        let reg = Registry::builtin().unwrap();
+        let mut d = DailyCounts::default();
+        // 20 days of one suspicious checkpoint event a day in district 0.
+        for day in 0..20 {
+            d.add(day, 0, Source::Checkpoint, true);
+        }
+        let c1 = |rows: &[Row], day: i32| {
+            rows.iter()
+                .find(|(t, dist, s, a)| {
+                    *t == day && dist == "500101" && s == "checkpoint" && a.method == Method::C1
+                })
+                .map(|r| r.3.clone())
+        };
+        let before = d.evaluate(&reg, 20);
+        assert_eq!(
+            c1(&before, 10).map(|a| (a.observed, a.alarm)),
+            Some((1, false))
+        );
+        assert!(c1(&before, 20).is_none(), "day 20 is not closed");
+        // Ten late suspicious events land on closed day 10.
+        for _ in 0..10 {
+            d.add(10, 0, Source::Checkpoint, true);
+        }
+        assert!(d.take_changed());
+        let after = d.evaluate(&reg, 20);
+        let day10 = c1(&after, 10).unwrap();
+        assert_eq!((day10.observed, day10.alarm), (11, true));
+        // Day 11's baseline now holds day 10: its mean rose from 1 to 17/7.
+        let day11 = c1(&after, 11).unwrap();
+        assert!((day11.baseline_mean.unwrap() - 17.0 / 7.0).abs() < 1e-12);
+        // Saved and restored, the counts evaluate the same.
+        let mut again = DailyCounts::default();
+        again.restore(&d.save(&reg), &reg).unwrap();
+        assert_eq!(again.evaluate(&reg, 20), after);
+    }
 }
