@@ -373,16 +373,98 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
     Ok(())
 }
 
+/// How often `paicha serve` looks for a new checkpoint to publish.
+const SERVE_STATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sets the follow-up gauges (`paicha_follow_ups`, `paicha_follow_ups_overdue`)
+/// from the committed state of the data directory `data`, as `paicha run`
+/// sets them from its processors. `last` is the manifest published before:
+/// the state is only recomputed when a new checkpoint was committed.
+fn publish_state(
+    data: &Path,
+    metrics: &Metrics,
+    last: &mut Option<paicha_processors::store::Manifest>,
+) -> Result<()> {
+    use arrow::array::{Array, Int64Array, StringArray};
+
+    let store = paicha_processors::store::Store::open(data)?;
+    let Some(manifest) = store.manifest()? else {
+        return Ok(());
+    };
+    if last.as_ref() == Some(&manifest) {
+        return Ok(());
+    }
+    let dir = data
+        .join(paicha_processors::store::META_DIR)
+        .join("registry");
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let registry = Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)?;
+    let view = paicha_processors::LiveView::from_manifest(data, &manifest, &registry)?;
+    let rows = &view.follow_ups;
+    let strings = |name: &str| {
+        rows.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .with_context(|| format!("follow_ups has no string column {name}"))
+    };
+    let (district, status) = (strings("district")?, strings("status")?);
+    let days = rows
+        .column_by_name("days_overdue")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .context("follow_ups has no integer column days_overdue")?;
+    let mut by_status = std::collections::BTreeMap::<(&str, &str), i64>::new();
+    let mut by_days = std::collections::BTreeMap::<(&str, String), i64>::new();
+    for i in 0..rows.num_rows() {
+        let (d, s) = (district.value(i), status.value(i));
+        *by_status.entry((d, s)).or_default() += 1;
+        if s == "overdue" {
+            let n = days.value(i);
+            let n = if n >= 4 {
+                "4+".to_string()
+            } else {
+                n.to_string()
+            };
+            *by_days.entry((d, n)).or_default() += 1;
+        }
+    }
+    metrics.follow_ups.reset();
+    for ((d, s), n) in by_status {
+        metrics.follow_ups.with_label_values(&[d, s]).set(n);
+    }
+    metrics.follow_ups_overdue.reset();
+    for ((d, n), count) in by_days {
+        metrics
+            .follow_ups_overdue
+            .with_label_values(&[d, n.as_str()])
+            .set(count);
+    }
+    *last = Some(manifest);
+    Ok(())
+}
+
 /// `paicha serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
     paicha_processors::store::Store::open(&args.data)?;
     let metrics = Metrics::new().context("cannot register metrics")?;
+    let mut published = None;
+    publish_state(&args.data, &metrics, &mut published)?;
     let rt = runtime()?;
     serve_http(&rt, &args.http, &args.data, &metrics, None)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
+    // A pipeline may still be writing the directory: publish each new
+    // checkpoint's state.
+    let mut checked = Instant::now();
     while !shutdown.load(Ordering::Acquire) {
         std::thread::sleep(std::time::Duration::from_millis(100));
+        if checked.elapsed() >= SERVE_STATE_INTERVAL {
+            checked = Instant::now();
+            if let Err(e) = publish_state(&args.data, &metrics, &mut published) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot publish the follow-up gauges");
+            }
+        }
     }
     Ok(())
 }
