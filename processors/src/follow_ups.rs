@@ -184,6 +184,9 @@ pub struct FollowUps {
     by_days: HashMap<(u16, i64), i64>,
     alerts: Vec<Alert>,
     alert_index: HashMap<String, usize>,
+    /// Overdue alerts of each episode (person, started_at), by index, so a
+    /// visit finds its episode's alerts without looking at all of them.
+    episode_alerts: HashMap<(u128, i64), Vec<usize>>,
     /// Alerts raised or resolved since last taken, for the alerts topic.
     news: Vec<Alert>,
     /// Changes not yet applied, by (event time, arrival): applied in
@@ -388,6 +391,10 @@ impl FollowUps {
                     resolved_at: None,
                 };
                 self.alert_index.insert(id, self.alerts.len());
+                self.episode_alerts
+                    .entry((p, started))
+                    .or_default()
+                    .push(self.alerts.len());
                 self.news.push(alert.clone());
                 self.alerts.push(alert);
                 self.alerts_changed = true;
@@ -401,20 +408,21 @@ impl FollowUps {
         let Some(ep) = self.persons.get(&p).and_then(|e| e.get(i)) else {
             return;
         };
-        let prefix_person = format!("{p:032x}:{}:", ep.started_at);
+        let Some(ids) = self.episode_alerts.get(&(p, ep.started_at)) else {
+            return;
+        };
         let clock = self.clock;
-        for a in self.alerts.iter_mut() {
+        for &k in ids {
+            let Some(a) = self.alerts.get_mut(k) else {
+                continue;
+            };
             let due = a
                 .alert_id
                 .rsplit(':')
                 .next()
                 .and_then(|d| d.parse::<i64>().ok())
                 .unwrap_or(i64::MIN);
-            if a.kind == "follow_up_overdue"
-                && a.resolved_at.is_none()
-                && a.alert_id.contains(&prefix_person)
-                && due < due_before
-            {
+            if a.resolved_at.is_none() && due < due_before {
                 a.resolved_at = Some(a.raised_at.max(clock));
                 self.news.push(a.clone());
                 self.alerts_changed = true;

@@ -232,9 +232,15 @@ impl Store {
         let tmp = self.tmp_path(rel);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
+        // Ids are unique per row: a dictionary for them only costs an
+        // interner lookup per value before the writer gives up on it.
+        let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+        for id in ["event_id", "person_id", "household_id", "vehicle_id", "alert_id"] {
+            if first.schema().field_with_name(id).is_ok() {
+                props = props.set_column_dictionary_enabled(id.into(), false);
+            }
+        }
+        let props = props.build();
         let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))?;
         for b in batches {
             w.write(b)?;
