@@ -750,38 +750,44 @@ impl Processor {
             dead_letters::batch,
         )?;
 
-        if self.dedupe.has_pending() {
-            let rel = format!("_paicha/state/dedupe-{seq:010}.bin");
-            let mut buf = Vec::new();
-            self.dedupe.write_pending(&mut buf)?;
-            self.store.write_file(&rel, &buf)?;
-            m.dedupe.push(rel);
-        }
-
-        if self.confirmations.has_pending() {
-            let rel = format!("_paicha/state/cases-{seq:010}.bin");
-            let mut buf = Vec::new();
-            self.confirmations.write_pending(&mut buf)?;
-            self.store.write_file(&rel, &buf)?;
-            m.cases.push(rel);
-        }
-
-        if self.beds.has_pending() {
-            let rel = format!("_paicha/state/beds-{seq:010}.bin");
-            let mut buf = Vec::new();
-            self.beds.write_pending(&mut buf)?;
-            self.store.write_file(&rel, &buf)?;
-            m.beds.push(rel);
-        }
+        // State changed since the last checkpoint, one file per kind.
+        let store = &self.store;
+        let save = |list: &mut Vec<String>,
+                    name: &str,
+                    pending: bool,
+                    write: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>|
+         -> Result<()> {
+            if pending {
+                let rel = format!("_paicha/state/{name}-{seq:010}.bin");
+                let mut buf = Vec::new();
+                write(&mut buf)?;
+                store.write_file(&rel, &buf)?;
+                list.push(rel);
+            }
+            Ok(())
+        };
+        save(
+            &mut m.dedupe,
+            "dedupe",
+            self.dedupe.has_pending(),
+            &mut |b| self.dedupe.write_pending(b).map(|_| ()),
+        )?;
+        save(
+            &mut m.cases,
+            "cases",
+            self.confirmations.has_pending(),
+            &mut |b| self.confirmations.write_pending(b),
+        )?;
+        save(&mut m.beds, "beds", self.beds.has_pending(), &mut |b| {
+            self.beds.write_pending(b)
+        })?;
+        save(
+            &mut m.follow_ups,
+            "follow-ups",
+            self.follow_ups.has_pending(),
+            &mut |b| self.follow_ups.write_pending(b),
+        )?;
         m.bed_final_until = self.beds.final_until();
-
-        if self.follow_ups.has_pending() {
-            let rel = format!("_paicha/state/follow-ups-{seq:010}.bin");
-            let mut buf = Vec::new();
-            self.follow_ups.write_pending(&mut buf)?;
-            self.store.write_file(&rel, &buf)?;
-            m.follow_ups.push(rel);
-        }
         self.detect();
         let clock = self.follow_ups.clock();
         m.follow_up_clock = (clock != i64::MIN).then_some(clock);

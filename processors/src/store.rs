@@ -235,7 +235,13 @@ impl Store {
         // Ids are unique per row: a dictionary for them only costs an
         // interner lookup per value before the writer gives up on it.
         let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
-        for id in ["event_id", "person_id", "household_id", "vehicle_id", "alert_id"] {
+        for id in [
+            "event_id",
+            "person_id",
+            "household_id",
+            "vehicle_id",
+            "alert_id",
+        ] {
             if first.schema().field_with_name(id).is_ok() {
                 props = props.set_column_dictionary_enabled(id.into(), false);
             }
