@@ -46,6 +46,10 @@ pub struct ProcessingArgs {
     /// pipeline clock minus this, it goes to dead letters as `too_late`.
     #[arg(long, default_value = "30d", value_parser = parse_duration, env = "PAICHA_RETENTION")]
     pub retention: Duration,
+    /// Share of a designated hospital's beds above which a `bed_utilization`
+    /// alert is raised.
+    #[arg(long, default_value_t = 0.85, env = "PAICHA_BED_ALERT_AT")]
+    pub bed_alert_at: f64,
     /// Reporting time zone for calendar days.
     #[arg(long, default_value = "Asia/Shanghai", env = "PAICHA_TIME_ZONE")]
     pub time_zone: String,

@@ -245,13 +245,18 @@ pub fn high_watermarks<C: Consumer>(
 
 fn checkpoint(processor: &mut Processor, metrics: &Metrics, finish: bool) -> Result<()> {
     let started = Instant::now();
-    let before = processor.stats().checkpoints;
+    let before = processor.stats().clone();
     processor.checkpoint(finish, started)?;
-    if processor.stats().checkpoints > before {
+    if processor.stats().checkpoints > before.checkpoints {
         metrics.checkpoints.inc();
         metrics
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
+        if processor.stats().windows > before.windows {
+            metrics
+                .window_flush_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
     let wm = processor.watermark(started);
     if wm != i64::MIN {

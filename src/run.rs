@@ -45,6 +45,10 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
     }
     cfg.lateness_micros = i64::try_from(args.lateness.as_micros()).unwrap_or(i64::MAX);
     cfg.retention_micros = i64::try_from(args.retention.as_micros()).unwrap_or(i64::MAX);
+    if !(args.bed_alert_at > 0.0 && args.bed_alert_at <= 1.0) {
+        bail!("--bed-alert-at must be a share of the beds, above 0 and at most 1");
+    }
+    cfg.bed_alert_share = args.bed_alert_at;
     cfg.calendar = Calendar::new(&args.time_zone).map_err(|e| anyhow!("--time-zone: {e}"))?;
     Ok((registry, cfg))
 }

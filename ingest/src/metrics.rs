@@ -35,6 +35,8 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     /// Time to write and commit a checkpoint.
     pub checkpoint_duration: Histogram,
+    /// Time to write the windows a checkpoint finalized.
+    pub window_flush_duration: Histogram,
     /// Wall clock minus the watermark.
     pub watermark_lag_seconds: IntGauge,
     /// Messages behind the end of each partition.
@@ -114,6 +116,10 @@ impl Metrics {
                 "paicha_checkpoint_duration_seconds",
                 "Time to write a checkpoint's files and commit its manifest.",
             ))?,
+            window_flush_duration: Histogram::with_opts(HistogramOpts::new(
+                "paicha_window_flush_duration_seconds",
+                "Time to write and commit the windows a checkpoint finalized (checkpoints that finalized none are not observed).",
+            ))?,
             alerts_raised: counter_vec(
                 "paicha_alerts_raised_total",
                 "Alerts raised (also written to screening.alerts), by kind and severity.",
@@ -162,6 +168,8 @@ impl Metrics {
         };
         m.registry
             .register(Box::new(m.watermark_lag_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.window_flush_duration.clone()))?;
         m.registry.register(Box::new(m.consumer_lag.clone()))?;
         m.registry.register(Box::new(m.follow_ups.clone()))?;
         m.registry

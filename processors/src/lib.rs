@@ -214,6 +214,8 @@ pub struct Stats {
     pub rows: u64,
     /// Merges committed by compaction.
     pub merges: u64,
+    /// Final window rows written (first writes and corrections).
+    pub windows: u64,
 }
 
 fn unix_now() -> i64 {
@@ -693,6 +695,7 @@ impl Processor {
             self.follow_ups.advance(self.max_time, &self.registry);
             self.follow_up_rows = None;
         }
+        self.stats.windows += (finals.len() + confirmed.len() + occupancy.len()) as u64;
         let merged = self.finished_merges();
         if !self.dirty
             && !self.follow_ups.has_pending()
