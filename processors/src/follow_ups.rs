@@ -186,7 +186,7 @@ pub struct FollowUps {
     alert_index: HashMap<String, usize>,
     /// Overdue alerts of each episode (person, started_at), by index, so a
     /// visit finds its episode's alerts without looking at all of them.
-    episode_alerts: HashMap<(u128, i64), Vec<usize>>,
+    episode_alerts: HashMap<(u128, i64), Vec<(usize, i64)>>,
     /// Alerts raised or resolved since last taken, for the alerts topic.
     news: Vec<Alert>,
     /// Changes not yet applied, by (event time, arrival): applied in
@@ -195,12 +195,21 @@ pub struct FollowUps {
     buffer: std::collections::BTreeMap<(i64, u64), (u128, u16, Change)>,
     seq: u64,
     pending: Vec<(i64, u128, u16, Change)>,
-    changed: bool,
     alerts_changed: bool,
 }
 
 fn person_of(key: &str) -> u128 {
     u128::from_str_radix(key, 16).unwrap_or_else(|_| xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+}
+
+/// (person, started_at, due) of a follow-up alert id
+/// `follow_up_overdue:SEVERITY:PERSON:STARTED:DUE`.
+fn episode_of(id: &str) -> Option<(u128, i64, i64)> {
+    let mut parts = id.split(':').skip(2);
+    let person = u128::from_str_radix(parts.next()?, 16).ok()?;
+    let started = parts.next()?.parse().ok()?;
+    let due = parts.next()?.parse().ok()?;
+    Some((person, started, due))
 }
 
 fn observation_code(o: Observation) -> u8 {
@@ -331,9 +340,8 @@ impl FollowUps {
                 self.resolve_overdue(p, i, i64::MAX);
                 self.refresh(p, i, registry);
             }
-            (_, None) => return,
+            (_, None) => {}
         }
-        self.changed = true;
     }
 
     /// Recounts episode `i` of `p` at the clock, raises its alerts, and
@@ -362,7 +370,6 @@ impl FollowUps {
             if now.0 == Status::Overdue {
                 *self.by_days.entry((district, now.1.min(4))).or_default() += 1;
             }
-            self.changed = true;
         }
         if now.0 == Status::Overdue {
             let code = &registry.district(district).district;
@@ -390,14 +397,7 @@ impl FollowUps {
                     ),
                     resolved_at: None,
                 };
-                self.alert_index.insert(id, self.alerts.len());
-                self.episode_alerts
-                    .entry((p, started))
-                    .or_default()
-                    .push(self.alerts.len());
-                self.news.push(alert.clone());
-                self.alerts.push(alert);
-                self.alerts_changed = true;
+                self.push_alert(alert, Some((p, started, due)));
             }
         }
     }
@@ -412,16 +412,10 @@ impl FollowUps {
             return;
         };
         let clock = self.clock;
-        for &k in ids {
+        for &(k, due) in ids {
             let Some(a) = self.alerts.get_mut(k) else {
                 continue;
             };
-            let due = a
-                .alert_id
-                .rsplit(':')
-                .next()
-                .and_then(|d| d.parse::<i64>().ok())
-                .unwrap_or(i64::MIN);
             if a.resolved_at.is_none() && due < due_before {
                 a.resolved_at = Some(a.raised_at.max(clock));
                 self.news.push(a.clone());
@@ -485,12 +479,25 @@ impl FollowUps {
         if self.alert_index.contains_key(&alert.alert_id) {
             return false;
         }
-        self.alert_index
-            .insert(alert.alert_id.clone(), self.alerts.len());
+        self.push_alert(alert, None);
+        true
+    }
+
+    /// Records a new alert; a follow-up alert also under its episode
+    /// (person, started_at) with the due time it is about, so a visit finds
+    /// the alerts it ends without looking at all of them.
+    fn push_alert(&mut self, alert: Alert, episode: Option<(u128, i64, i64)>) {
+        let k = self.alerts.len();
+        if let Some((p, started, due)) = episode {
+            self.episode_alerts
+                .entry((p, started))
+                .or_default()
+                .push((k, due));
+        }
+        self.alert_index.insert(alert.alert_id.clone(), k);
         self.news.push(alert.clone());
         self.alerts.push(alert);
         self.alerts_changed = true;
-        true
     }
 
     /// Resolves the alert `id` at the clock if it is open.
@@ -512,11 +519,6 @@ impl FollowUps {
     /// Alerts raised or resolved since the last call.
     pub fn take_news(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.news)
-    }
-
-    /// Whether anything changed since the last call.
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::replace(&mut self.changed, false)
     }
 
     /// Whether an alert was raised or resolved since the last call.
@@ -551,7 +553,7 @@ impl FollowUps {
     /// Takes back changes written by [`FollowUps::write_pending`]. Alerts are
     /// not raised again: the caller restores them and then advances the
     /// clock.
-    pub fn load(&mut self, input: &mut impl Read, registry: &Registry) -> std::io::Result<()> {
+    pub fn load(&mut self, input: &mut impl Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
         if bytes.len() % RECORD != 0 {
@@ -580,7 +582,6 @@ impl FollowUps {
             };
             // Back into the queue of changes: the caller advances the clock
             // to the checkpoint's, which applies them in event-time order.
-            let _ = registry;
             self.buffer.insert(
                 (i64::from_le_bytes(t), self.seq),
                 (u128::from_le_bytes(p), u16::from_le_bytes(d), change),
@@ -595,10 +596,12 @@ impl FollowUps {
     pub fn restore_alerts(&mut self, alerts: Vec<Alert>) {
         self.alerts.clear();
         self.alert_index.clear();
+        self.episode_alerts.clear();
         for a in alerts {
-            self.alert_index
-                .insert(a.alert_id.clone(), self.alerts.len());
-            self.alerts.push(a);
+            let episode = (a.kind == "follow_up_overdue")
+                .then(|| episode_of(&a.alert_id))
+                .flatten();
+            self.push_alert(a, episode);
         }
         self.news.clear();
         self.alerts_changed = false;
@@ -782,7 +785,7 @@ mod tests {
         let mut log = Vec::new();
         f.write_pending(&mut log).unwrap();
         let mut again = FollowUps::new();
-        again.load(&mut log.as_slice(), &reg).unwrap();
+        again.load(&mut log.as_slice()).unwrap();
         again.advance(14 * 24 * H, &reg);
         assert_eq!(again.by_status()[&(3, Status::Completed)], 1);
         assert_eq!(again.batch(&reg).unwrap().num_rows(), 1);

@@ -84,7 +84,7 @@ impl LiveView {
         load_state(root, &m.beds, |f| beds.load(f))?;
         beds.restore_written(m.bed_final_until, registry);
         let mut follow = FollowUps::new();
-        load_state(root, &m.follow_ups, |f| follow.load(f, registry))?;
+        load_state(root, &m.follow_ups, |f| follow.load(f))?;
         follow.restore_alerts(read_alerts(root, m)?);
         follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let mut daily = DailyCounts::default();
@@ -253,6 +253,8 @@ pub struct Processor {
     daily: DailyCounts,
     /// The last EARS evaluation and the first open day it was made for.
     aberrations: Option<(i32, Vec<aberrations::Row>)>,
+    /// Whether `aberrations` changed since its alerts were last raised.
+    ears_unchecked: bool,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
@@ -280,6 +282,7 @@ impl Processor {
             follow_up_rows: None,
             daily: DailyCounts::default(),
             aberrations: None,
+            ears_unchecked: false,
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -331,7 +334,7 @@ impl Processor {
         self.daily
             .restore(&m.daily, &registry)
             .map_err(anyhow::Error::msg)?;
-        load_state(&root, &m.follow_ups, |f| self.follow_ups.load(f, &registry))?;
+        load_state(&root, &m.follow_ups, |f| self.follow_ups.load(f))?;
         self.follow_ups.restore_alerts(read_alerts(&root, &m)?);
         self.follow_ups
             .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
@@ -543,6 +546,7 @@ impl Processor {
         if stale {
             let rows = self.daily.evaluate(&self.registry, closed);
             self.aberrations = Some((closed, rows));
+            self.ears_unchecked = true;
         }
         self.aberrations.as_ref().map_or(&[], |(_, r)| r.as_slice())
     }
@@ -551,9 +555,15 @@ impl Processor {
     /// the state at the clock.
     fn detect(&mut self) {
         let clock = self.follow_ups.clock();
-        let rows = self.evaluate_days().to_vec();
-        for (day, district, source, a) in rows {
-            let day = chrono::NaiveDate::default() + chrono::Days::new(day as u64);
+        self.evaluate_days();
+        // EARS alerts change only when the evaluation does.
+        let evaluated = if std::mem::take(&mut self.ears_unchecked) {
+            self.aberrations.take()
+        } else {
+            None
+        };
+        for (day, district, source, a) in evaluated.iter().flat_map(|(_, r)| r.iter()) {
+            let day = chrono::NaiveDate::default() + chrono::Days::new(*day as u64);
             let kind = format!("ears_{}", a.method.as_str().to_lowercase());
             // One alert per detector, series and day: a late event that takes
             // the day below its threshold resolves it.
@@ -572,7 +582,7 @@ impl Processor {
                     "warning"
                 }
                 .into(),
-                district,
+                district: district.clone(),
                 hospital_id: None,
                 person_key: None,
                 detail: format!(
@@ -583,6 +593,9 @@ impl Processor {
                 ),
                 resolved_at: None,
             });
+        }
+        if evaluated.is_some() {
+            self.aberrations = evaluated;
         }
         let until = self.clock_end();
         let share = self.cfg.bed_alert_share;
