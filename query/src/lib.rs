@@ -147,7 +147,11 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
         .await?;
     }
 
-    for (name, rows) in [("follow_ups", &live.follow_ups), ("alerts", &live.alerts)] {
+    for (name, rows) in [
+        ("follow_ups", &live.follow_ups),
+        ("alerts", &live.alerts),
+        ("aberrations", &live.aberrations),
+    ] {
         ctx.register_table(
             name,
             Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?),
