@@ -55,6 +55,8 @@ fn main() -> Result<()> {
             "5",
             "--http",
             &http,
+            "--pg",
+            "127.0.0.1:0",
         ])
         .arg("--data")
         .arg(data.path().join("data"))

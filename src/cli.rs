@@ -79,9 +79,12 @@ pub struct RunArgs {
     /// Default 127.0.0.1:8080; a replay serves HTTP only when this is given.
     #[arg(long, env = "PAICHA_HTTP")]
     pub http: Option<String>,
-    /// PostgreSQL wire address (not served yet; accepted for compatibility).
+    /// PostgreSQL wire address (HOST:PORT; port 0 picks one). Default
+    /// 127.0.0.1:5432; a replay serves it only when this is given.
     #[arg(long, env = "PAICHA_PG")]
     pub pg: Option<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Consumer group.
     #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
     pub group: String,
@@ -138,9 +141,48 @@ pub struct ServeArgs {
     /// HTTP address (HOST:PORT; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080", env = "PAICHA_HTTP")]
     pub http: String,
-    /// PostgreSQL wire address (not served yet; accepted for compatibility).
-    #[arg(long, env = "PAICHA_PG")]
-    pub pg: Option<String>,
+    /// PostgreSQL wire address (HOST:PORT; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:5432", env = "PAICHA_PG")]
+    pub pg: String,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Who may query, and how much one query may take.
+#[derive(Debug, Args, Clone)]
+pub struct AccessArgs {
+    /// A PostgreSQL user, NAME:PASSWORD (repeat the flag for more; in
+    /// PAICHA_PG_USERS or the config file, a comma-separated list). With
+    /// users, the wire asks for a password by SCRAM-SHA-256; without, it
+    /// only listens on a loopback address.
+    #[arg(
+        long = "pg-user",
+        value_name = "NAME:PASSWORD",
+        env = "PAICHA_PG_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub pg_users: Vec<String>,
+    /// A bearer token `POST /sql` accepts (repeat for more; in
+    /// PAICHA_HTTP_TOKENS, comma-separated). Without tokens, HTTP only
+    /// listens on a loopback address.
+    #[arg(
+        long = "http-token",
+        value_name = "TOKEN",
+        env = "PAICHA_HTTP_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub http_tokens: Vec<String>,
+    /// Longest an HTTP query may run, first byte to last row.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "PAICHA_QUERY_TIMEOUT")]
+    pub query_timeout: Duration,
+    /// Most rows one HTTP result may have; a larger one is cut off with an error.
+    #[arg(long, default_value_t = 1_000_000, env = "PAICHA_MAX_ROWS")]
+    pub max_rows: usize,
+    /// HTTP queries running at once; more are refused with 503.
+    #[arg(long, default_value_t = 16, env = "PAICHA_MAX_CONCURRENT_QUERIES", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_queries: u32,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +193,9 @@ pub struct SqlArgs {
     /// A running paicha's HTTP address, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub url: Option<String>,
+    /// Bearer token for a server that requires one.
+    #[arg(long, env = "PAICHA_TOKEN", hide_env_values = true, requires = "url")]
+    pub token: Option<String>,
     /// Output format: table, csv or json (one object per line).
     #[arg(long, default_value = "table")]
     pub format: paicha_query::Format,
@@ -183,9 +228,25 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // Lists (`pg-users = ["analyst:…"]`) become comma-separated.
+            toml::Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        _ => {
+                            return Err(format!(
+                                "config file {}: `{key}` must be a list of strings",
+                                path.display()
+                            ))
+                        }
+                    }
+                }
+                parts.join(",")
+            }
             _ => {
                 return Err(format!(
-                    "config file {}: `{key}` must be a string, number or boolean",
+                    "config file {}: `{key}` must be a string, number, boolean or list of strings",
                     path.display()
                 ))
             }

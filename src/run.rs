@@ -18,7 +18,7 @@ use paicha_processors::time::Calendar;
 use paicha_processors::{Config, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::cli::{ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
+use crate::cli::{AccessArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
 use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
 
 /// Bytes the producer may run ahead of the consumer per partition of the
@@ -103,29 +103,104 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn serve_http(
+/// Where SQL is served, and to whom.
+struct Serving<'a> {
+    http: Option<&'a str>,
+    pg: Option<&'a str>,
+    access: &'a AccessArgs,
+}
+
+/// Binds `addr`, refusing a non-loopback address when nobody has to
+/// authenticate: an open SQL port on a network is a data leak.
+fn listen(
     rt: &tokio::runtime::Runtime,
     addr: &str,
+    what: &str,
+    authenticated: bool,
+    how: &str,
+) -> Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<std::net::SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("`{addr}` is not a HOST:PORT address for {what}"))?
+        .collect();
+    if !authenticated && resolved.iter().any(|a| !a.ip().is_loopback()) {
+        bail!(
+            "refusing to serve {what} on {addr} without authentication: configure {how}, \
+             or listen on a loopback address such as 127.0.0.1"
+        );
+    }
+    rt.block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+/// Starts the HTTP and PostgreSQL servers over one session.
+fn serve_sql(
+    rt: &tokio::runtime::Runtime,
+    serving: &Serving,
     data: &Path,
     metrics: &Metrics,
     live: Option<paicha_query::Live>,
-) -> Result<std::net::SocketAddr> {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
-    let state = paicha_query::http::HttpState {
-        data_dir: data.to_path_buf(),
-        metrics: metrics.registry.clone(),
-        live,
-    };
-    rt.spawn(async move {
-        if let Err(e) = paicha_query::http::serve(listener, state).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
-    println!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
-    Ok(local)
+) -> Result<()> {
+    let access = serving.access;
+    let tokens = paicha_query::http::Tokens::parse(access.http_tokens.iter().map(String::as_str))
+        .map_err(|e| anyhow!("--http-token: {e}"))?;
+    let users = paicha_query::pg::PgUsers::parse(access.pg_users.iter().map(String::as_str))
+        .map_err(|e| anyhow!("--pg-user: {e}"))?;
+    let http = serving
+        .http
+        .map(|a| listen(rt, a, "HTTP", tokens.required(), "--http-token"))
+        .transpose()?;
+    let pg = serving
+        .pg
+        .map(|a| {
+            listen(
+                rt,
+                a,
+                "PostgreSQL",
+                users.required(),
+                "--pg-user NAME:PASSWORD",
+            )
+        })
+        .transpose()?;
+    if http.is_none() && pg.is_none() {
+        return Ok(());
+    }
+    let ctx = Arc::new(rt.block_on(paicha_query::open_with(data, live.as_ref()))?);
+    if let Some(listener) = http {
+        let local = listener.local_addr()?;
+        let state = paicha_query::http::HttpState {
+            ctx: ctx.clone(),
+            metrics: metrics.registry.clone(),
+            tokens,
+            limits: paicha_query::http::Limits {
+                timeout: access.query_timeout,
+                max_rows: access.max_rows,
+                max_concurrent: access.max_concurrent_queries as usize,
+            },
+        };
+        rt.spawn(async move {
+            if let Err(e) = paicha_query::http::serve(listener, state).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        println!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
+    }
+    if let Some(listener) = pg {
+        let local = listener.local_addr()?;
+        let auth = if users.required() {
+            "password required"
+        } else {
+            "no password"
+        };
+        rt.spawn(async move {
+            if let Err(e) = paicha_query::pg::serve(listener, ctx, users).await {
+                tracing::error!(error = %e, "PostgreSQL server stopped");
+            }
+        });
+        println!("paicha: PostgreSQL wire at {local} ({auth})");
+    }
+    Ok(())
 }
 
 fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
@@ -158,9 +233,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
         None => None,
     };
-    if args.pg.is_some() {
-        eprintln!("paicha: the PostgreSQL wire protocol is not served yet; --pg is ignored");
-    }
     let metrics = Metrics::new().context("cannot register metrics")?;
     let mut processor = Processor::open(cfg, registry.clone())?;
 
@@ -181,18 +253,24 @@ pub fn run(args: RunArgs) -> Result<()> {
     let decoder = Decoder::new(registry.clone(), Pseudonymizer::new(&key));
 
     let rt = runtime()?;
-    let http = match (&args.http, &args.replay) {
-        (Some(a), _) => Some(a.clone()),
-        (None, None) => Some("127.0.0.1:8080".to_string()),
-        (None, Some(_)) => None,
+    let (http, pg) = match &args.replay {
+        None => (
+            Some(args.http.as_deref().unwrap_or("127.0.0.1:8080")),
+            Some(args.pg.as_deref().unwrap_or("127.0.0.1:5432")),
+        ),
+        Some(_) => (args.http.as_deref(), args.pg.as_deref()),
     };
-    let live: Option<paicha_query::Live> = match &http {
-        Some(addr) => {
-            let live = Arc::new(std::sync::RwLock::new(Arc::new(processor.live_view()?)));
-            serve_http(&rt, addr, &args.data, &metrics, Some(live.clone()))?;
-            Some(live)
-        }
-        None => None,
+    let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {
+        let live = Arc::new(std::sync::RwLock::new(Arc::new(processor.live_view()?)));
+        let serving = Serving {
+            http,
+            pg,
+            access: &args.access,
+        };
+        serve_sql(&rt, &serving, &args.data, &metrics, Some(live.clone()))?;
+        Some(live)
+    } else {
+        None
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
@@ -455,7 +533,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut published = None;
     publish_state(&args.data, &metrics, &mut published)?;
     let rt = runtime()?;
-    serve_http(&rt, &args.http, &args.data, &metrics, None)?;
+    let serving = Serving {
+        http: Some(&args.http),
+        pg: Some(&args.pg),
+        access: &args.access,
+    };
+    serve_sql(&rt, &serving, &args.data, &metrics, None)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
     // A pipeline may still be writing the directory: publish each new

@@ -14,7 +14,7 @@ const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 /// `paicha sql`.
 pub fn sql(args: SqlArgs) -> Result<()> {
     let (schema, batches) = match &args.url {
-        Some(url) => remote(url, &args.query)?,
+        Some(url) => remote(url, args.token.as_deref(), &args.query)?,
         None => {
             let data = args
                 .data
@@ -40,9 +40,17 @@ pub fn sql(args: SqlArgs) -> Result<()> {
     Ok(())
 }
 
-fn remote(url: &str, query: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+fn remote(
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
     let endpoint = format!("{}/sql", url.trim_end_matches('/'));
-    let resp = match ureq::post(&endpoint)
+    let mut request = ureq::post(&endpoint);
+    if let Some(t) = token {
+        request = request.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match request
         .set("Accept", ARROW_STREAM)
         .set("Content-Type", "application/sql")
         .send_string(query)

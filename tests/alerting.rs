@@ -168,7 +168,7 @@ fn start_serve(children: &mut Children, data: &Path, logs: &Path) -> String {
     let mut child = common::paicha()
         .args(["serve", "--data"])
         .arg(data)
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(log_file(logs, "paicha"))
         .spawn()

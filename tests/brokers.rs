@@ -109,6 +109,10 @@ fn a_message_on_the_wrong_topic_is_a_dead_letter_and_the_rest_counts() {
             &brokers,
             "--data",
             data.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--pg",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();

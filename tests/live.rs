@@ -28,6 +28,8 @@ fn live_demo_serves_sql_and_metrics_and_stops_cleanly() {
             data.to_str().unwrap(),
             "--http",
             "127.0.0.1:0",
+            "--pg",
+            "127.0.0.1:0",
             "--rate",
             "20000",
             // No checkpoint while the test queries: what SQL sees comes

@@ -22,6 +22,7 @@ const SOURCES: [&str; 5] = ["checkpoint", "pharmacy", "door_visit", "case", "bed
 fn start(brokers: &str, data: &std::path::Path) -> (Child, String) {
     let mut child = paicha()
         .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0"])
+        .args(["--pg", "127.0.0.1:0"])
         .arg("--data")
         .arg(data)
         .stdout(Stdio::piped())

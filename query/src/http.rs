@@ -1,40 +1,134 @@
-//! The HTTP endpoint: `POST /sql` (the SQL text as the body) and
-//! `GET /metrics` (Prometheus text exposition).
+//! The HTTP endpoint: `POST /sql` (the SQL text as the body),
+//! `GET /metrics` (Prometheus text exposition) and `GET /healthz`.
 //!
 //! Results are JSON (an array of row objects) by default, CSV for
 //! `Accept: text/csv`, JSON lines for `Accept: application/x-ndjson`, an
-//! Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`. A SQL
-//! error is a 400 with `{"error": "…"}`.
+//! Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`.
+//! They are streamed batch by batch as the query produces them, never
+//! buffered whole.
+//!
+//! Errors are JSON `{"error": "…"}`: 400 for SQL that fails to plan or run
+//! before the first row, 401 without a valid bearer token (when tokens are
+//! configured), 503 when the concurrent-query limit is reached, 504 when
+//! the timeout passes before the first row. A result that goes over the
+//! row limit or the timeout after rows were sent is cut off: the chunked
+//! response ends without its final chunk, so no client mistakes part of a
+//! result for all of it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use prometheus::{Encoder, TextEncoder};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Bounds on what one query may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall time from receipt to the last row.
+    pub timeout: Duration,
+    /// Rows in one result.
+    pub max_rows: usize,
+    /// Queries running at once; more are refused, not queued.
+    pub max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_rows: 1_000_000,
+            max_concurrent: 16,
+        }
+    }
+}
+
+/// Bearer tokens accepted on `POST /sql`, kept as SHA-256 digests.
+#[derive(Clone, Default)]
+pub struct Tokens(Vec<[u8; 32]>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({})", self.0.len())
+    }
+}
+
+impl Tokens {
+    /// Tokens from their text. An empty token is refused.
+    pub fn parse<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut digests = Vec::new();
+        for t in tokens {
+            if t.trim().is_empty() {
+                return Err("an HTTP token cannot be empty".into());
+            }
+            digests.push(Sha256::digest(t.trim().as_bytes()).into());
+        }
+        Ok(Tokens(digests))
+    }
+
+    /// Whether requests must carry a token.
+    pub fn required(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Digests of equal length compared in full: no early exit on the
+        // first differing byte of a secret.
+        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        self.0.iter().fold(false, |ok, d| {
+            ok | (d.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+        })
+    }
+}
 
 /// What the HTTP handlers need.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The data directory queries read.
-    pub data_dir: PathBuf,
+    /// The session every query runs in.
+    pub ctx: Arc<SessionContext>,
     /// The metrics to expose.
     pub metrics: prometheus::Registry,
-    /// The running pipeline's in-memory rows, if there is one.
-    pub live: Option<crate::Live>,
+    /// Tokens `POST /sql` requires; none: open.
+    pub tokens: Tokens,
+    /// Per-query bounds.
+    pub limits: Limits,
+}
+
+struct Shared {
+    state: HttpState,
+    running: Arc<Semaphore>,
 }
 
 /// The router of the HTTP port.
 pub fn router(state: HttpState) -> Router {
+    let running = Arc::new(Semaphore::new(state.limits.max_concurrent.max(1)));
     Router::new()
         .route("/sql", post(sql))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(Shared { state, running }))
 }
 
 /// Serves the router on `listener` until the process ends.
@@ -47,7 +141,29 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &shared.state;
+    if !state.tokens.admits(&headers) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let Ok(permit) = shared.running.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many concurrent queries: the limit is {}; retry shortly",
+                state.limits.max_concurrent
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8");
     };
@@ -55,68 +171,262 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let ctx = match crate::open_with(&state.data_dir, state.live.as_ref()).await {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
-    };
-    let (schema, batches) = match crate::query(&ctx, text).await {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-    };
-    let (content_type, rendered) = if accept.contains(ARROW_STREAM) {
-        (ARROW_STREAM, arrow_stream(&schema, &batches))
-    } else if accept.contains("text/csv") {
-        (
-            "text/csv",
-            crate::render(crate::Format::Csv, &schema, &batches),
+    let limits = state.limits;
+    let deadline = Instant::now() + limits.timeout;
+    let timed_out = || {
+        error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the query did not finish within the {} s timeout",
+                limits.timeout.as_secs_f64()
+            ),
         )
-    } else if accept.contains("application/x-ndjson") {
-        (
-            "application/x-ndjson",
-            crate::render(crate::Format::Json, &schema, &batches),
-        )
-    } else {
-        ("application/json", json_array(&batches))
     };
-    match rendered {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+
+    let planned = tokio::time::timeout_at(deadline, async {
+        let df = crate::plan(&state.ctx, text).await?;
+        // One row past the limit tells a full result from a cut one.
+        let df = df.limit(0, Some(limits.max_rows.saturating_add(1)))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await?;
+        let first = stream.next().await.transpose()?;
+        anyhow::Ok((schema, stream, first))
+    })
+    .await;
+    let (schema, stream, first) = match planned {
+        Err(_) => return timed_out(),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Ok(Ok(p)) => p,
+    };
+    if first
+        .as_ref()
+        .is_some_and(|b| b.num_rows() > limits.max_rows)
+    {
+        return error(StatusCode::BAD_REQUEST, too_many_rows(limits.max_rows));
     }
+    let mut encoder = Encoding::for_accept(accept);
+    let content_type = encoder.content_type();
+    let head = match encoder.start(&schema) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    };
+    let body = Body::from_stream(rows(head, first, stream, encoder, limits, deadline, permit));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The response body: the encoded batches, then the encoding's end. An
+/// error item aborts the response.
+fn rows(
+    head: Vec<u8>,
+    first: Option<RecordBatch>,
+    stream: SendableRecordBatchStream,
+    encoder: Encoding,
+    limits: Limits,
+    deadline: Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    struct S {
+        head: Option<Vec<u8>>,
+        first: Option<RecordBatch>,
+        stream: Option<SendableRecordBatchStream>,
+        encoder: Encoding,
+        rows: usize,
+        limits: Limits,
+        deadline: Instant,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    let s = S {
+        head: Some(head),
+        first,
+        stream: Some(stream),
+        encoder,
+        rows: 0,
+        limits,
+        deadline,
+        _permit: permit,
+    };
+    futures::stream::unfold(s, |mut s| async move {
+        let cut = |m: String| anyhow::anyhow!(m);
+        let mut out = s.head.take().unwrap_or_default();
+        let batch = match s.first.take() {
+            Some(b) => Some(Ok(b)),
+            None => match s.stream.as_mut() {
+                None => return None,
+                Some(stream) => match tokio::time::timeout_at(s.deadline, stream.next()).await {
+                    Err(_) => {
+                        s.stream = None;
+                        let m = format!(
+                            "query cut off: the {} s timeout passed",
+                            s.limits.timeout.as_secs_f64()
+                        );
+                        return Some((Err(std::io::Error::other(m)), s));
+                    }
+                    Ok(b) => b.map(|r| r.map_err(anyhow::Error::from)),
+                },
+            },
+        };
+        let item = match batch {
+            Some(Ok(b)) => {
+                s.rows += b.num_rows();
+                if s.rows > s.limits.max_rows {
+                    s.stream = None;
+                    Err(cut(format!(
+                        "query cut off: {}",
+                        too_many_rows(s.limits.max_rows)
+                    )))
+                } else {
+                    s.encoder.batch(&b).map(|bytes| {
+                        out.extend_from_slice(&bytes);
+                        Bytes::from(out)
+                    })
+                }
+            }
+            Some(Err(e)) => {
+                s.stream = None;
+                Err(cut(format!("query failed: {e:#}")))
+            }
+            None => {
+                s.stream = None;
+                s.encoder.finish().map(|bytes| {
+                    out.extend_from_slice(&bytes);
+                    Bytes::from(out)
+                })
+            }
+        };
+        Some((item.map_err(|e| std::io::Error::other(e.to_string())), s))
+    })
+}
+
+fn too_many_rows(max_rows: usize) -> String {
+    format!(
+        "the result has more than {max_rows} rows (the server's --max-rows); \
+         add a LIMIT or aggregate"
+    )
 }
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
-fn arrow_stream(
-    schema: &arrow::datatypes::SchemaRef,
-    batches: &[arrow::record_batch::RecordBatch],
-) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.finish()?;
-    drop(w);
-    Ok(out)
+/// Encodes a result incrementally in the format `Accept` asked for.
+enum Encoding {
+    JsonArray { rows_written: bool },
+    JsonLines,
+    Csv { header: bool },
+    Arrow(Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
 }
 
-fn json_array(batches: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut w = arrow::json::ArrayWriter::new(&mut out);
-    for b in batches {
-        w.write(b)?;
+impl Encoding {
+    fn for_accept(accept: &str) -> Self {
+        if accept.contains(ARROW_STREAM) {
+            Encoding::Arrow(None)
+        } else if accept.contains("text/csv") {
+            Encoding::Csv { header: true }
+        } else if accept.contains("application/x-ndjson") {
+            Encoding::JsonLines
+        } else {
+            Encoding::JsonArray {
+                rows_written: false,
+            }
+        }
     }
-    w.finish()?;
-    if out.is_empty() {
-        out.extend_from_slice(b"[]");
+
+    fn content_type(&self) -> &'static str {
+        match self {
+            Encoding::JsonArray { .. } => "application/json",
+            Encoding::JsonLines => "application/x-ndjson",
+            Encoding::Csv { .. } => "text/csv",
+            Encoding::Arrow(_) => ARROW_STREAM,
+        }
     }
-    Ok(out)
+
+    fn start(&mut self, schema: &SchemaRef) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Encoding::JsonArray { .. } => Ok(b"[".to_vec()),
+            Encoding::JsonLines => Ok(Vec::new()),
+            Encoding::Csv { header } => {
+                // The header row even for an empty result.
+                let mut out = Vec::new();
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out)
+                    .write(&RecordBatch::new_empty(schema.clone()))?;
+                *header = false;
+                Ok(out)
+            }
+            Encoding::Arrow(w) => {
+                let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+                let out = std::mem::take(writer.get_mut());
+                *w = Some(writer);
+                Ok(out)
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: &RecordBatch) -> anyhow::Result<Vec<u8>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        match self {
+            Encoding::JsonArray { rows_written } => {
+                let mut lines = Vec::new();
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut lines);
+                w.write(batch)?;
+                w.finish()?;
+                drop(w);
+                let mut out = Vec::with_capacity(lines.len() + 1);
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if *rows_written {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(line);
+                    *rows_written = true;
+                }
+                Ok(out)
+            }
+            Encoding::JsonLines => {
+                let mut out = Vec::new();
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+                w.write(batch)?;
+                w.finish()?;
+                drop(w);
+                Ok(out)
+            }
+            Encoding::Csv { header } => {
+                let mut out = Vec::new();
+                arrow::csv::WriterBuilder::new()
+                    .with_header(*header)
+                    .build(&mut out)
+                    .write(batch)?;
+                Ok(out)
+            }
+            Encoding::Arrow(w) => {
+                let w = w
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("Arrow stream not started"))?;
+                w.write(batch)?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Encoding::JsonArray { .. } => Ok(b"]".to_vec()),
+            Encoding::JsonLines | Encoding::Csv { .. } => Ok(Vec::new()),
+            Encoding::Arrow(w) => match w.as_mut() {
+                Some(w) => {
+                    w.finish()?;
+                    Ok(std::mem::take(w.get_mut()))
+                }
+                None => Ok(Vec::new()),
+            },
+        }
+    }
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let mut buf = Vec::new();
-    match TextEncoder::new().encode(&state.metrics.gather(), &mut buf) {
+    match TextEncoder::new().encode(&shared.state.metrics.gather(), &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -8,7 +8,9 @@
 //! them, so `SELECT * FROM symptom_counts` shows one row per key. While the
 //! pipeline runs, the rows it holds in memory join the stored ones.
 
+mod catalog;
 pub mod http;
+pub mod pg;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,10 +20,6 @@ use arrow::array::{ArrayRef, BooleanBuilder, Int64Builder, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionConfig;
@@ -40,27 +38,24 @@ pub const INTERNAL_SCHEMA: &str = "paicha_internal";
 /// The processors' published [`LiveView`], shared with the query side.
 pub type Live = Arc<std::sync::RwLock<Arc<LiveView>>>;
 
-/// A session over the committed state of a data directory.
+/// A session over a data directory. Every table is read when a query scans
+/// it, so one session stays current as checkpoints commit.
 pub async fn open(data_dir: &Path) -> Result<SessionContext> {
     open_with(data_dir, None).await
 }
 
 /// A session over a data directory and, while the pipeline runs, the rows
-/// it holds in memory: every table answers from both.
+/// it holds in memory: every table answers from both. The session is meant
+/// to live as long as the server: each scan takes the newest committed
+/// manifest and live rows.
 pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionContext> {
     let store = Store::open(data_dir)?;
     let registry = read_registry(data_dir)?;
-    let live: Arc<LiveView> = match live {
-        Some(l) => l
-            .read()
-            .map_err(|_| anyhow::anyhow!("the pipeline's live state is unavailable"))?
-            .clone(),
-        None => {
-            let m = store.manifest()?.unwrap_or_default();
-            Arc::new(LiveView::from_manifest(data_dir, &m, &registry)?)
-        }
-    };
-    let manifest = &live.manifest;
+    let source = Arc::new(match live {
+        Some(l) => catalog::Snapshots::live(data_dir, l.clone()),
+        None => catalog::Snapshots::stored(data_dir, store, registry.clone()),
+    });
+    let first = source.current()?;
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()
             .with_information_schema(true)
@@ -72,89 +67,82 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
         .context("DataFusion has no default catalog")?;
     catalog.register_schema(INTERNAL_SCHEMA, internal.clone())?;
 
-    let files = |table: &str| -> Vec<String> {
-        manifest
-            .tables
-            .get(table)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|rel| data_dir.join(rel).to_string_lossy().into_owned())
-            .collect()
-    };
     use datafusion::catalog::SchemaProvider;
-    let tables = [
-        (
-            "symptom_counts",
-            symptoms::schema(),
-            vec![live.symptom_counts.clone()],
-        ),
-        (
-            "confirmations",
-            confirmations::schema(),
-            vec![live.confirmations.clone()],
-        ),
-        (
-            "bed_occupancy",
-            beds::schema(),
-            vec![live.bed_occupancy.clone()],
-        ),
-        (
-            "dead_letters",
-            dead_letters::schema(),
-            vec![live.dead_letters.clone()],
-        ),
-    ]
-    .into_iter()
-    .chain(
-        Source::ALL
-            .into_iter()
-            .zip(&live.raw)
-            .map(|(s, rows)| (raw::table(s), raw::schema(s), rows.clone())),
-    );
-    for (name, schema, rows) in tables {
+    let windowed: [(&str, SchemaRef, catalog::Rows); 4] = [
+        ("symptom_counts", symptoms::schema(), |v| {
+            vec![v.symptom_counts.clone()]
+        }),
+        ("confirmations", confirmations::schema(), |v| {
+            vec![v.confirmations.clone()]
+        }),
+        ("bed_occupancy", beds::schema(), |v| {
+            vec![v.bed_occupancy.clone()]
+        }),
+        ("dead_letters", dead_letters::schema(), |v| {
+            vec![v.dead_letters.clone()]
+        }),
+    ];
+    for (name, schema, rows) in windowed {
         internal.register_table(
             name.into(),
-            parquet_table(files(name), schema.clone()).await?,
-        )?;
-        internal.register_table(
-            format!("{name}_live"),
-            Arc::new(MemTable::try_new(schema, vec![rows])?),
+            catalog::Current::new(name, schema, source.clone(), rows, true),
         )?;
     }
-    ctx.sql(&format!(
-        "CREATE VIEW dead_letters AS SELECT * FROM {INTERNAL_SCHEMA}.dead_letters \
-         UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.dead_letters_live"
-    ))
+    let raw_rows: [catalog::Rows; 5] = [
+        |v| v.raw[0].clone(),
+        |v| v.raw[1].clone(),
+        |v| v.raw[2].clone(),
+        |v| v.raw[3].clone(),
+        |v| v.raw[4].clone(),
+    ];
+    for (s, rows) in Source::ALL.into_iter().zip(raw_rows) {
+        internal.register_table(
+            raw::table(s).into(),
+            catalog::Current::new(raw::table(s), raw::schema(s), source.clone(), rows, true),
+        )?;
+    }
+    view(
+        &ctx,
+        "dead_letters",
+        &format!("SELECT * FROM {INTERNAL_SCHEMA}.dead_letters"),
+    )
     .await?;
     // `day` is the directory partition of the raw files; the view derives
     // the same calendar day from `event_time` in the data's time zone.
-    let tz = if manifest.time_zone.is_empty() {
+    let tz = if first.manifest.time_zone.is_empty() {
         "Asia/Shanghai"
     } else {
-        manifest.time_zone.as_str()
+        first.manifest.time_zone.as_str()
     };
     if tz.parse::<chrono_tz::Tz>().is_err() {
         anyhow::bail!("the manifest names an unknown time zone `{tz}`");
     }
     for name in raw::TABLES {
-        ctx.sql(&format!(
-            "CREATE VIEW {name} AS SELECT *, \
-               CAST(arrow_cast(event_time, 'Timestamp(Microsecond, Some(\"{tz}\"))') AS DATE) AS day \
-             FROM (SELECT * FROM {INTERNAL_SCHEMA}.{name} \
-                   UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.{name}_live)"
-        ))
+        view(
+            &ctx,
+            name,
+            &format!(
+                "SELECT *, \
+                   CAST(arrow_cast(event_time, 'Timestamp(Microsecond, Some(\"{tz}\"))') AS DATE) AS day \
+                 FROM {INTERNAL_SCHEMA}.{name}"
+            ),
+        )
         .await?;
     }
 
-    for (name, rows) in [
-        ("follow_ups", &live.follow_ups),
-        ("alerts", &live.alerts),
-        ("aberrations", &live.aberrations),
-    ] {
+    let in_memory: [(&str, catalog::Rows); 3] = [
+        ("follow_ups", |v| vec![v.follow_ups.clone()]),
+        ("alerts", |v| vec![v.alerts.clone()]),
+        ("aberrations", |v| vec![v.aberrations.clone()]),
+    ];
+    for (name, rows) in in_memory {
+        let schema = rows(&first)
+            .first()
+            .map(|b| b.schema())
+            .context("an in-memory table has no schema")?;
         ctx.register_table(
             name,
-            Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?),
+            catalog::Current::new(name, schema, source.clone(), rows, false),
         )?;
     }
     ctx.register_table("districts", districts_table(&registry)?)?;
@@ -175,7 +163,42 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
     )
     .await?;
     bed_views(&ctx).await?;
+
+    // The session clients get holds the public tables only: the stored rows
+    // behind them are reached through the plans above, not by name, so they
+    // do not show in `\dt`, `information_schema` or SQL.
+    let planning = ctx;
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public"),
+    );
+    let public = planning
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .context("DataFusion has no public schema")?;
+    for name in public.table_names() {
+        if let Some(table) = public.table(&name).await? {
+            ctx.register_table(name.as_str(), table)?;
+        }
+    }
+    datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+        &ctx,
+        "datafusion",
+        datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
     Ok(ctx)
+}
+
+/// Registers `select` as the public table `name`. It is planned like a view,
+/// but listed as a table: these are the contract's tables, and clients such
+/// as psql's `\dt` list only tables.
+async fn view(ctx: &SessionContext, name: &str, select: &str) -> Result<()> {
+    let plan = ctx.sql(select).await?.into_unoptimized_plan();
+    let view = datafusion::catalog::view::ViewTable::new(plan, Some(select.to_string()));
+    ctx.register_table(name, Arc::new(catalog::AsTable(Arc::new(view))))?;
+    Ok(())
 }
 
 /// `bed_occupancy` (stored rows and corrections folded, utilization
@@ -189,20 +212,24 @@ async fn bed_views(ctx: &SessionContext) -> Result<()> {
         .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    ctx.sql(&format!(
-        "CREATE VIEW bed_occupancy AS SELECT {keys}, beds_total, occupied, admissions, discharges, \
+    view(
+        ctx,
+        "bed_occupancy",
+        &format!(
+            "SELECT {keys}, beds_total, occupied, admissions, discharges, \
            CASE WHEN beds_total = 0 THEN NULL ELSE CAST(occupied AS DOUBLE) / beds_total END \
              AS utilization, \
            repeat_admissions, unmatched_discharges \
          FROM (SELECT {keys}, {sums} FROM \
-                 (SELECT * FROM {INTERNAL_SCHEMA}.bed_occupancy \
-                  UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.bed_occupancy_live) \
+                 {INTERNAL_SCHEMA}.bed_occupancy \
                GROUP BY {keys})"
-    ))
+        ),
+    )
     .await?;
-    ctx.sql(
-        "CREATE VIEW bed_occupancy_now AS \
-         SELECT h.hospital_id, h.name AS hospital_name, h.district, h.designated, \
+    view(
+        ctx,
+        "bed_occupancy_now",
+        "SELECT h.hospital_id, h.name AS hospital_name, h.district, h.designated, \
            b.window_end AS as_of, \
            COALESCE(b.beds_total, h.beds_total) AS beds_total, \
            COALESCE(b.occupied, 0) AS occupied, \
@@ -240,12 +267,15 @@ async fn folding_view(
         .map(|c| format!("{c} <> 0"))
         .collect::<Vec<_>>()
         .join(" OR ");
-    ctx.sql(&format!(
-        "CREATE VIEW {table} AS SELECT * FROM (SELECT {keys}, {sums} \
-         FROM (SELECT * FROM {INTERNAL_SCHEMA}.{table} \
-               UNION ALL SELECT * FROM {INTERNAL_SCHEMA}.{table}_live) \
+    view(
+        ctx,
+        table,
+        &format!(
+            "SELECT * FROM (SELECT {keys}, {sums} \
+         FROM {INTERNAL_SCHEMA}.{table} \
          GROUP BY {keys}) WHERE {nonzero}"
-    ))
+        ),
+    )
     .await?;
     Ok(())
 }
@@ -257,22 +287,6 @@ fn read_registry(data_dir: &Path) -> Result<Registry> {
             .with_context(|| format!("cannot read {}", dir.join(name).display()))
     };
     Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)
-}
-
-async fn parquet_table(files: Vec<String>, schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
-    if files.is_empty() {
-        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
-    }
-    let urls = files
-        .iter()
-        .map(ListingTableUrl::parse)
-        .collect::<datafusion::error::Result<Vec<_>>>()?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
 fn districts_table(r: &Registry) -> Result<Arc<dyn TableProvider>> {
@@ -333,13 +347,44 @@ fn hospitals_table(r: &Registry) -> Result<Arc<dyn TableProvider>> {
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
-/// Runs one read-only statement: DDL, DML and `SET` are refused.
-pub async fn query(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+/// Plans one read-only statement. Anything that would change data, schema,
+/// files or settings is refused with the same rule the PostgreSQL wire
+/// applies ([`pg::refusal`]), and DataFusion's own checks refuse DDL, DML
+/// and statements again.
+pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    let statements = DFParser::parse_sql(sql)?;
+    if statements.len() != 1 {
+        anyhow::bail!("expected one SQL statement, found {}", statements.len());
+    }
+    let refused = match &statements[0] {
+        DfStatement::Statement(s) => pg::refusal(s),
+        DfStatement::Explain(e) => match e.statement.as_ref() {
+            DfStatement::Statement(s) => pg::refusal(s),
+            _ => Some("paicha is read-only: only queries can be explained".to_string()),
+        },
+        DfStatement::CreateExternalTable(_) => Some(
+            "paicha is read-only: `CREATE EXTERNAL TABLE` is refused (only queries are allowed)"
+                .to_string(),
+        ),
+        DfStatement::CopyTo(_) => {
+            Some("paicha is read-only: `COPY` is refused (only queries are allowed)".to_string())
+        }
+        _ => Some("paicha is read-only: only queries are allowed".to_string()),
+    };
+    if let Some(reason) = refused {
+        anyhow::bail!(reason);
+    }
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let df = ctx.sql_with_options(sql, options).await?;
+    Ok(ctx.sql_with_options(sql, options).await?)
+}
+
+/// Runs one read-only statement (see [`plan`]) and collects its rows.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let df = plan(ctx, sql).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     Ok((schema, batches))

@@ -1,0 +1,354 @@
+//! The PostgreSQL wire protocol, by `datafusion-postgres` over the same
+//! session the HTTP endpoint uses.
+//!
+//! psql, psycopg, JDBC and Grafana connect as to PostgreSQL: simple and
+//! extended queries, prepared statements with parameters, and the
+//! `pg_catalog` / `information_schema` queries they list tables with. What
+//! paicha adds: it is read-only (statements that would change data,
+//! schema, files or the shared session settings are refused before they are
+//! planned), and with users configured it asks for a password by
+//! SCRAM-SHA-256, as PostgreSQL does by default.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::results::Response;
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+/// SCRAM iteration count, PostgreSQL's default.
+const ITERATIONS: usize = 4096;
+
+/// The PostgreSQL users allowed in, by name. Empty: no password is asked
+/// (only allowed on a loopback address; see the CLI).
+#[derive(Clone, Default)]
+pub struct PgUsers {
+    verifiers: HashMap<String, Verifier>,
+}
+
+#[derive(Clone)]
+struct Verifier {
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+impl std::fmt::Debug for PgUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the passwords, nor their hashes.
+        f.debug_struct("PgUsers")
+            .field("users", &self.verifiers.len())
+            .finish()
+    }
+}
+
+impl PgUsers {
+    /// Users from `NAME:PASSWORD` pairs. Passwords are kept only as SCRAM
+    /// salted hashes.
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut verifiers = HashMap::new();
+        for pair in pairs {
+            let Some((name, password)) = pair.split_once(':') else {
+                return Err("a PostgreSQL user must be given as NAME:PASSWORD".into());
+            };
+            if name.is_empty() || password.is_empty() {
+                return Err("a PostgreSQL user needs a name and a password (NAME:PASSWORD)".into());
+            }
+            let salt = rand::random::<[u8; 16]>().to_vec();
+            let salted = gen_salted_password(password, &salt, ITERATIONS);
+            verifiers.insert(name.to_string(), Verifier { salt, salted });
+        }
+        Ok(PgUsers { verifiers })
+    }
+
+    /// Whether a password is asked for.
+    pub fn required(&self) -> bool {
+        !self.verifiers.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Users(PgUsers);
+
+#[async_trait]
+impl AuthSource for Users {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        match login.user().and_then(|u| self.0.verifiers.get(u)) {
+            Some(v) => Ok(Password::new(Some(v.salt.clone()), v.salted.clone())),
+            // An unknown user goes through the same exchange and fails it, as
+            // in PostgreSQL, so a client cannot tell which names exist.
+            None => Ok(Password::new(
+                Some(rand::random::<[u8; 16]>().to_vec()),
+                rand::random::<[u8; 32]>().to_vec(),
+            )),
+        }
+    }
+}
+
+struct Handlers {
+    session: Arc<DfSessionService>,
+    users: Option<Arc<Users>>,
+    connections: Arc<ConnectionManager>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+struct Open {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for Open {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+enum Startup {
+    Open(Open),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Open(h) => h.on_startup(client, message).await,
+            Startup::Scram(h) => h.on_startup(client, message).await,
+        }
+    }
+}
+
+struct QuietErrors;
+
+impl ErrorHandler for QuietErrors {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        tracing::debug!(%error, "PostgreSQL client error");
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.session.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.session.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        // One per connection: the SCRAM exchange keeps state.
+        Arc::new(match &self.users {
+            None => Startup::Open(Open {
+                connections: self.connections.clone(),
+            }),
+            Some(users) => {
+                let mut scram = ScramAuth::new(users.clone());
+                scram.set_iterations(ITERATIONS);
+                Startup::Scram(
+                    SASLAuthStartupHandler::new(
+                        Arc::new(DefaultServerParameterProvider::default()),
+                    )
+                    .with_scram(scram)
+                    .with_connection_manager(self.connections.clone()),
+                )
+            }
+        })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(QuietErrors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Serves the PostgreSQL wire protocol on `listener` until the process
+/// ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<SessionContext>,
+    users: PgUsers,
+) -> std::io::Result<()> {
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(ReadOnly),
+        Arc::new(CursorStatementHook),
+        Arc::new(SetShowHook),
+        Arc::new(TransactionStatementHook),
+    ];
+    let connections = Arc::new(ConnectionManager::new());
+    let handlers = Arc::new(Handlers {
+        session: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+        users: users.required().then(|| Arc::new(Users(users))),
+        cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+        connections,
+    });
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a PostgreSQL connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handlers = handlers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!(error = %e, %peer, "PostgreSQL connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Session variables a client may set for itself. Each is kept per
+/// connection by `SetShowHook`; any other `SET` would change the session
+/// every client shares, so it is refused.
+const CLIENT_SETTINGS: [&str; 8] = [
+    "statement_timeout",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+    "client_encoding",
+];
+
+/// Why `statement` is refused, or `None` when it only reads.
+pub fn refusal(statement: &Statement) -> Option<String> {
+    match statement {
+        Statement::Query(_)
+        | Statement::ExplainTable { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCatalogs { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Discard { .. } => None,
+        Statement::Explain { statement, .. } => refusal(statement),
+        Statement::Set(Set::SetTimeZone { local: false, .. }) => None,
+        Statement::Set(Set::SingleAssignment {
+            scope: None,
+            hivevar: false,
+            variable,
+            ..
+        }) if CLIENT_SETTINGS.contains(&variable.to_string().to_lowercase().as_str()) => None,
+        Statement::Set(_) => Some(format!(
+            "`{statement}` is refused: paicha's settings cannot be changed through SQL \
+             (a client may set {})",
+            CLIENT_SETTINGS.join(", ")
+        )),
+        other => Some(format!(
+            "paicha is read-only: `{}` is refused (only queries are allowed)",
+            kind(other)
+        )),
+    }
+}
+
+/// The statement's leading keywords, without the rest of its text.
+fn kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    let keep = match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
+        Some("CREATE") | Some("DROP") | Some("ALTER") => {
+            if words
+                .get(1)
+                .is_some_and(|w| w.eq_ignore_ascii_case("EXTERNAL") || w.eq_ignore_ascii_case("OR"))
+            {
+                3
+            } else {
+                2
+            }
+        }
+        _ => 1,
+    };
+    words
+        .into_iter()
+        .take(keep)
+        .map(|w| w.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn read_only_error(message: String) -> PgWireError {
+    // 25006: read_only_sql_transaction, what PostgreSQL answers a write on a
+    // read-only server.
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        "25006".to_string(),
+        message,
+    )))
+}
+
+/// Refuses every statement but reads, before any other hook or the planner
+/// sees it.
+struct ReadOnly;
+
+#[async_trait]
+impl QueryHook for ReadOnly {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        refusal(statement).map(|m| Err(read_only_error(m)))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        refusal(statement).map(|m| Err(read_only_error(m)))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        refusal(statement).map(|m| Err(read_only_error(m)))
+    }
+}

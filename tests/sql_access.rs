@@ -1,0 +1,463 @@
+//! SQL for analysts over both protocols, as they would use it: psql and
+//! psycopg on the PostgreSQL wire, HTTP with tokens and limits, and every
+//! kind of statement that would change something refused on both.
+//!
+//! Needs `psql` (Debian's postgresql-client) and Python's `psycopg`; `.ci/run`
+//! installs both.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{fold_symptom_counts, ok, paicha};
+
+const FIXTURE: &str = "tests/slt/events.jsonl";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
+}
+
+/// A replayed data directory.
+fn replayed() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    ok(&[
+        "run",
+        "--replay",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    dir
+}
+
+/// `paicha serve` over a replayed directory, killed when dropped.
+struct Server {
+    child: Child,
+    http: String,
+    pg_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Server {
+    let dir = replayed();
+    let data = dir.path().join("data");
+    let mut child = paicha()
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start paicha serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut http, mut pg_port) = (None, None);
+    while http.is_none() || pg_port.is_none() {
+        let line = lines
+            .next()
+            .expect("paicha serve ended before printing its addresses")
+            .expect("read stdout");
+        // "paicha: SQL at http://ADDR/sql, metrics at …"
+        if let Some(rest) = line.strip_prefix("paicha: SQL at ") {
+            http = rest.split("/sql").next().map(str::to_string);
+        }
+        // "paicha: PostgreSQL wire at ADDR (…)"
+        if let Some(rest) = line.strip_prefix("paicha: PostgreSQL wire at ") {
+            let addr = rest.split(' ').next().unwrap_or_default();
+            pg_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        http: http.unwrap(),
+        pg_port: pg_port.unwrap(),
+        _dir: dir,
+    }
+}
+
+/// Runs psql with `args`, as `user` with `password` if given.
+fn psql(server: &Server, user: &str, password: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string()])
+        .args(["-U", user, "-d", "paicha", "-X", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "10");
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    } else {
+        cmd.arg("-w");
+    }
+    let out = cmd.output().expect("psql (install postgresql-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Suspicious events per district, folded over the fixture.
+fn expected_suspicious() -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for ((_, district, _), c) in fold_symptom_counts(&fixture()) {
+        *out.entry(district).or_insert(0) += c[1];
+    }
+    out
+}
+
+#[test]
+fn psql_lists_describes_and_queries() {
+    let server = serve(&[]);
+    let (ok, listing) = psql(&server, "analyst", None, &["-c", r"\dt"]);
+    assert!(ok, "{listing}");
+    for table in [
+        "symptom_counts",
+        "confirmations",
+        "bed_occupancy",
+        "bed_occupancy_now",
+        "follow_ups",
+        "alerts",
+        "aberrations",
+        "dead_letters",
+        "checkpoint_events",
+        "pharmacy_events",
+        "door_visits",
+        "case_events",
+        "bed_events",
+        "districts",
+        "hospitals",
+    ] {
+        assert!(
+            listing.contains(&format!(" {table} ")),
+            "\\dt does not list {table}:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("paicha_internal"),
+        "internal tables leak into \\dt:\n{listing}"
+    );
+
+    let (ok, described) = psql(&server, "analyst", None, &["-c", r"\d symptom_counts"]);
+    assert!(ok, "{described}");
+    for (column, pg_type) in [
+        ("window_start", "timestamp"),
+        ("district", "text"),
+        ("events", "bigint"),
+        ("suspicious", "bigint"),
+    ] {
+        assert!(
+            described
+                .lines()
+                .any(|l| l.contains(column) && l.contains(pg_type)),
+            "\\d symptom_counts lacks {column} {pg_type}:\n{described}"
+        );
+    }
+
+    let (ok, rows) = psql(
+        &server,
+        "analyst",
+        None,
+        &[
+            "-A",
+            "-t",
+            "-F",
+            ",",
+            "-c",
+            "SELECT district, SUM(suspicious) FROM symptom_counts GROUP BY district ORDER BY district",
+        ],
+    );
+    assert!(ok, "{rows}");
+    let got: BTreeMap<String, i64> = rows
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .map(|(d, n)| (d.to_string(), n.trim().parse().expect("a count")))
+        .collect();
+    assert_eq!(got, expected_suspicious());
+}
+
+const PSYCOPG: &str = r#"
+import json, sys, datetime
+import psycopg
+port, district = sys.argv[1], sys.argv[2]
+with psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha") as conn:
+    cur = conn.cursor()
+    # Server-side binding: the extended protocol with a parameter.
+    cur.execute(
+        "SELECT SUM(suspicious) AS s, MIN(window_start) AS t FROM symptom_counts WHERE district = %s",
+        (district,),
+    )
+    s, t = cur.fetchone()
+    cur.execute(
+        "SELECT hospital_id, beds_total, utilization, designated FROM bed_occupancy_now "
+        "WHERE designated = %s ORDER BY hospital_id LIMIT 1",
+        (True,),
+    )
+    h, beds, util, designated = cur.fetchone()
+    cur.execute("SELECT symptoms FROM checkpoint_events ORDER BY event_time LIMIT 1")
+    (symptoms,) = cur.fetchone()
+    print(json.dumps({
+        "suspicious": s,
+        "suspicious_type": type(s).__name__,
+        "time_type": type(t).__name__,
+        "time_has_zone": t.tzinfo is not None,
+        "beds_type": type(beds).__name__,
+        "utilization_type": type(util).__name__,
+        "designated": designated,
+        "symptoms_type": type(symptoms).__name__,
+    }))
+"#;
+
+#[test]
+fn psycopg_runs_a_parameterized_query_with_postgres_types() {
+    let server = serve(&[]);
+    let expected = expected_suspicious();
+    let (district, suspicious) = expected
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .expect("the fixture has suspicious events");
+    let out = Command::new("python3")
+        .args(["-c", PSYCOPG, &server.pg_port.to_string(), district])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "psycopg failed (pip install 'psycopg[binary]'): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["suspicious"], *suspicious, "{v}");
+    assert_eq!(v["suspicious_type"], "int", "{v}");
+    assert_eq!(v["time_type"], "datetime", "{v}");
+    assert_eq!(v["time_has_zone"], true, "{v}");
+    assert_eq!(v["beds_type"], "int", "{v}");
+    assert_eq!(v["utilization_type"], "float", "{v}");
+    assert_eq!(v["designated"], true, "{v}");
+    assert_eq!(v["symptoms_type"], "list", "{v}");
+}
+
+/// Statements that would change data, schema, files or settings.
+const REFUSED: [&str; 12] = [
+    "CREATE TABLE t (a INT)",
+    "CREATE VIEW v AS SELECT 1",
+    "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'",
+    "INSERT INTO districts VALUES ('1', 'a', 'b', 1)",
+    "UPDATE districts SET population = 0",
+    "DELETE FROM districts",
+    "DROP TABLE districts",
+    "ALTER TABLE districts ADD COLUMN x INT",
+    "COPY (SELECT 1) TO '/tmp/paicha-copy-leak.csv'",
+    "SET datafusion.execution.batch_size = 1",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+];
+
+fn post(url: &str, token: Option<&str>, sql: &str) -> Result<(u16, String), (u16, String)> {
+    let mut req = ureq::post(&format!("{url}/sql")).timeout(Duration::from_secs(60));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    match req.send_string(sql) {
+        Ok(r) => {
+            let status = r.status();
+            let mut body = String::new();
+            match r.into_reader().read_to_string(&mut body) {
+                Ok(_) => Ok((status, body)),
+                Err(e) => Err((0, format!("body cut off: {e}"))),
+            }
+        }
+        Err(ureq::Error::Status(code, r)) => Err((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+#[test]
+fn every_kind_of_change_is_refused_on_both_protocols() {
+    let server = serve(&[]);
+    let http = server.http.clone();
+    for sql in REFUSED {
+        let (ok, text) = psql(&server, "analyst", None, &["-c", sql]);
+        assert!(!ok, "psql ran `{sql}`:\n{text}");
+        assert!(text.contains("ERROR"), "psql `{sql}`: {text}");
+        match post(&http, None, sql) {
+            Ok(r) => panic!("HTTP ran `{sql}`: {r:?}"),
+            Err((code, body)) => {
+                assert_eq!(code, 400, "HTTP `{sql}`: {body}");
+                assert!(body.contains("\"error\""), "HTTP `{sql}`: {body}");
+            }
+        }
+    }
+    // The writes went nowhere: the tables are whole and no file appeared.
+    assert!(!Path::new("/tmp/paicha-copy-leak.csv").exists());
+    let (ok, text) = psql(
+        &server,
+        "analyst",
+        None,
+        &["-A", "-t", "-c", "SELECT COUNT(*) FROM districts"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), common::districts().len().to_string());
+    // Settings a client keeps for itself are allowed, and queries still run.
+    let (ok, text) = psql(
+        &server,
+        "analyst",
+        None,
+        &[
+            "-c",
+            "SET application_name = 'wall'",
+            "-c",
+            "SET statement_timeout = '5s'",
+            "-c",
+            "SELECT 1",
+        ],
+    );
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn passwords_and_tokens_are_required_when_configured() {
+    let server = serve(&[
+        "--pg-user",
+        "analyst:correct horse",
+        "--http-token",
+        "s3cret-token",
+    ]);
+    let (ok, text) = psql(&server, "analyst", Some("wrong"), &["-c", "SELECT 1"]);
+    assert!(!ok, "a wrong password got in: {text}");
+    assert!(text.to_lowercase().contains("password"), "{text}");
+    let (ok, text) = psql(
+        &server,
+        "nobody",
+        Some("correct horse"),
+        &["-c", "SELECT 1"],
+    );
+    assert!(!ok, "an unknown user got in: {text}");
+    let (ok, text) = psql(&server, "analyst", None, &["-c", "SELECT 1"]);
+    assert!(!ok, "no password got in: {text}");
+    let (ok, text) = psql(
+        &server,
+        "analyst",
+        Some("correct horse"),
+        &["-A", "-t", "-c", "SELECT COUNT(*) FROM districts"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), common::districts().len().to_string());
+
+    let http = server.http.clone();
+    let q = "SELECT COUNT(*) AS n FROM districts";
+    assert_eq!(post(&http, None, q).map_err(|e| e.0), Err(401));
+    assert_eq!(post(&http, Some("guess"), q).map_err(|e| e.0), Err(401));
+    let (status, body) = post(&http, Some("s3cret-token"), q).expect("token accepted");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v[0]["n"], common::districts().len());
+    // `paicha sql --url` passes the token.
+    let out = paicha()
+        .args([
+            "sql",
+            "--url",
+            &http,
+            "--token",
+            "s3cret-token",
+            "--format",
+            "csv",
+            q,
+        ])
+        .output()
+        .expect("paicha sql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("n\n{}\n", common::districts().len())
+    );
+}
+
+#[test]
+fn an_open_port_off_loopback_is_refused() {
+    let dir = replayed();
+    let data = dir.path().join("data");
+    for (flag, addr, hint) in [
+        ("--pg", "0.0.0.0:0", "--pg-user"),
+        ("--http", "0.0.0.0:0", "--http-token"),
+    ] {
+        let (other_flag, other) = if flag == "--pg" {
+            ("--http", "127.0.0.1:0")
+        } else {
+            ("--pg", "127.0.0.1:0")
+        };
+        let out = paicha()
+            .args(["serve", "--data", data.to_str().unwrap()])
+            .args([flag, addr, other_flag, other])
+            .output()
+            .expect("paicha serve");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("refusing") && err.contains(hint), "{err}");
+    }
+}
+
+#[test]
+fn http_limits_rows_time_and_concurrency() {
+    let server = serve(&[
+        "--max-rows",
+        "5",
+        "--query-timeout",
+        "2s",
+        "--max-concurrent-queries",
+        "1",
+    ]);
+    let http = server.http.clone();
+    let (_, body) = post(&http, None, "SELECT * FROM generate_series(1, 5)").expect("5 rows");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(5));
+    match post(&http, None, "SELECT * FROM generate_series(1, 100000)") {
+        Ok(r) => panic!(
+            "a result over the row limit arrived whole: {} bytes",
+            r.1.len()
+        ),
+        Err((code, msg)) => assert!(
+            code == 400 && msg.contains("more than 5 rows"),
+            "{code} {msg}"
+        ),
+    }
+    // CSV keeps its header for an empty result.
+    let r = ureq::post(&format!("{http}/sql"))
+        .set("Accept", "text/csv")
+        .send_string("SELECT district FROM districts WHERE false")
+        .expect("csv");
+    assert_eq!(r.into_string().expect("body"), "district\n");
+
+    // A long query holds the only slot, is refused company, and times out.
+    let slow = "SELECT COUNT(*) FROM generate_series(1, 100000000000)";
+    let h = http.clone();
+    let long = std::thread::spawn(move || post(&h, None, slow));
+    std::thread::sleep(Duration::from_millis(500));
+    match post(&http, None, "SELECT 1") {
+        Err((503, body)) => assert!(body.contains("concurrent"), "{body}"),
+        other => panic!("a second query beside the limit: {other:?}"),
+    }
+    match long.join().expect("thread") {
+        Err((504, body)) => assert!(body.contains("timeout"), "{body}"),
+        other => panic!("the long query was not stopped: {other:?}"),
+    }
+    // The slot is free again.
+    assert!(post(&http, None, "SELECT 1").is_ok());
+}
