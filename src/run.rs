@@ -21,6 +21,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::cli::{AccessArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
 use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
 
+/// Prints a status line. A reader that went away (`paicha run | head -1`, a
+/// supervisor that read the address and closed the pipe) is no reason to
+/// stop the pipeline, so a failed write is ignored.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Bytes the producer may run ahead of the consumer per partition of the
 /// embedded cluster: well under the 5 MiB librdkafka's mock cluster keeps.
 const EMBEDDED_IN_FLIGHT_BYTES: i64 = 2 << 20;
@@ -84,7 +94,7 @@ fn hmac_key(args: &RunArgs, embedded: bool) -> Result<Vec<u8>> {
         .context("cannot read /dev/urandom for a demo key")?;
     let hex_key = key.iter().map(|b| format!("{b:02x}")).collect::<String>();
     write_private(&path, hex_key.as_bytes())?;
-    eprintln!(
+    esay!(
         "paicha: no PAICHA_HMAC_KEY given; generated a demo key in {} (set PAICHA_HMAC_KEY in production)",
         path.display()
     );
@@ -184,7 +194,7 @@ fn serve_sql(
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        println!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
+        say!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
     }
     if let Some(listener) = pg {
         let local = listener.local_addr()?;
@@ -198,7 +208,7 @@ fn serve_sql(
                 tracing::error!(error = %e, "PostgreSQL server stopped");
             }
         });
-        println!("paicha: PostgreSQL wire at {local} ({auth})");
+        say!("paicha: PostgreSQL wire at {local} ({auth})");
     }
     Ok(())
 }
@@ -219,7 +229,7 @@ fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("paicha: shutting down (flushing and committing)");
+        esay!("paicha: shutting down (flushing and committing)");
         shutdown.store(true, Ordering::Release);
     });
 }
@@ -241,7 +251,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => {
             let c = EmbeddedCluster::start(1, args.partitions)?;
             let b = c.bootstrap_servers();
-            println!(
+            say!(
                 "paicha: embedded Kafka at {b} ({} partitions per topic)",
                 args.partitions
             );
@@ -336,7 +346,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                         }
                         let summary = p.finish()?;
                         if !shutdown.load(Ordering::Acquire) {
-                            eprintln!("paicha: the simulator finished its scenario");
+                            esay!("paicha: the simulator finished its scenario");
                         }
                         Ok(Some(summary))
                     } else {
@@ -352,9 +362,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             .context("cannot start the producer thread")?
     };
     if simulate {
-        println!(
+        say!(
             "paicha: simulator producing {} events/s (seed {})",
-            args.rate, args.seed
+            args.rate,
+            args.seed
         );
     }
 
@@ -401,7 +412,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .map(|(r, n)| format!("{r} {n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        println!(
+        say!(
             "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}; data in {}",
             p.lines,
             path.display(),
@@ -438,7 +449,7 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
     let s = simulate::write_scenario(cfg, &registry, &mut out)?;
     out.flush()
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!(
+    say!(
         "paicha: wrote {} lines to {}: {} events ({} checkpoint, {} pharmacy, {} door_visit, {} case, {} bed), {} duplicates, {} late, {} malformed",
         s.lines,
         args.out.display(),
