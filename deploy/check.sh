@@ -2,8 +2,14 @@
 # Validate paicha's monitoring configuration:
 #   - Prometheus config, alerting/recording rules and their unit tests (promtool)
 #   - Alertmanager config and its routing (amtool)
+#   - Grafana dashboards (deploy/grafana/dashboards/*.json) type-checked
+#     against Grafana's published schema (npm @grafana/schema, TypeScript),
+#     and their PromQL parsed by promtool
 # Installs promtool/amtool from Debian (packages `prometheus`,
-# `prometheus-alertmanager`) when they are missing. Works from any directory.
+# `prometheus-alertmanager`) when they are missing, Node.js and npm
+# (Debian `nodejs`, `npm`) when missing, and the schema checker's npm
+# packages (deploy/grafana/schema-check/package-lock.json) when they are not
+# installed yet. Works from any directory.
 # Exits non-zero if any check fails; every check runs either way.
 set -euo pipefail
 
@@ -13,8 +19,26 @@ PROM_CONFIG=deploy/prometheus/prometheus.yml
 PROM_RULES=deploy/prometheus/rules.yml
 PROM_TESTS=deploy/prometheus/rules_test.yml
 AM_CONFIG=deploy/alertmanager/alertmanager.yml
+GRAFANA_CHECK=deploy/grafana/schema-check
 
 # --- tools -------------------------------------------------------------------
+
+# apt_install PACKAGE...: installs Debian packages (as root or with sudo).
+apt_install() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "check.sh: need the Debian packages $* and not root without sudo" >&2
+            exit 1
+        fi
+    fi
+    echo "==> installing $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@"
+}
 
 install_tools() {
     local sudo=()
@@ -42,6 +66,18 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1;
 fi
 echo "==> $(promtool --version 2>&1 | head -n1)"
 echo "==> $(amtool --version 2>&1 | head -n1)"
+
+# The dashboard schema check: Node.js, npm, and the exact packages of
+# package-lock.json (installed again only when the lock file changes).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+echo "==> node $(node --version), npm $(npm --version 2>/dev/null)"
+if ! cmp -s "$GRAFANA_CHECK/package-lock.json" "$GRAFANA_CHECK/node_modules/.paicha-installed-lock"; then
+    echo "==> npm ci in $GRAFANA_CHECK"
+    (cd "$GRAFANA_CHECK" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$GRAFANA_CHECK/package-lock.json" "$GRAFANA_CHECK/node_modules/.paicha-installed-lock"
+fi
 
 # --- checks ------------------------------------------------------------------
 
@@ -99,6 +135,23 @@ alerts_tested() {
     return "$missing"
 }
 
+# Every dashboard, panel options, field config, override and query against
+# @grafana/schema with `tsc --strict` (see $GRAFANA_CHECK/generate.mjs; a
+# misspelt or unknown field, or a value of the wrong type, fails it).
+grafana_schema() {
+    (cd "$GRAFANA_CHECK" && node generate.mjs && ./node_modules/.bin/tsc -p tsconfig.json)
+}
+
+# Every PromQL query of the dashboards parses (as a recording rule).
+grafana_promql() {
+    local rules rc
+    rules=$(mktemp --suffix=.yml)
+    node "$GRAFANA_CHECK/promql-rules.mjs" >"$rules" && promtool check rules "$rules"
+    rc=$?
+    rm -f "$rules"
+    return "$rc"
+}
+
 # promtool check config resolves rule_files relative to the config file.
 check "promtool check config"  promtool check config "$PROM_CONFIG"
 check "promtool check rules"   promtool check rules "$PROM_RULES"
@@ -113,6 +166,8 @@ check "route: warning district alert" \
     route_is paicha-warning severity=warning alertname=FollowUpsOverdue district=500103
 check "route: alert without severity falls back to warning" \
     route_is paicha-warning alertname=Unlabelled
+check "grafana dashboards match @grafana/schema (tsc)" grafana_schema
+check "grafana dashboards' PromQL parses (promtool)" grafana_promql
 
 echo
 if [ "$failed" -ne 0 ]; then
