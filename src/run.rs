@@ -94,7 +94,7 @@ fn hmac_key(args: &RunArgs, embedded: bool) -> Result<Vec<u8>> {
         .context("cannot read /dev/urandom for a demo key")?;
     let hex_key = key.iter().map(|b| format!("{b:02x}")).collect::<String>();
     write_private(&path, hex_key.as_bytes())?;
-    esay!(
+    eprintln!(
         "paicha: no PAICHA_HMAC_KEY given; generated a demo key in {} (set PAICHA_HMAC_KEY in production)",
         path.display()
     );
@@ -229,7 +229,7 @@ fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        esay!("paicha: shutting down (flushing and committing)");
+        eprintln!("paicha: shutting down (flushing and committing)");
         shutdown.store(true, Ordering::Release);
     });
 }
@@ -346,7 +346,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                         }
                         let summary = p.finish()?;
                         if !shutdown.load(Ordering::Acquire) {
-                            esay!("paicha: the simulator finished its scenario");
+                            eprintln!("paicha: the simulator finished its scenario");
                         }
                         Ok(Some(summary))
                     } else {
