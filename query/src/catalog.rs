@@ -46,7 +46,7 @@ enum Kind {
     /// A stopped directory: the view is rebuilt when the manifest changes.
     Stored {
         store: Store,
-        registry: Registry,
+        registry: Box<Registry>,
         cached: Mutex<Option<(Stamp, Arc<LiveView>)>>,
     },
 }
@@ -73,7 +73,7 @@ impl Snapshots {
             data_dir: data_dir.to_path_buf(),
             kind: Kind::Stored {
                 store,
-                registry,
+                registry: Box::new(registry),
                 cached: Mutex::new(None),
             },
         }

@@ -312,7 +312,7 @@ enum Encoding {
     JsonArray { rows_written: bool },
     JsonLines,
     Csv { header: bool },
-    Arrow(Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+    Arrow(Option<Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>>),
 }
 
 impl Encoding {
@@ -356,7 +356,7 @@ impl Encoding {
             Encoding::Arrow(w) => {
                 let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
                 let out = std::mem::take(writer.get_mut());
-                *w = Some(writer);
+                *w = Some(Box::new(writer));
                 Ok(out)
             }
         }
