@@ -53,8 +53,12 @@ impl Drop for Server {
 fn serve(extra: &[&str]) -> Server {
     let dir = replayed();
     let data = dir.path().join("data");
+    start(dir, &["serve", "--data", data.to_str().unwrap()], extra)
+}
+
+fn start(dir: tempfile::TempDir, command: &[&str], extra: &[&str]) -> Server {
     let mut child = paicha()
-        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(command)
         .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -460,4 +464,43 @@ fn http_limits_rows_time_and_concurrency() {
     }
     // The slot is free again.
     assert!(post(&http, None, "SELECT 1").is_ok());
+}
+
+fn scalar(server: &Server, sql: &str) -> String {
+    let (ok, text) = psql(server, "analyst", None, &["-A", "-t", "-c", sql]);
+    assert!(ok, "{sql}: {text}");
+    text.trim().to_string()
+}
+
+#[test]
+fn repeated_queries_follow_new_checkpoints_and_volatile_ones_are_never_reused() {
+    // The PostgreSQL wire answers a repeated query from a cache valid for
+    // one snapshot: it must move when the pipeline commits.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = start(
+        dir,
+        &["run", "--data", data.to_str().unwrap()],
+        &["--rate", "20000", "--checkpoint-interval", "500ms"],
+    );
+    let count = "SELECT COUNT(*) FROM checkpoint_events";
+    let moved = |seen: &[i64]| {
+        let first = seen.iter().find(|n| **n > 0);
+        first.is_some_and(|f| seen.last().is_some_and(|l| l > f))
+    };
+    let mut seen = Vec::new();
+    for _ in 0..80 {
+        seen.push(scalar(&server, count).parse::<i64>().expect("a count"));
+        if moved(&seen) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        moved(&seen),
+        "the same query did not follow the pipeline: {seen:?}"
+    );
+    let a = scalar(&server, "SELECT random()");
+    let b = scalar(&server, "SELECT random()");
+    assert_ne!(a, b, "a volatile query was answered from the cache");
 }

@@ -279,3 +279,104 @@ impl TableProvider for AsTable {
         self.0.scan(state, projection, filters, limit).await
     }
 }
+
+/// Results of recent queries, valid while the tables' snapshot is.
+///
+/// A wall of dashboards sends the same queries every refresh, from every
+/// screen, and the answer can only change when a checkpoint publishes a new
+/// snapshot. So a query whose plan calls nothing volatile (`now()`,
+/// `random()`, …) is answered from here when the same text ran on the same
+/// snapshot; concurrent identical queries wait for the first one rather
+/// than each running it.
+pub(crate) struct Results {
+    source: Arc<Snapshots>,
+    current: Mutex<Generation>,
+}
+
+type Cell = Arc<tokio::sync::OnceCell<(SchemaRef, Arc<Vec<RecordBatch>>)>>;
+
+#[derive(Default)]
+struct Generation {
+    /// Held so that its address, the generation's identity, is not reused.
+    view: Option<Arc<LiveView>>,
+    results: std::collections::HashMap<String, Cell>,
+}
+
+/// Most results kept per snapshot.
+const RESULTS_KEPT: usize = 512;
+/// Largest result kept, in bytes.
+const RESULT_BYTES_KEPT: usize = 8 << 20;
+
+impl Results {
+    pub(crate) fn new(source: Arc<Snapshots>) -> Self {
+        Results {
+            source,
+            current: Mutex::new(Generation::default()),
+        }
+    }
+
+    /// The rows of `df`, from the cache when `key` ran on this snapshot.
+    pub(crate) async fn rows(
+        &self,
+        key: &str,
+        df: datafusion::dataframe::DataFrame,
+    ) -> datafusion::error::Result<(SchemaRef, Arc<Vec<RecordBatch>>)> {
+        let collect = |df: datafusion::dataframe::DataFrame| async move {
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            datafusion::error::Result::Ok((schema, Arc::new(batches)))
+        };
+        if volatile(df.logical_plan()) {
+            return collect(df).await;
+        }
+        let view = self.source.current().map_err(external)?;
+        let cell = {
+            let mut g = self.current.lock().map_err(|_| {
+                DataFusionError::Execution("the result cache is unavailable".into())
+            })?;
+            if !g.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, &view)) {
+                g.view = Some(view);
+                g.results.clear();
+            }
+            if g.results.len() >= RESULTS_KEPT && !g.results.contains_key(key) {
+                g.results.clear();
+            }
+            g.results.entry(key.to_string()).or_default().clone()
+        };
+        let rows = cell.get_or_try_init(|| collect(df)).await?.clone();
+        let bytes: usize = rows.1.iter().map(|b| b.get_array_memory_size()).sum();
+        if bytes > RESULT_BYTES_KEPT {
+            if let Ok(mut g) = self.current.lock() {
+                g.results.remove(key);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Whether the plan calls a function whose answer may change between two
+/// runs on the same data.
+fn volatile(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Volatility;
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            let _ = e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility != Volatility::Immutable {
+                        found = true;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}

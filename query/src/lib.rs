@@ -171,7 +171,8 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public"),
+            .with_default_catalog_and_schema("datafusion", "public")
+            .with_extension(Arc::new(catalog::Results::new(source.clone()))),
     );
     let public = planning
         .catalog("datafusion")

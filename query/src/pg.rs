@@ -35,6 +35,8 @@ use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandl
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use crate::catalog::Results;
+
 /// SCRAM iteration count, PostgreSQL's default.
 const ITERATIONS: usize = 4096;
 
@@ -197,12 +199,15 @@ pub async fn serve(
     ctx: Arc<SessionContext>,
     users: PgUsers,
 ) -> std::io::Result<()> {
-    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+    let mut hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(ReadOnly),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
     ];
+    if let Some(results) = ctx.state().config().get_extension::<Results>() {
+        hooks.push(Arc::new(Cached(results)));
+    }
     let connections = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers {
         session: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
@@ -350,5 +355,73 @@ impl QueryHook for ReadOnly {
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         refusal(statement).map(|m| Err(read_only_error(m)))
+    }
+}
+
+/// Answers simple-protocol queries (what Grafana and psql send) through the
+/// snapshot's result cache (see [`Results`]).
+struct Cached(Arc<Results>);
+
+fn api(e: datafusion::error::DataFusionError) -> PgWireError {
+    PgWireError::ApiError(Box::new(e))
+}
+
+impl Cached {
+    async fn answer(
+        &self,
+        sql: &str,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<Response> {
+        let df = ctx.sql(sql).await.map_err(api)?;
+        let (schema, rows) = self.0.rows(sql, df).await.map_err(api)?;
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![rows.as_ref().clone()])
+            .map_err(api)?;
+        let df = ctx.read_table(Arc::new(table)).map_err(api)?;
+        let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
+            client.metadata(),
+        ));
+        let response = datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(
+            df,
+            &pgwire::api::portal::Format::UnifiedText,
+            Some(options),
+        )
+        .await?;
+        Ok(Response::Query(response))
+    }
+}
+
+#[async_trait]
+impl QueryHook for Cached {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let Statement::Query(_) = statement else {
+            return None;
+        };
+        Some(self.answer(&statement.to_string(), ctx, client).await)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        None
     }
 }
