@@ -144,14 +144,15 @@ fn listen(
         .with_context(|| format!("cannot listen on {addr} for {what}"))
 }
 
-/// Starts the HTTP and PostgreSQL servers over one session.
+/// Starts the HTTP and PostgreSQL servers over one session, and returns it
+/// (`None` when neither is asked for).
 fn serve_sql(
     rt: &tokio::runtime::Runtime,
     serving: &Serving,
     data: &Path,
     metrics: &Metrics,
     live: Option<paicha_query::Live>,
-) -> Result<()> {
+) -> Result<Option<Arc<paicha_query::SessionContext>>> {
     let access = serving.access;
     let tokens = paicha_query::http::Tokens::parse(access.http_tokens.iter().map(String::as_str))
         .map_err(|e| anyhow!("--http-token: {e}"))?;
@@ -174,7 +175,7 @@ fn serve_sql(
         })
         .transpose()?;
     if http.is_none() && pg.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let ctx = Arc::new(rt.block_on(paicha_query::open_with(data, live.as_ref()))?);
     if let Some(listener) = http {
@@ -203,6 +204,7 @@ fn serve_sql(
         } else {
             "no password"
         };
+        let ctx = ctx.clone();
         rt.spawn(async move {
             if let Err(e) = paicha_query::pg::serve(listener, ctx, users).await {
                 tracing::error!(error = %e, "PostgreSQL server stopped");
@@ -210,7 +212,7 @@ fn serve_sql(
         });
         say!("paicha: PostgreSQL wire at {local} ({auth})");
     }
-    Ok(())
+    Ok(Some(ctx))
 }
 
 fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
@@ -470,33 +472,11 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
 const SERVE_STATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Sets the follow-up gauges (`paicha_follow_ups`, `paicha_follow_ups_overdue`)
-/// from the committed state of the data directory `data`, as `paicha run`
-/// sets them from its processors. `last` is the manifest published before:
-/// the state is only recomputed when a new checkpoint was committed.
-fn publish_state(
-    data: &Path,
-    metrics: &Metrics,
-    last: &mut Option<paicha_processors::store::Manifest>,
-) -> Result<()> {
+/// from a snapshot's `follow_ups` rows, as `paicha run` sets them from its
+/// processors.
+fn publish_follow_ups(rows: &arrow::record_batch::RecordBatch, metrics: &Metrics) -> Result<()> {
     use arrow::array::{Array, Int64Array, StringArray};
 
-    let store = paicha_processors::store::Store::open(data)?;
-    let Some(manifest) = store.manifest()? else {
-        return Ok(());
-    };
-    if last.as_ref() == Some(&manifest) {
-        return Ok(());
-    }
-    let dir = data
-        .join(paicha_processors::store::META_DIR)
-        .join("registry");
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .with_context(|| format!("cannot read {}", dir.join(name).display()))
-    };
-    let registry = Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)?;
-    let view = paicha_processors::LiveView::from_manifest(data, &manifest, &registry)?;
-    let rows = &view.follow_ups;
     let strings = |name: &str| {
         rows.column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -533,7 +513,6 @@ fn publish_state(
             .with_label_values(&[d, n.as_str()])
             .set(count);
     }
-    *last = Some(manifest);
     Ok(())
 }
 
@@ -541,25 +520,35 @@ fn publish_state(
 pub fn serve(args: ServeArgs) -> Result<()> {
     paicha_processors::store::Store::open(&args.data)?;
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let mut published = None;
-    publish_state(&args.data, &metrics, &mut published)?;
     let rt = runtime()?;
     let serving = Serving {
         http: Some(&args.http),
         pg: Some(&args.pg),
         access: &args.access,
     };
-    serve_sql(&rt, &serving, &args.data, &metrics, None)?;
+    let ctx = serve_sql(&rt, &serving, &args.data, &metrics, None)?
+        .context("paicha serve has nothing to serve")?;
+    // The gauges come from the snapshot queries read, rebuilt by the
+    // catalog only when a new checkpoint lands (a pipeline may still be
+    // writing the directory).
+    let mut published: Option<Arc<paicha_processors::LiveView>> = None;
+    let mut publish = || -> Result<()> {
+        let view = paicha_query::snapshot(&ctx)?;
+        if !published.as_ref().is_some_and(|p| Arc::ptr_eq(p, &view)) {
+            publish_follow_ups(&view.follow_ups, &metrics)?;
+            published = Some(view);
+        }
+        Ok(())
+    };
+    publish()?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
-    // A pipeline may still be writing the directory: publish each new
-    // checkpoint's state.
     let mut checked = Instant::now();
     while !shutdown.load(Ordering::Acquire) {
         std::thread::sleep(std::time::Duration::from_millis(100));
         if checked.elapsed() >= SERVE_STATE_INTERVAL {
             checked = Instant::now();
-            if let Err(e) = publish_state(&args.data, &metrics, &mut published) {
+            if let Err(e) = publish() {
                 tracing::warn!(error = %format!("{e:#}"), "cannot publish the follow-up gauges");
             }
         }

@@ -22,10 +22,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -816,63 +813,13 @@ fn pipeline_health_queries_known_metrics() {
 // The command center's SQL against a replayed data directory
 // ---------------------------------------------------------------------------
 
-/// `paicha serve`, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Server {
-    let mut child = common::paicha()
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start paicha serve");
-    let stdout = child.stdout.take().expect("paicha serve's stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // "paicha: SQL at http://ADDR/sql, metrics at http://ADDR/metrics"
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_suffix("/sql,"))
-            {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    let mut server = Server {
-        child,
-        url: String::new(),
-    };
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => server.url = url,
-        Err(_) => panic!(
-            "paicha serve printed no SQL address ({:?})",
-            server.child.try_wait()
-        ),
-    }
-    server
-}
-
 /// Runs `sql` through `POST /sql`, as Arrow batches.
-fn query(server: &Server, sql: &str) -> Result<Vec<RecordBatch>, String> {
+fn query(server: &common::Serving, sql: &str) -> Result<Vec<RecordBatch>, String> {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(120))
         .build();
     let response = match agent
-        .post(&format!("{}/sql", server.url))
+        .post(&format!("{}/sql", server.http))
         .set("Accept", ARROW_STREAM)
         .send_string(sql)
     {
@@ -1125,7 +1072,7 @@ fn command_center_panels_answer_as_grafana_expects() {
         "--data",
         data.to_str().expect("utf-8 path"),
     ]);
-    let server = serve(&data);
+    let server = common::serving(&["serve", "--data", data.to_str().expect("utf-8 path")]);
 
     // The three simulated days, 2020-01-20 to 2020-01-22 in China Standard
     // Time, as a dashboard's absolute range; hourly interval.

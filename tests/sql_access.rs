@@ -8,9 +8,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{fold_symptom_counts, ok, paicha};
@@ -35,18 +35,17 @@ fn replayed() -> tempfile::TempDir {
     dir
 }
 
-/// `paicha serve` over a replayed directory, killed when dropped.
+/// `paicha serve` (or `run`) with the directory it reads.
 struct Server {
-    child: Child,
-    http: String,
-    pg_port: u16,
+    serving: common::Serving,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Server {
+    type Target = common::Serving;
+
+    fn deref(&self) -> &common::Serving {
+        &self.serving
     }
 }
 
@@ -57,37 +56,9 @@ fn serve(extra: &[&str]) -> Server {
 }
 
 fn start(dir: tempfile::TempDir, command: &[&str], extra: &[&str]) -> Server {
-    let mut child = paicha()
-        .args(command)
-        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start paicha serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut http, mut pg_port) = (None, None);
-    while http.is_none() || pg_port.is_none() {
-        let line = lines
-            .next()
-            .expect("paicha serve ended before printing its addresses")
-            .expect("read stdout");
-        // "paicha: SQL at http://ADDR/sql, metrics at …"
-        if let Some(rest) = line.strip_prefix("paicha: SQL at ") {
-            http = rest.split("/sql").next().map(str::to_string);
-        }
-        // "paicha: PostgreSQL wire at ADDR (…)"
-        if let Some(rest) = line.strip_prefix("paicha: PostgreSQL wire at ") {
-            let addr = rest.split(' ').next().unwrap_or_default();
-            pg_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let args: Vec<&str> = command.iter().chain(extra).copied().collect();
     Server {
-        child,
-        http: http.unwrap(),
-        pg_port: pg_port.unwrap(),
+        serving: common::serving(&args),
         _dir: dir,
     }
 }

@@ -315,15 +315,19 @@ impl Results {
         }
     }
 
+    /// The snapshot a query would read now.
+    pub(crate) fn snapshot(&self) -> Result<Arc<LiveView>> {
+        self.source.current()
+    }
+
     /// The rows of `df`, from the cache when `key` ran on this snapshot.
     pub(crate) async fn rows(
         &self,
         key: &str,
         df: datafusion::dataframe::DataFrame,
     ) -> datafusion::error::Result<(SchemaRef, Arc<Vec<RecordBatch>>)> {
-        let collect = |df: datafusion::dataframe::DataFrame| async move {
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+        let collect = |df| async move {
+            let (schema, batches) = collect(df).await?;
             datafusion::error::Result::Ok((schema, Arc::new(batches)))
         };
         if volatile(df.logical_plan()) {
@@ -352,6 +356,14 @@ impl Results {
         }
         Ok(rows)
     }
+}
+
+/// The rows of `df` and their schema.
+pub(crate) async fn collect(
+    df: datafusion::dataframe::DataFrame,
+) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.collect().await?))
 }
 
 /// Whether the plan calls a function whose answer may change between two

@@ -214,8 +214,8 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// The response body: the encoded batches, then the encoding's end. An
-/// error item aborts the response.
+/// The response body: `head`, the encoded batches (`first`, then the rest
+/// of `stream`), then the encoding's end. An error item aborts the response.
 fn rows(
     head: Vec<u8>,
     first: Option<RecordBatch>,
@@ -225,76 +225,51 @@ fn rows(
     deadline: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    struct S {
-        head: Option<Vec<u8>>,
-        first: Option<RecordBatch>,
-        stream: Option<SendableRecordBatchStream>,
+    struct Rest {
+        batches: futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>,
         encoder: Encoding,
         rows: usize,
-        limits: Limits,
-        deadline: Instant,
+        // Held until the last row is sent: the query still runs until then.
         _permit: tokio::sync::OwnedSemaphorePermit,
     }
-    let s = S {
-        head: Some(head),
-        first,
-        stream: Some(stream),
+    let rest = Rest {
+        batches: futures::stream::iter(first.map(Ok)).chain(stream).boxed(),
         encoder,
         rows: 0,
-        limits,
-        deadline,
         _permit: permit,
     };
-    futures::stream::unfold(s, |mut s| async move {
-        let cut = |m: String| anyhow::anyhow!(m);
-        let mut out = s.head.take().unwrap_or_default();
-        let batch = match s.first.take() {
-            Some(b) => Some(Ok(b)),
-            None => match s.stream.as_mut() {
-                None => return None,
-                Some(stream) => match tokio::time::timeout_at(s.deadline, stream.next()).await {
-                    Err(_) => {
-                        s.stream = None;
-                        let m = format!(
-                            "query cut off: the {} s timeout passed",
-                            s.limits.timeout.as_secs_f64()
-                        );
-                        return Some((Err(std::io::Error::other(m)), s));
-                    }
-                    Ok(b) => b.map(|r| r.map_err(anyhow::Error::from)),
-                },
-            },
+    let cut = |m: String| Err(std::io::Error::other(m));
+    let body = futures::stream::unfold(Some(rest), move |state| async move {
+        // `None`: the end was sent, or the response was cut.
+        let mut s = state?;
+        let Ok(next) = tokio::time::timeout_at(deadline, s.batches.next()).await else {
+            let m = format!(
+                "query cut off: the {} s timeout passed",
+                limits.timeout.as_secs_f64()
+            );
+            return Some((cut(m), None));
         };
-        let item = match batch {
-            Some(Ok(b)) => {
-                s.rows += b.num_rows();
-                if s.rows > s.limits.max_rows {
-                    s.stream = None;
-                    Err(cut(format!(
-                        "query cut off: {}",
-                        too_many_rows(s.limits.max_rows)
-                    )))
-                } else {
-                    s.encoder.batch(&b).map(|bytes| {
-                        out.extend_from_slice(&bytes);
-                        Bytes::from(out)
-                    })
+        let chunk = match next {
+            None => return Some((as_chunk(s.encoder.finish()), None)),
+            Some(Err(e)) => return Some((cut(format!("query failed: {e}")), None)),
+            Some(Ok(batch)) => {
+                s.rows += batch.num_rows();
+                if s.rows > limits.max_rows {
+                    let m = format!("query cut off: {}", too_many_rows(limits.max_rows));
+                    return Some((cut(m), None));
                 }
-            }
-            Some(Err(e)) => {
-                s.stream = None;
-                Err(cut(format!("query failed: {e:#}")))
-            }
-            None => {
-                s.stream = None;
-                s.encoder.finish().map(|bytes| {
-                    out.extend_from_slice(&bytes);
-                    Bytes::from(out)
-                })
+                as_chunk(s.encoder.batch(&batch))
             }
         };
-        Some((item.map_err(|e| std::io::Error::other(e.to_string())), s))
-    })
+        Some((chunk, Some(s)))
+    });
+    futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(body)
+}
+
+fn as_chunk(encoded: anyhow::Result<Vec<u8>>) -> Result<Bytes, std::io::Error> {
+    encoded
+        .map(Bytes::from)
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 
 fn too_many_rows(max_rows: usize) -> String {

@@ -385,10 +385,18 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::datafra
 
 /// Runs one read-only statement (see [`plan`]) and collects its rows.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let df = plan(ctx, sql).await?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
-    Ok((schema, batches))
+    Ok(catalog::collect(plan(ctx, sql).await?).await?)
+}
+
+/// The snapshot the tables of a session from [`open_with`] read now: the
+/// newest committed manifest and, under a running pipeline, its rows in
+/// memory. The same `Arc` comes back until a checkpoint changes it.
+pub fn snapshot(ctx: &SessionContext) -> Result<Arc<LiveView>> {
+    ctx.state()
+        .config()
+        .get_extension::<catalog::Results>()
+        .context("the session was not opened by paicha")?
+        .snapshot()
 }
 
 /// How results are printed.

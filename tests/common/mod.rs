@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -15,6 +17,67 @@ pub fn paicha() -> Command {
     c.env("PAICHA_HMAC_KEY", "test-key")
         .env_remove("PAICHA_DATA");
     c
+}
+
+/// A `paicha run` or `serve` on ports it picked, killed when dropped.
+pub struct Serving {
+    pub child: Child,
+    /// `http://ADDR`
+    pub http: String,
+    pub pg_port: u16,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `paicha ARGS --http 127.0.0.1:0 --pg 127.0.0.1:0` and waits for
+/// it to print both addresses.
+pub fn serving(args: &[&str]) -> Serving {
+    let mut child = paicha()
+        .args(args)
+        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start paicha");
+    let stdout = child.stdout.take().expect("paicha's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut http, mut pg) = (None, None);
+        // Read to the end: paicha keeps printing.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // "paicha: SQL at http://ADDR/sql, metrics at …"
+            if let Some(rest) = line.strip_prefix("paicha: SQL at ") {
+                http = rest.split("/sql").next().map(str::to_string);
+            }
+            // "paicha: PostgreSQL wire at ADDR (…)"
+            if let Some(rest) = line.strip_prefix("paicha: PostgreSQL wire at ") {
+                let addr = rest.split(' ').next().unwrap_or_default();
+                pg = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            }
+            if let (Some(h), Some(p)) = (&http, pg) {
+                let _ = tx.send((h.clone(), p));
+                http = None;
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok((http, pg_port)) => Serving {
+            child,
+            http,
+            pg_port,
+        },
+        Err(_) => {
+            let status = child.try_wait();
+            let _ = child.kill();
+            panic!("paicha {args:?} printed no addresses ({status:?})")
+        }
+    }
 }
 
 /// Runs `paicha` with `args`, panicking with its output unless it succeeds.
