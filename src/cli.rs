@@ -85,6 +85,8 @@ pub struct RunArgs {
     pub pg: Option<String>,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
     /// Consumer group.
     #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
     pub group: String,
@@ -183,6 +185,37 @@ pub struct AccessArgs {
     /// HTTP queries running at once; more are refused with 503.
     #[arg(long, default_value_t = 16, env = "PAICHA_MAX_CONCURRENT_QUERIES", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_concurrent_queries: u32,
+}
+
+/// The HTTP ingest gateway (`POST /ingest/{source}` on the HTTP port of
+/// `paicha run`).
+#[derive(Debug, Args, Clone)]
+pub struct IngestArgs {
+    /// A bearer token the gateway accepts for one source, SOURCE:TOKEN, or
+    /// for every source, *:TOKEN (repeat for more; in PAICHA_INGEST_TOKENS,
+    /// comma-separated). Without a token for every source, HTTP only
+    /// listens on a loopback address.
+    #[arg(
+        long = "ingest-token",
+        value_name = "SOURCE:TOKEN",
+        env = "PAICHA_INGEST_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ingest_tokens: Vec<String>,
+    /// Largest request body the gateway reads, bytes.
+    #[arg(long, default_value_t = 8 << 20, env = "PAICHA_INGEST_MAX_BODY", value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub ingest_max_body: u64,
+    /// Most events in one gateway request.
+    #[arg(long, default_value_t = 10_000, env = "PAICHA_INGEST_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ingest_max_events: u64,
+    /// How long Kafka has to acknowledge a gateway request's events before
+    /// the gateway answers 503 and the client retries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_INGEST_TIMEOUT")]
+    pub ingest_timeout: Duration,
+    /// Gateway requests waiting on Kafka at once; more are answered 429.
+    #[arg(long, default_value_t = 64, env = "PAICHA_INGEST_MAX_CONCURRENT", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ingest_max_concurrent: u32,
 }
 
 #[derive(Debug, Args)]

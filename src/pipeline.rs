@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use paicha_ingest::event::{
-    Decoder, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+    Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
 };
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl};
 use paicha_ingest::metrics::Metrics;
+use paicha_ingest::pseudonym;
 use paicha_processors::dead_letters::DeadLetter;
 use paicha_processors::{Accepted, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -96,7 +97,7 @@ pub fn consume(
     end: Option<Arc<ReplayEnd>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
-    let consumer: BaseConsumer = kafka::client_config(&cfg.brokers)
+    let consumer: BaseConsumer<kafka::KafkaHealth> = kafka::client_config(&cfg.brokers)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -108,7 +109,8 @@ pub fn consume(
         .set("queued.max.messages.kbytes", "8192")
         .set("fetch.queue.backoff.ms", "2")
         .set("fetch.message.max.bytes", "2097152")
-        .create()
+        .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
+        .create_with_context(kafka::KafkaHealth::new("consumer", metrics))
         .context("cannot create Kafka consumer")?;
     let (dlq, dlq_counter) = kafka::producer(&cfg.brokers)?;
 
@@ -228,7 +230,7 @@ fn reached(processor: &Processor, ends: &BTreeMap<(String, i32), i64>) -> bool {
 }
 
 /// The end offset of every partition of `topic`.
-pub fn high_watermarks<C: Consumer>(
+pub fn high_watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
     client: &C,
     topic: &str,
     partitions: i32,
@@ -277,7 +279,7 @@ fn checkpoint(processor: &mut Processor, metrics: &Metrics, finish: bool) -> Res
 fn observe(
     processor: &mut Processor,
     metrics: &Metrics,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<kafka::KafkaHealth>,
     producer: &kafka::CountingProducer,
     lag_checked: &mut Option<Instant>,
 ) -> Result<()> {
@@ -465,6 +467,21 @@ fn handle(
             },
         )?;
     }
+    // A paicha producer hashed the ids already and named its key; ids of
+    // another key can never join ours, so they are refused, not re-hashed.
+    let marked = msg.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == pseudonym::HEADER)
+            .map(|h| h.value.unwrap_or_default().to_vec())
+    });
+    let ids = match &marked {
+        None => Ok(Ids::Raw),
+        Some(fp) if fp.as_slice() == decoder.fingerprint().as_bytes() => Ok(Ids::Pseudonymized),
+        Some(_) => Err(Reject {
+            reason: RejectReason::PseudonymKey,
+            field: None,
+        }),
+    };
     let (mut valid, mut accepted) = (0u64, 0u64);
     let mut high_mark = processor.high_mark(topic, partition);
     for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
@@ -472,7 +489,8 @@ fn handle(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match decoder.decode(line, Some(source), wall) {
+        let decoded = ids.and_then(|ids| decoder.decode_with(line, Some(source), wall, ids));
+        match decoded {
             Ok(e) => {
                 valid += 1;
                 max_time = Some(max_time.map_or(e.event_time, |m| m.max(e.event_time)));

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use paicha_ingest::event::{Decoder, Source};
+use paicha_ingest::gateway::{Gateway, GatewayConfig, SourceTokens};
 use paicha_ingest::kafka::{self, BatchProducer, Batching, EmbeddedCluster, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym::Pseudonymizer;
@@ -18,7 +19,7 @@ use paicha_processors::time::Calendar;
 use paicha_processors::{Config, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::cli::{AccessArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
+use crate::cli::{AccessArgs, IngestArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
 use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
 
 /// Prints a status line. A reader that went away (`paicha run | head -1`, a
@@ -118,6 +119,32 @@ struct Serving<'a> {
     http: Option<&'a str>,
     pg: Option<&'a str>,
     access: &'a AccessArgs,
+    /// The ingest gateway, served on the HTTP port.
+    gateway: Option<Arc<Gateway>>,
+}
+
+/// The ingest gateway of a live `paicha run`.
+fn gateway(
+    brokers: &str,
+    decoder: &Decoder,
+    args: &IngestArgs,
+    metrics: &Metrics,
+) -> Result<Arc<Gateway>> {
+    let tokens = SourceTokens::parse(args.ingest_tokens.iter().map(String::as_str))
+        .map_err(|e| anyhow!("--ingest-token: {e}"))?;
+    let cfg = GatewayConfig {
+        tokens,
+        max_body_bytes: usize::try_from(args.ingest_max_body).unwrap_or(usize::MAX),
+        max_events: usize::try_from(args.ingest_max_events).unwrap_or(usize::MAX),
+        timeout: args.ingest_timeout,
+        max_concurrent: args.ingest_max_concurrent as usize,
+    };
+    Ok(Arc::new(Gateway::new(
+        brokers,
+        decoder.clone(),
+        cfg,
+        metrics,
+    )?))
 }
 
 /// Binds `addr`, refusing a non-loopback address when nobody has to
@@ -158,9 +185,16 @@ fn serve_sql(
         .map_err(|e| anyhow!("--http-token: {e}"))?;
     let users = paicha_query::pg::PgUsers::parse(access.pg_users.iter().map(String::as_str))
         .map_err(|e| anyhow!("--pg-user: {e}"))?;
+    let (authenticated, how) = match &serving.gateway {
+        Some(g) => (
+            tokens.required() && g.authenticated(),
+            "--http-token and --ingest-token *:TOKEN",
+        ),
+        None => (tokens.required(), "--http-token"),
+    };
     let http = serving
         .http
-        .map(|a| listen(rt, a, "HTTP", tokens.required(), "--http-token"))
+        .map(|a| listen(rt, a, "HTTP", authenticated, how))
         .transpose()?;
     let pg = serving
         .pg
@@ -189,6 +223,7 @@ fn serve_sql(
                 max_rows: access.max_rows,
                 max_concurrent: access.max_concurrent_queries as usize,
             },
+            extra: serving.gateway.clone().map(Gateway::router),
         };
         rt.spawn(async move {
             if let Err(e) = paicha_query::http::serve(listener, state).await {
@@ -196,6 +231,9 @@ fn serve_sql(
             }
         });
         say!("paicha: SQL at http://{local}/sql, metrics at http://{local}/metrics");
+        if serving.gateway.is_some() {
+            say!("paicha: ingest gateway at http://{local}/ingest/{{source}}");
+        }
     }
     if let Some(listener) = pg {
         let local = listener.local_addr()?;
@@ -272,12 +310,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
         Some(_) => (args.http.as_deref(), args.pg.as_deref()),
     };
+    let gateway = match (&args.replay, http) {
+        (None, Some(_)) => Some(gateway(&brokers, &decoder, &args.ingest, &metrics)?),
+        _ => None,
+    };
     let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {
         let live = Arc::new(std::sync::RwLock::new(Arc::new(processor.live_view()?)));
         let serving = Serving {
             http,
             pg,
             access: &args.access,
+            gateway: gateway.clone(),
         };
         serve_sql(&rt, &serving, &args.data, &metrics, Some(live.clone()))?;
         Some(live)
@@ -310,12 +353,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             ..SimConfig::default()
         };
         let rate = args.rate;
+        let pseudonymizer = decoder.pseudonymizer().clone();
         std::thread::Builder::new()
             .name("producer".into())
             .spawn(move || -> Result<Option<kafka::ProduceSummary>> {
                 let result = (|| {
                     if let Some(file) = replay {
-                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?;
+                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
+                            .pseudonymizing(pseudonymizer);
                         p.produce_reader(BufReader::with_capacity(1 << 20, file), &origin)?;
                         let summary = p.finish()?;
                         let probe: BaseConsumer = kafka::client_config(&brokers)
@@ -333,8 +378,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                         }
                         Ok(Some(summary))
                     } else if simulate {
-                        let mut p =
-                            BatchProducer::new(&brokers, Batching::default(), flow)?.paced(rate);
+                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
+                            .pseudonymizing(pseudonymizer)
+                            .paced(rate);
                         let mut sim = Simulator::new(sim, &registry);
                         let mut n = 0u64;
                         'days: while let Some(lines) = sim.next_day() {
@@ -391,6 +437,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     if let Some(f) = &flow {
         f.close();
+    }
+    if let Some(g) = &gateway {
+        // Requests still waiting get their answers before the process ends.
+        g.flush(std::time::Duration::from_secs(5));
     }
     let summary = consumed?;
     if args.replay.is_none() {
@@ -525,6 +575,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         http: Some(&args.http),
         pg: Some(&args.pg),
         access: &args.access,
+        gateway: None,
     };
     let ctx = serve_sql(&rt, &serving, &args.data, &metrics, None)?
         .context("paicha serve has nothing to serve")?;

@@ -15,7 +15,7 @@ use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::pseudonym::Pseudonymizer;
+use crate::pseudonym::{is_pseudonym, Pseudonymizer};
 use crate::registry::Registry;
 
 /// The five event sources, each with its own topic.
@@ -443,11 +443,14 @@ pub enum RejectReason {
     TooLarge,
     /// Older than the retention the processors keep windows for.
     TooLate,
+    /// Identifiers marked as pseudonymized under another key (or not in
+    /// pseudonym form): they can never join this deployment's pseudonyms.
+    PseudonymKey,
 }
 
 impl RejectReason {
     /// Every reason, for metrics that must show zeros.
-    pub const ALL: [RejectReason; 19] = [
+    pub const ALL: [RejectReason; 20] = [
         RejectReason::NotJson,
         RejectReason::NotUtf8,
         RejectReason::NotObject,
@@ -467,6 +470,7 @@ impl RejectReason {
         RejectReason::SourceMismatch,
         RejectReason::TooLarge,
         RejectReason::TooLate,
+        RejectReason::PseudonymKey,
     ];
 
     /// The machine-readable spelling.
@@ -491,6 +495,7 @@ impl RejectReason {
             RejectReason::SourceMismatch => "source_mismatch",
             RejectReason::TooLarge => "too_large",
             RejectReason::TooLate => "too_late",
+            RejectReason::PseudonymKey => "pseudonym_key",
         }
     }
 
@@ -808,11 +813,74 @@ fn event_time(raw: Field<'_>, now_micros: i64) -> Result<i64, Reject> {
     Ok(t)
 }
 
+/// What the person, household and vehicle ids of a message are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ids {
+    /// The source system's identifiers: the decoder hashes them.
+    Raw,
+    /// Already pseudonyms under this deployment's key (a paicha producer
+    /// hashed them and said so in the message's header): kept as they are.
+    Pseudonymized,
+}
+
+/// Replaces the person, household and vehicle ids of one event by their
+/// pseudonyms, leaving every other byte as it was (unknown fields included,
+/// for forward compatibility). Producers run it before an event reaches a
+/// topic, so no topic but the dead-letter one holds a raw identifier.
+///
+/// An id that is not a non-empty string of at most [`MAX_STRING_BYTES`] is
+/// refused here with the reason the consumer would give, rather than sent
+/// on raw; an empty one is kept, for the consumer to refuse as missing.
+pub fn pseudonymize(line: &[u8], pseudonymizer: &Pseudonymizer) -> Result<Vec<u8>, Reject> {
+    #[derive(Deserialize)]
+    struct IdFields<'a> {
+        #[serde(borrow)]
+        person_id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        household_id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        vehicle_id: Option<&'a RawValue>,
+    }
+    let text = as_text(line)?;
+    let ids: IdFields = serde_json::from_str(text).map_err(classify)?;
+    let mut spans: Vec<(usize, usize, String)> = Vec::with_capacity(3);
+    for (raw, name) in [
+        (ids.person_id, "person_id"),
+        (ids.household_id, "household_id"),
+        (ids.vehicle_id, "vehicle_id"),
+    ] {
+        let Some(r) = raw else { continue };
+        if r.get() == "null" {
+            continue;
+        }
+        let id = string_field(raw, name)?;
+        if id.is_empty() {
+            continue;
+        }
+        // RawValue borrows from `text`, so its offset is a pointer difference.
+        let start = r.get().as_ptr() as usize - text.as_ptr() as usize;
+        spans.push((start, start + r.get().len(), pseudonymizer.key(&id)));
+    }
+    spans.sort_unstable_by_key(|s| s.0);
+    let mut out = Vec::with_capacity(line.len() + 64);
+    let mut at = 0;
+    for (start, end, key) in spans {
+        out.extend_from_slice(&line[at..start]);
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+        at = end;
+    }
+    out.extend_from_slice(&line[at..]);
+    Ok(out)
+}
+
 /// Decodes and validates events, pseudonymizing identifiers on the way.
 #[derive(Clone)]
 pub struct Decoder {
     registry: std::sync::Arc<Registry>,
     pseudonymizer: Pseudonymizer,
+    fingerprint: String,
 }
 
 impl Decoder {
@@ -820,6 +888,7 @@ impl Decoder {
     pub fn new(registry: std::sync::Arc<Registry>, pseudonymizer: Pseudonymizer) -> Self {
         Decoder {
             registry,
+            fingerprint: pseudonymizer.fingerprint(),
             pseudonymizer,
         }
     }
@@ -829,14 +898,44 @@ impl Decoder {
         &self.registry
     }
 
-    /// Decodes one event. `topic` is the source its topic carries, if known;
-    /// `now_micros` is the wall clock for the future-timestamp check.
+    /// The keyed hash identifiers are pseudonymized with.
+    pub fn pseudonymizer(&self) -> &Pseudonymizer {
+        &self.pseudonymizer
+    }
+
+    /// The key's fingerprint, as producers put it in the pseudonym header.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Decodes one event with raw identifiers. `topic` is the source its
+    /// topic carries, if known; `now_micros` is the wall clock for the
+    /// future-timestamp check.
     pub fn decode(
         &self,
         line: &[u8],
         topic: Option<Source>,
         now_micros: i64,
     ) -> Result<Event, Reject> {
+        self.decode_with(line, topic, now_micros, Ids::Raw)
+    }
+
+    /// Decodes one event whose identifiers are `ids`.
+    pub fn decode_with(
+        &self,
+        line: &[u8],
+        topic: Option<Source>,
+        now_micros: i64,
+        ids: Ids,
+    ) -> Result<Event, Reject> {
+        let pseudonym = |raw: Field<'_>, name: &'static str| -> Result<String, Reject> {
+            let id = identifier(raw, name)?;
+            match ids {
+                Ids::Raw => Ok(self.pseudonymizer.key(&id)),
+                Ids::Pseudonymized if is_pseudonym(&id) => Ok(id),
+                Ids::Pseudonymized => Err(Reject::new(RejectReason::PseudonymKey, name)),
+            }
+        };
         let text = as_text(line)?;
         let w: Wire = serde_json::from_str(text).map_err(classify)?;
         let source = string_field(w.source, "source")?;
@@ -852,13 +951,15 @@ impl Decoder {
             .registry
             .district_id(&district)
             .ok_or(Reject::new(RejectReason::UnknownDistrict, "district"))?;
-        let person = |raw| identifier(raw, "person_id").map(|id| self.pseudonymizer.key(&id));
+        let person = |raw| pseudonym(raw, "person_id");
         let body = match source {
             Source::Checkpoint => Body::Checkpoint {
                 checkpoint_id: identifier(w.checkpoint_id, "checkpoint_id")?,
                 person_key: person(w.person_id)?,
-                vehicle_key: optional_string(w.vehicle_id, "vehicle_id")?
-                    .map(|v| self.pseudonymizer.key(&v)),
+                vehicle_key: match optional_string(w.vehicle_id, "vehicle_id")? {
+                    Some(v) if !v.is_empty() => Some(pseudonym(w.vehicle_id, "vehicle_id")?),
+                    _ => None,
+                },
                 temperature_c: temperature(w.temperature_c, "temperature_c")?,
                 mask: boolean(w.mask, "mask")?,
                 symptoms: symptoms(w.symptoms, "symptoms")?,
@@ -881,8 +982,7 @@ impl Decoder {
                 }
                 Body::DoorVisit {
                     grid_id: identifier(w.grid_id, "grid_id")?,
-                    household_key: identifier(w.household_id, "household_id")
-                        .map(|id| self.pseudonymizer.key(&id))?,
+                    household_key: pseudonym(w.household_id, "household_id")?,
                     person_key: person(w.person_id)?,
                     visit_kind: enum_field(w.visit_kind, "visit_kind", VisitKind::parse)?,
                     outcome,
@@ -972,6 +1072,56 @@ mod tests {
             }
             _ => panic!("wrong body"),
         }
+    }
+
+    #[test]
+    fn pseudonymized_lines_decode_to_the_same_keys_and_hold_no_raw_id() {
+        let d = decoder();
+        let line = checkpoint(r#","vehicle_id":"\u6e1dA12345","extra":{"person_id":"nested"}"#);
+        let raw = d.decode(line.as_bytes(), None, NOW).unwrap();
+        let hashed = pseudonymize(line.as_bytes(), d.pseudonymizer()).unwrap();
+        let text = String::from_utf8(hashed.clone()).unwrap();
+        assert!(!text.contains("500101199001011234"), "{text}");
+        assert!(!text.contains("A12345"), "{text}");
+        // Only top-level ids are identifiers; everything else is kept.
+        assert!(text.contains(r#""extra":{"person_id":"nested"}"#), "{text}");
+        let again = d
+            .decode_with(&hashed, None, NOW, Ids::Pseudonymized)
+            .unwrap();
+        assert_eq!(raw, again);
+        // Hashing twice would give other keys: the marker must say which.
+        assert_ne!(d.decode(&hashed, None, NOW).unwrap(), raw);
+        // Raw ids where pseudonyms are promised are refused, not hashed.
+        assert_eq!(
+            d.decode_with(line.as_bytes(), None, NOW, Ids::Pseudonymized)
+                .unwrap_err(),
+            Reject::new(RejectReason::PseudonymKey, "person_id")
+        );
+    }
+
+    #[test]
+    fn ids_that_are_not_strings_are_refused_before_they_reach_a_topic() {
+        let p = Pseudonymizer::new(b"k");
+        let number = checkpoint("").replace(r#""500101199001011234""#, "500101199001011234");
+        assert_eq!(
+            pseudonymize(number.as_bytes(), &p).unwrap_err(),
+            Reject::new(RejectReason::WrongType, "person_id")
+        );
+        let long = checkpoint("").replace("500101199001011234", &"9".repeat(300));
+        assert_eq!(
+            pseudonymize(long.as_bytes(), &p).unwrap_err(),
+            Reject::new(RejectReason::TooLong, "person_id")
+        );
+        let twice = checkpoint(r#","person_id":"x""#);
+        assert_eq!(
+            pseudonymize(twice.as_bytes(), &p).unwrap_err().reason,
+            RejectReason::DuplicateField
+        );
+        let empty = checkpoint("").replace("500101199001011234", "");
+        assert_eq!(
+            pseudonymize(empty.as_bytes(), &p).unwrap(),
+            empty.as_bytes()
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use crate::event::{route, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC};
+use crate::event::{pseudonymize, route, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC};
+use crate::pseudonym::{self, Pseudonymizer};
 
 /// Every topic paicha creates in the embedded cluster.
 pub fn all_topics() -> Vec<&'static str> {
@@ -134,6 +135,85 @@ impl FlowControl {
         self.closed.load(Ordering::Acquire)
     }
 }
+
+/// A client context that tells whether Kafka is reachable. librdkafka's
+/// statistics (every second) give each broker's connection state: when no
+/// broker is up the client is waiting for Kafka, which is logged once and
+/// shown as `paicha_kafka_brokers_up{client} 0`, and logged again when it
+/// comes back. Errors are counted in `paicha_kafka_errors_total`; a broker
+/// that stays away would repeat the same error many times a second, so the
+/// log shows at most one every ten seconds.
+#[derive(Clone)]
+pub struct KafkaHealth {
+    client: &'static str,
+    up: prometheus::IntGauge,
+    errors: prometheus::IntCounterVec,
+    /// Brokers up at the last report; -1 before the first.
+    last_up: Arc<AtomicI64>,
+    last_error_log: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+/// How often a client reports its statistics (and so its broker states).
+pub const STATISTICS_INTERVAL_MS: &str = "1000";
+
+impl KafkaHealth {
+    /// The context of the client named `client` (`consumer`, `gateway`).
+    pub fn new(client: &'static str, metrics: &crate::metrics::Metrics) -> Self {
+        KafkaHealth {
+            client,
+            up: metrics.kafka_brokers_up.with_label_values(&[client]),
+            errors: metrics.kafka_errors.clone(),
+            last_up: Arc::new(AtomicI64::new(-1)),
+            last_error_log: Arc::default(),
+        }
+    }
+
+    /// Brokers up at the last statistics report, if one came yet.
+    pub fn brokers_up(&self) -> Option<i64> {
+        let n = self.last_up.load(Ordering::Relaxed);
+        (n >= 0).then_some(n)
+    }
+}
+
+impl ClientContext for KafkaHealth {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .count() as i64;
+        self.up.set(up);
+        let before = self.last_up.swap(up, Ordering::Relaxed);
+        if up == 0 && before != 0 {
+            tracing::warn!(
+                client = self.client,
+                "Kafka is unreachable: no broker is up; waiting for it and retrying"
+            );
+        } else if up > 0 && before == 0 {
+            tracing::info!(
+                client = self.client,
+                brokers = up,
+                "Kafka is reachable again; resuming"
+            );
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "Other".into());
+        self.errors.with_label_values(&[self.client, &code]).inc();
+        if let Ok(mut last) = self.last_error_log.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                *last = Some(Instant::now());
+                tracing::warn!(client = self.client, error = %error, reason, "Kafka client error");
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for KafkaHealth {}
 
 /// Counts failed deliveries so a producer can refuse to report success.
 /// Clones share the counts.
@@ -386,9 +466,10 @@ pub struct ProduceSummary {
     pub events: u64,
     /// Messages produced to source topics.
     pub messages: u64,
-    /// Lines that could not be routed, sent to the dead-letter topic.
+    /// Lines refused by the producer (they could not be routed, or their
+    /// identifiers could not be pseudonymized), sent to the dead-letter topic.
     pub unroutable: u64,
-    /// Unroutable lines per reason.
+    /// Refused lines per reason.
     pub unroutable_by_reason: BTreeMap<String, u64>,
 }
 
@@ -401,6 +482,9 @@ pub struct BatchProducer {
     batching: Batching,
     flow: Option<Arc<FlowControl>>,
     pending: BTreeMap<(Source, String), (Vec<u8>, usize)>,
+    /// Hashes identifiers before a line is batched; its fingerprint goes in
+    /// each message's [`pseudonym::HEADER`].
+    pseudonymizer: Option<(Pseudonymizer, String)>,
     /// Events per second, if paced (the live simulator).
     rate: Option<f64>,
     started: Instant,
@@ -422,10 +506,19 @@ impl BatchProducer {
             batching,
             flow,
             pending: BTreeMap::new(),
+            pseudonymizer: None,
             rate: None,
             started: Instant::now(),
             summary: ProduceSummary::default(),
         })
+    }
+
+    /// Pseudonymizes every line before it is produced, so the topics never
+    /// hold a raw identifier (events.md, Privacy).
+    pub fn pseudonymizing(mut self, pseudonymizer: Pseudonymizer) -> Self {
+        let fingerprint = pseudonymizer.fingerprint();
+        self.pseudonymizer = Some((pseudonymizer, fingerprint));
+        self
     }
 
     /// Paces production to `events_per_second`.
@@ -441,8 +534,13 @@ impl BatchProducer {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        match route(line) {
-            Ok(r) => {
+        let routed = route(line).and_then(|r| match &self.pseudonymizer {
+            Some((p, _)) => Ok((r, Some(pseudonymize(line, p)?))),
+            None => Ok((r, None)),
+        });
+        match routed {
+            Ok((r, hashed)) => {
+                let line = hashed.as_deref().unwrap_or(line);
                 let key = (r.source, r.district);
                 let max_bytes = self.batching.max_bytes;
                 let max_events = self.batching.max_events;
@@ -512,13 +610,19 @@ impl BatchProducer {
                 std::thread::sleep(due - elapsed);
             }
         }
+        let headers = self.pseudonymizer.as_ref().map(|(_, fingerprint)| {
+            OwnedHeaders::new().insert(Header {
+                key: pseudonym::HEADER,
+                value: Some(fingerprint.as_bytes()),
+            })
+        });
         send(
             &self.producer,
             source.topic(),
             Some(partition),
             district.as_bytes(),
             buf,
-            None,
+            headers,
         )?;
         self.summary.messages += 1;
         Ok(())

@@ -51,6 +51,18 @@ pub struct Metrics {
     pub bed_utilization: prometheus::GaugeVec,
     /// Occupied beds per hospital at the latest window.
     pub beds_occupied: IntGaugeVec,
+    /// Brokers each Kafka client is connected to, by client (0: Kafka is
+    /// unreachable and the client is waiting).
+    pub kafka_brokers_up: IntGaugeVec,
+    /// Errors librdkafka reported, by client and error.
+    pub kafka_errors: IntCounterVec,
+    /// Gateway requests answered, by source and HTTP status code.
+    pub gateway_requests: IntCounterVec,
+    /// Events the gateway answered for, by source and outcome
+    /// (`accepted`, `rejected`, `retry`).
+    pub gateway_events: IntCounterVec,
+    /// Time from a gateway request's arrival to its answer.
+    pub gateway_request_duration: Histogram,
 }
 
 impl Metrics {
@@ -164,8 +176,42 @@ impl Metrics {
                 ),
                 &["hospital_id", "district", "designated"],
             )?,
+            kafka_brokers_up: IntGaugeVec::new(
+                Opts::new(
+                    "paicha_kafka_brokers_up",
+                    "Kafka brokers a client is connected to, by client; 0 while Kafka is unreachable.",
+                ),
+                &["client"],
+            )?,
+            kafka_errors: counter_vec(
+                "paicha_kafka_errors_total",
+                "Errors librdkafka reported, by client and error.",
+                &["client", "error"],
+            )?,
+            gateway_requests: counter_vec(
+                "paicha_gateway_requests_total",
+                "Ingest gateway requests answered, by source and HTTP status code.",
+                &["source", "code"],
+            )?,
+            gateway_events: counter_vec(
+                "paicha_gateway_events_total",
+                "Events the ingest gateway answered for, by source and outcome (accepted: Kafka acknowledged it; rejected: invalid; retry: not acknowledged, send again).",
+                &["source", "outcome"],
+            )?,
+            gateway_request_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "paicha_gateway_request_duration_seconds",
+                    "Time from an ingest gateway request's arrival to its answer.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
             registry,
         };
+        m.registry.register(Box::new(m.kafka_brokers_up.clone()))?;
+        m.registry
+            .register(Box::new(m.gateway_request_duration.clone()))?;
         m.registry
             .register(Box::new(m.watermark_lag_seconds.clone()))?;
         m.registry
@@ -191,6 +237,9 @@ impl Metrics {
             m.events_consumed.with_label_values(&[s.as_str()]);
             m.events_accepted.with_label_values(&[s.as_str()]);
             m.events_duplicate.with_label_values(&[s.as_str()]);
+            for outcome in ["accepted", "rejected", "retry"] {
+                m.gateway_events.with_label_values(&[s.as_str(), outcome]);
+            }
             for r in RejectReason::ALL {
                 m.events_rejected
                     .with_label_values(&[s.as_str(), r.as_str()]);

@@ -38,6 +38,26 @@ impl Pseudonymizer {
         let digest = mac.finalize().into_bytes();
         hex::encode(&digest[..16])
     }
+
+    /// A public name of the key: 16 hex digits that identify it without
+    /// revealing it. Messages whose ids were pseudonymized carry it in the
+    /// [`HEADER`] header, so a consumer under another key refuses them
+    /// instead of joining pseudonyms that can never match its own.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"paicha pseudonym key fingerprint v1");
+        hex::encode(&mac.finalize().into_bytes()[..8])
+    }
+}
+
+/// The Kafka header a producer sets on a message whose identifiers it has
+/// already pseudonymized; its value is the key's [`Pseudonymizer::fingerprint`].
+/// A message without it carries raw identifiers, hashed by the consumer.
+pub const HEADER: &str = "paicha-pseudonyms";
+
+/// Whether `s` has the form of a pseudonym: 32 lowercase hex digits.
+pub fn is_pseudonym(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -52,6 +72,17 @@ mod tests {
         assert_ne!(a.key("500101199001011234"), b.key("500101199001011234"));
         assert_ne!(a.key("x"), a.key("y"));
         assert_eq!(a.key("x").len(), 32);
+    }
+
+    #[test]
+    fn fingerprint_names_the_key_without_being_a_pseudonym_of_anything_common() {
+        let a = Pseudonymizer::new(b"one");
+        assert_eq!(a.fingerprint(), Pseudonymizer::new(b"one").fingerprint());
+        assert_ne!(a.fingerprint(), Pseudonymizer::new(b"two").fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert!(is_pseudonym(&a.key("x")));
+        assert!(!is_pseudonym("500101199001011234"));
+        assert!(!is_pseudonym(&a.key("x").to_uppercase()));
     }
 
     #[test]

@@ -30,7 +30,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use prometheus::{Encoder, TextEncoder};
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -55,53 +54,7 @@ impl Default for Limits {
     }
 }
 
-/// Bearer tokens accepted on `POST /sql`, kept as SHA-256 digests.
-#[derive(Clone, Default)]
-pub struct Tokens(Vec<[u8; 32]>);
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({})", self.0.len())
-    }
-}
-
-impl Tokens {
-    /// Tokens from their text. An empty token is refused.
-    pub fn parse<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        let mut digests = Vec::new();
-        for t in tokens {
-            if t.trim().is_empty() {
-                return Err("an HTTP token cannot be empty".into());
-            }
-            digests.push(Sha256::digest(t.trim().as_bytes()).into());
-        }
-        Ok(Tokens(digests))
-    }
-
-    /// Whether requests must carry a token.
-    pub fn required(&self) -> bool {
-        !self.0.is_empty()
-    }
-
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        // Digests of equal length compared in full: no early exit on the
-        // first differing byte of a secret.
-        let digest: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-        self.0.iter().fold(false, |ok, d| {
-            ok | (d.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
-        })
-    }
-}
+pub use paicha_ingest::bearer::Tokens;
 
 /// What the HTTP handlers need.
 #[derive(Clone)]
@@ -114,6 +67,8 @@ pub struct HttpState {
     pub tokens: Tokens,
     /// Per-query bounds.
     pub limits: Limits,
+    /// More routes on the same port (the ingest gateway's).
+    pub extra: Option<Router>,
 }
 
 struct Shared {
@@ -124,11 +79,16 @@ struct Shared {
 /// The router of the HTTP port.
 pub fn router(state: HttpState) -> Router {
     let running = Arc::new(Semaphore::new(state.limits.max_concurrent.max(1)));
-    Router::new()
+    let extra = state.extra.clone();
+    let router = Router::new()
         .route("/sql", post(sql))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::new(Shared { state, running }))
+        .with_state(Arc::new(Shared { state, running }));
+    match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    }
 }
 
 /// Serves the router on `listener` until the process ends.

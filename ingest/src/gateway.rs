@@ -1,0 +1,496 @@
+//! The HTTP ingest gateway: `POST /ingest/{source}` for field apps and
+//! pharmacy tills that do not speak Kafka.
+//!
+//! A request body is one event or a JSON-lines batch. Each event is
+//! validated by the contract, its identifiers are pseudonymized, and it is
+//! produced to its topic by an idempotent producer (`acks=all`), batched per
+//! district as events.md describes. The answer names every event's outcome:
+//!
+//! - `accepted`: Kafka acknowledged it; it will be counted exactly once
+//!   (sending it again is harmless: the pipeline deduplicates by `event_id`);
+//! - `rejected`: invalid, with the machine-readable reason the consumer
+//!   would give; the original line goes to `screening.dead_letter`;
+//! - `retry`: Kafka did not acknowledge it in time or the gateway is full;
+//!   send it again after `Retry-After` seconds.
+//!
+//! The gateway never holds more than it was asked to: when Kafka is down or
+//! slow it answers 503 (or 429 when too many requests are waiting) with
+//! `Retry-After` instead of queueing without bound, and it answers
+//! `accepted` only for what Kafka acknowledged, so a client that resends
+//! everything not accepted loses nothing, even if paicha is killed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::bearer::Tokens;
+use crate::event::{pseudonymize, Decoder, Reject, Source, DEAD_LETTER_TOPIC};
+use crate::kafka::{self, DeadLetterHeaders, KafkaHealth};
+use crate::metrics::Metrics;
+use crate::pseudonym;
+
+/// Bounds and credentials of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Tokens per source; a source without tokens is open.
+    pub tokens: SourceTokens,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    pub max_events: usize,
+    /// How long Kafka has to acknowledge a request's events.
+    pub timeout: Duration,
+    /// Requests waiting on Kafka at once; more are answered 429.
+    pub max_concurrent: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tokens: SourceTokens::default(),
+            max_body_bytes: 8 << 20,
+            max_events: 10_000,
+            timeout: Duration::from_secs(10),
+            max_concurrent: 64,
+        }
+    }
+}
+
+/// Bearer tokens per source: a pharmacy till's token cannot post door
+/// visits.
+#[derive(Debug, Clone, Default)]
+pub struct SourceTokens([Tokens; 5]);
+
+impl SourceTokens {
+    /// Parses `SOURCE:TOKEN` items; `*:TOKEN` admits every source.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut t = SourceTokens::default();
+        for item in items {
+            let (source, token) = item
+                .split_once(':')
+                .ok_or_else(|| "expected SOURCE:TOKEN (or *:TOKEN for every source)".to_string())?;
+            let sources: Vec<Source> = match source.trim() {
+                "*" => Source::ALL.to_vec(),
+                s => vec![Source::parse(s).ok_or_else(|| {
+                    format!("unknown source `{s}`: expected checkpoint, pharmacy, door_visit, case, bed or *")
+                })?],
+            };
+            for s in sources {
+                t.0[s as usize].push(token)?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Whether every source requires a token.
+    pub fn required(&self) -> bool {
+        self.0.iter().all(Tokens::required)
+    }
+}
+
+/// The gateway: a decoder, an idempotent producer and its bounds.
+pub struct Gateway {
+    decoder: Decoder,
+    fingerprint: String,
+    producer: FutureProducer<KafkaHealth>,
+    health: KafkaHealth,
+    partitions: [i32; 5],
+    cfg: GatewayConfig,
+    waiting: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// Most events and bytes in one Kafka message (events.md allows 1 MiB).
+const BATCH_EVENTS: usize = 500;
+const BATCH_BYTES: usize = 512 * 1024;
+
+impl Gateway {
+    /// A gateway producing to `brokers`; the source topics must exist.
+    pub fn new(
+        brokers: &str,
+        decoder: Decoder,
+        cfg: GatewayConfig,
+        metrics: &Metrics,
+    ) -> Result<Self> {
+        let health = KafkaHealth::new("gateway", metrics);
+        let timeout_ms = cfg.timeout.as_millis().max(1000).to_string();
+        let producer: FutureProducer<KafkaHealth> = kafka::client_config(brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.max.bytes", "2000000")
+            // A bounded queue: when it is full the gateway answers 429.
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
+            .create_with_context(health.clone())
+            .context("cannot create the gateway's Kafka producer")?;
+        let mut partitions = [0; 5];
+        for s in Source::ALL {
+            partitions[s as usize] = kafka::partitions(producer.client(), s.topic())?;
+        }
+        Ok(Gateway {
+            fingerprint: decoder.fingerprint().to_string(),
+            decoder,
+            producer,
+            health,
+            partitions,
+            waiting: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
+            cfg,
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// Whether every source requires a token.
+    pub fn authenticated(&self) -> bool {
+        self.cfg.tokens.required()
+    }
+
+    /// The routes of the gateway, to merge into the HTTP port's router.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.cfg.max_body_bytes;
+        Router::new()
+            .route("/ingest/{source}", post(ingest))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    /// Waits until every message produced so far is acknowledged (or the
+    /// timeout passes), for a clean shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// What happened to one line of a request.
+enum Outcome {
+    Accepted(String),
+    Rejected(Reject),
+    Retry,
+}
+
+/// Why events were not acknowledged: the answer's status.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Busy {
+    /// librdkafka's queue is full: 429, retry soon.
+    Full,
+    /// Kafka did not acknowledge in time: 503.
+    Unavailable,
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display, retry_after: Option<u32>) -> Response {
+    let body = json!({ "error": msg.to_string() }).to_string();
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+async fn ingest(
+    State(gw): State<Arc<Gateway>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let label = Source::parse(&source).map_or("unknown", Source::as_str);
+    let response = answer(&gw, &source, &headers, body).await;
+    gw.metrics
+        .gateway_requests
+        .with_label_values(&[label, response.status().as_str()])
+        .inc();
+    gw.metrics
+        .gateway_request_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(
+    gw: &Gateway,
+    source: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(source) = Source::parse(source) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown source `{}`: POST to /ingest/checkpoint, pharmacy, door_visit, case or bed",
+                source.chars().take(40).collect::<String>()
+            ),
+            None,
+        );
+    };
+    if !gw.cfg.tokens.0[source as usize].admits(headers) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            format!("a valid bearer token for {source} is required (Authorization: Bearer TOKEN)"),
+            None,
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is over {} bytes (--ingest-max-body); send smaller batches",
+                    gw.cfg.max_body_bytes
+                ),
+                None,
+            )
+        }
+        Err(e) => return error(e.status(), e.body_text(), None),
+    };
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    if lines.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no event in the body: send one JSON event or JSON lines",
+            None,
+        );
+    }
+    if lines.len() > gw.cfg.max_events {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request; at most {} (--ingest-max-events)",
+                lines.len(),
+                gw.cfg.max_events
+            ),
+            None,
+        );
+    }
+    if gw.health.brokers_up() == Some(0) {
+        count(gw, source, "retry", lines.len());
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kafka is unreachable; nothing was accepted, retry later",
+            Some(5),
+        );
+    }
+    let Ok(_permit) = gw.waiting.clone().try_acquire_owned() else {
+        count(gw, source, "retry", lines.len());
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} requests are already waiting on Kafka; nothing was accepted, retry shortly",
+                gw.cfg.max_concurrent
+            ),
+            Some(1),
+        );
+    };
+
+    let (outcomes, busy) = produce(gw, source, &lines).await;
+
+    let (mut accepted, mut rejected, mut retry) = (0usize, 0usize, 0usize);
+    let events: Vec<serde_json::Value> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Outcome::Accepted(id) => {
+                accepted += 1;
+                json!({"line": i + 1, "status": "accepted", "event_id": id})
+            }
+            Outcome::Rejected(r) => {
+                rejected += 1;
+                json!({"line": i + 1, "status": "rejected", "reason": r.reason.as_str(), "field": r.field})
+            }
+            Outcome::Retry => {
+                retry += 1;
+                json!({"line": i + 1, "status": "retry"})
+            }
+        })
+        .collect();
+    count(gw, source, "accepted", accepted);
+    count(gw, source, "rejected", rejected);
+    count(gw, source, "retry", retry);
+    let (status, retry_after) = match busy {
+        None => (StatusCode::OK, None),
+        Some(Busy::Full) => (StatusCode::TOO_MANY_REQUESTS, Some(1)),
+        Some(Busy::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+    };
+    let body = json!({
+        "accepted": accepted,
+        "rejected": rejected,
+        "retry": retry,
+        "events": events,
+    });
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+fn count(gw: &Gateway, source: Source, outcome: &str, n: usize) {
+    gw.metrics
+        .gateway_events
+        .with_label_values(&[source.as_str(), outcome])
+        .inc_by(n as u64);
+}
+
+/// Validates, pseudonymizes and produces the lines; answers once Kafka has
+/// acknowledged (or failed) each message.
+async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>, Option<Busy>) {
+    let wall = chrono::Utc::now().timestamp_micros();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(lines.len());
+    // Per district: the message being filled, and the lines it carries.
+    let mut open: std::collections::BTreeMap<String, (Vec<u8>, Vec<usize>)> = Default::default();
+    let mut batches: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut dead: Vec<(usize, Reject)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let checked = gw
+            .decoder
+            .decode(line, Some(source), wall)
+            .and_then(|e| Ok((e, pseudonymize(line, gw.decoder.pseudonymizer())?)));
+        match checked {
+            Ok((event, hashed)) => {
+                let district = gw
+                    .decoder
+                    .registry()
+                    .district(event.district)
+                    .district
+                    .clone();
+                let (buf, members) = open.entry(district.clone()).or_default();
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(&hashed);
+                members.push(i);
+                outcomes.push(Outcome::Accepted(event.event_id));
+                if members.len() >= BATCH_EVENTS || buf.len() >= BATCH_BYTES {
+                    if let Some((buf, members)) = open.remove(&district) {
+                        batches.push((district, buf, members));
+                    }
+                }
+            }
+            Err(r) => {
+                gw.metrics
+                    .events_rejected
+                    .with_label_values(&[source.as_str(), r.reason.as_str()])
+                    .inc();
+                outcomes.push(Outcome::Rejected(r));
+                dead.push((i, r));
+            }
+        }
+    }
+    batches.extend(open.into_iter().map(|(d, (b, m))| (d, b, m)));
+
+    let marker = OwnedHeaders::new().insert(Header {
+        key: pseudonym::HEADER,
+        value: Some(gw.fingerprint.as_bytes()),
+    });
+    let mut busy: Option<Busy> = None;
+    let mut deliveries = Vec::with_capacity(batches.len());
+    for (district, buf, members) in &batches {
+        let partition = kafka::partition_for(district, gw.partitions[source as usize]);
+        let record = FutureRecord::to(source.topic())
+            .partition(partition)
+            .key(district.as_bytes())
+            .payload(buf.as_slice())
+            .headers(marker.clone());
+        match gw.producer.send_result(record) {
+            Ok(delivery) => deliveries.push((delivery, members)),
+            Err((e, _)) => {
+                busy = busy.max(Some(busy_of(&e)));
+                for &i in members.iter() {
+                    outcomes[i] = Outcome::Retry;
+                }
+            }
+        }
+    }
+    // Dead letters keep the original line (events.md); the client has its
+    // answer either way, so a dead letter Kafka refuses is only logged.
+    let mut dead_deliveries = Vec::with_capacity(dead.len());
+    for (i, r) in &dead {
+        let h =
+            DeadLetterHeaders::for_reject(r, &format!("gateway:{source}"), None, *i as i64 + 1, 0);
+        let record = FutureRecord::<[u8], [u8]>::to(DEAD_LETTER_TOPIC)
+            .payload(lines[*i])
+            .headers(h.to_kafka());
+        if let Ok(d) = gw.producer.send_result(record) {
+            dead_deliveries.push(d);
+        }
+    }
+    let deadline = gw.cfg.timeout + Duration::from_secs(5);
+    for (delivery, members) in deliveries {
+        let acked = matches!(
+            tokio::time::timeout(deadline, delivery).await,
+            Ok(Ok(Ok(_)))
+        );
+        if !acked {
+            busy = busy.max(Some(Busy::Unavailable));
+            for &i in members.iter() {
+                outcomes[i] = Outcome::Retry;
+            }
+        }
+    }
+    for d in dead_deliveries {
+        if !matches!(tokio::time::timeout(deadline, d).await, Ok(Ok(Ok(_)))) {
+            tracing::warn!(%source, "a gateway dead letter was not acknowledged by Kafka");
+        }
+    }
+    (outcomes, busy)
+}
+
+fn busy_of(e: &KafkaError) -> Busy {
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Busy::Full,
+        _ => Busy::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_tokens_are_per_source_and_star_means_all() {
+        let t = SourceTokens::parse(["pharmacy:till-secret", "*:ops"]).unwrap();
+        assert!(t.required());
+        let bearer = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {v}")).unwrap(),
+            );
+            h
+        };
+        assert!(t.0[Source::Pharmacy as usize].admits(&bearer("till-secret")));
+        assert!(!t.0[Source::DoorVisit as usize].admits(&bearer("till-secret")));
+        assert!(t.0[Source::DoorVisit as usize].admits(&bearer("ops")));
+        assert!(!SourceTokens::parse(["pharmacy:x"]).unwrap().required());
+        assert!(SourceTokens::parse(["ward:x"]).is_err());
+        assert!(SourceTokens::parse(["no-colon"]).is_err());
+        assert!(SourceTokens::parse(["bed:"]).is_err());
+    }
+}
