@@ -129,9 +129,18 @@ fn gateway(
     decoder: &Decoder,
     args: &IngestArgs,
     metrics: &Metrics,
+    http: &str,
 ) -> Result<Arc<Gateway>> {
     let tokens = SourceTokens::parse(args.ingest_tokens.iter().map(String::as_str))
         .map_err(|e| anyhow!("--ingest-token: {e}"))?;
+    // Before Kafka is contacted: an open gateway on a network is refused
+    // whatever the brokers say.
+    refuse_open(
+        http,
+        "the ingest gateway",
+        tokens.required(),
+        "--ingest-token *:TOKEN (or one per source)",
+    )?;
     let cfg = GatewayConfig {
         tokens,
         max_body_bytes: usize::try_from(args.ingest_max_body).unwrap_or(usize::MAX),
@@ -156,6 +165,13 @@ fn listen(
     authenticated: bool,
     how: &str,
 ) -> Result<tokio::net::TcpListener> {
+    refuse_open(addr, what, authenticated, how)?;
+    rt.block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+/// Refuses a non-loopback `addr` when nobody has to authenticate on it.
+fn refuse_open(addr: &str, what: &str, authenticated: bool, how: &str) -> Result<()> {
     use std::net::ToSocketAddrs;
     let resolved: Vec<std::net::SocketAddr> = addr
         .to_socket_addrs()
@@ -167,8 +183,7 @@ fn listen(
              or listen on a loopback address such as 127.0.0.1"
         );
     }
-    rt.block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("cannot listen on {addr} for {what}"))
+    Ok(())
 }
 
 /// Starts the HTTP and PostgreSQL servers over one session, and returns it
@@ -311,7 +326,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(_) => (args.http.as_deref(), args.pg.as_deref()),
     };
     let gateway = match (&args.replay, http) {
-        (None, Some(_)) => Some(gateway(&brokers, &decoder, &args.ingest, &metrics)?),
+        (None, Some(addr)) => Some(gateway(
+            &brokers,
+            &decoder,
+            &args.ingest,
+            &metrics,
+            addr,
+        )?),
         _ => None,
     };
     let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {

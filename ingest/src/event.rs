@@ -636,7 +636,18 @@ fn as_text(line: &[u8]) -> Result<&str, Reject> {
     if line.len() > MAX_LINE_BYTES {
         return Err(Reject::whole(RejectReason::TooLarge));
     }
-    std::str::from_utf8(line).map_err(|_| Reject::whole(RejectReason::NotUtf8))
+    let text = std::str::from_utf8(line).map_err(|_| Reject::whole(RejectReason::NotUtf8))?;
+    // serde reads a struct from an array too, positionally: an event is an
+    // object, so anything else is refused before it gets that far.
+    if !text.trim_start().starts_with('{') {
+        return Err(
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Reject::whole(RejectReason::NotObject),
+                Err(e) => classify(e),
+            },
+        );
+    }
+    Ok(text)
 }
 
 fn classify(e: serde_json::Error) -> Reject {
@@ -673,9 +684,10 @@ fn string_field<'a>(
         return Err(Reject::new(RejectReason::WrongType, name));
     }
     let s = if text.contains('\\') {
+        // The only escapes that fail are lone surrogates: not Unicode text.
         std::borrow::Cow::Owned(
             serde_json::from_str::<String>(text)
-                .map_err(|_| Reject::new(RejectReason::WrongType, name))?,
+                .map_err(|_| Reject::new(RejectReason::NotUtf8, name))?,
         )
     } else {
         // RawValue already checked the string: no escapes means the content
@@ -742,8 +754,9 @@ fn integer(raw: Field<'_>, name: &'static str, min: i64) -> Result<i64, Reject> 
     let n: i64 = match serde_json::from_str(text) {
         Ok(n) => n,
         Err(_) => {
-            // A number that is not an i64 (fraction, exponent, too big).
-            let reason = if serde_json::from_str::<f64>(text).is_ok() {
+            // A number that is not an i64 (fraction, exponent, too big, or
+            // too big even for an f64).
+            let reason = if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
                 RejectReason::OutOfRange
             } else {
                 RejectReason::WrongType
@@ -770,21 +783,59 @@ fn symptoms(raw: Field<'_>, name: &'static str) -> Result<Symptoms, Reject> {
     if !text.starts_with('[') {
         return Err(Reject::new(RejectReason::WrongType, name));
     }
-    let items: Vec<&RawValue> =
-        serde_json::from_str(text).map_err(|_| Reject::new(RejectReason::WrongType, name))?;
-    let mut set = 0u8;
-    for item in items {
-        let s = string_field(Some(item), name)?;
-        let i = SYMPTOM_NAMES
-            .iter()
-            .position(|n| *n == s)
-            .ok_or(Reject::new(RejectReason::UnknownValue, name))?;
-        if set & (1 << i) != 0 {
-            return Err(Reject::new(RejectReason::RepeatedSymptom, name));
-        }
-        set |= 1 << i;
+    // Elements are checked as they are read, so the first bad one ends the
+    // read: an array of a million entries costs no more than one of seven.
+    struct Names<'r> {
+        refused: &'r std::cell::Cell<Option<Reject>>,
+        name: &'static str,
     }
-    Ok(Symptoms(set))
+    impl<'de> serde::de::Visitor<'de> for Names<'_> {
+        type Value = u8;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of symptom names")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u8, A::Error> {
+            let mut set = 0u8;
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                let checked = if item.get() == "null" {
+                    Err(Reject::new(RejectReason::WrongType, self.name))
+                } else {
+                    string_field(Some(item), self.name).and_then(|s| {
+                        let i = SYMPTOM_NAMES
+                            .iter()
+                            .position(|n| *n == s)
+                            .ok_or(Reject::new(RejectReason::UnknownValue, self.name))?;
+                        if set & (1 << i) != 0 {
+                            return Err(Reject::new(RejectReason::RepeatedSymptom, self.name));
+                        }
+                        Ok(i)
+                    })
+                };
+                match checked {
+                    Ok(i) => set |= 1 << i,
+                    Err(r) => {
+                        self.refused.set(Some(r));
+                        return Err(serde::de::Error::custom("refused"));
+                    }
+                }
+            }
+            Ok(set)
+        }
+    }
+    let refused = std::cell::Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let set = serde::Deserializer::deserialize_seq(
+        &mut de,
+        Names {
+            refused: &refused,
+            name,
+        },
+    );
+    match (set, refused.get()) {
+        (_, Some(r)) => Err(r),
+        (Ok(set), None) => Ok(Symptoms(set)),
+        (Err(_), None) => Err(Reject::new(RejectReason::WrongType, name)),
+    }
 }
 
 fn event_id(raw: Field<'_>) -> Result<String, Reject> {
@@ -804,6 +855,10 @@ pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
 
 fn event_time(raw: Field<'_>, now_micros: i64) -> Result<i64, Reject> {
     let s = string_field(raw, "event_time")?;
+    // chrono also takes U+2212 as an offset sign; RFC 3339 is ASCII only.
+    if !s.is_ascii() {
+        return Err(Reject::new(RejectReason::BadTimestamp, "event_time"));
+    }
     let t = DateTime::parse_from_rfc3339(&s)
         .map_err(|_| Reject::new(RejectReason::BadTimestamp, "event_time"))?
         .timestamp_micros();

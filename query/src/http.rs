@@ -284,7 +284,7 @@ impl Encoding {
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(&mut out)
-                    .write(&RecordBatch::new_empty(schema.clone()))?;
+                    .write(&crate::csv_ready(&RecordBatch::new_empty(schema.clone()))?)?;
                 *header = false;
                 Ok(out)
             }
@@ -331,7 +331,7 @@ impl Encoding {
                 arrow::csv::WriterBuilder::new()
                     .with_header(*header)
                     .build(&mut out)
-                    .write(batch)?;
+                    .write(&crate::csv_ready(batch)?)?;
                 Ok(out)
             }
             Encoding::Arrow(w) => {

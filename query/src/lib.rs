@@ -444,10 +444,10 @@ pub fn render(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Re
                 .with_header(true)
                 .build(&mut out);
             if batches.is_empty() {
-                w.write(&RecordBatch::new_empty(schema.clone()))?;
+                w.write(&csv_ready(&RecordBatch::new_empty(schema.clone()))?)?;
             }
             for b in batches {
-                w.write(b)?;
+                w.write(&csv_ready(b)?)?;
             }
         }
         Format::Json => {
@@ -459,4 +459,63 @@ pub fn render(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Re
         }
     }
     Ok(out)
+}
+
+/// CSV has no lists, so a list column (`symptoms`) is written in
+/// PostgreSQL's array text form, `{fever,cough}`, as psql would show it.
+pub fn csv_ready(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::List(_)))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if !matches!(f.data_type(), DataType::List(_)) {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
+            continue;
+        }
+        let list = c.as_list::<i32>();
+        let mut out = StringBuilder::with_capacity(list.len(), list.len() * 16);
+        for i in 0..list.len() {
+            if list.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let items = list.value(i);
+            let fmt = ArrayFormatter::try_new(items.as_ref(), &FormatOptions::default())?;
+            let mut text = String::from("{");
+            for j in 0..items.len() {
+                if j > 0 {
+                    text.push(',');
+                }
+                if items.is_null(j) {
+                    text.push_str("NULL");
+                    continue;
+                }
+                let v = fmt.value(j).to_string();
+                if v.is_empty() || v.contains(|c: char| "{},\"\\ ".contains(c)) {
+                    text.push('"');
+                    text.push_str(&v.replace('\\', "\\\\").replace('"', "\\\""));
+                    text.push('"');
+                } else {
+                    text.push_str(&v);
+                }
+            }
+            text.push('}');
+            out.append_value(text);
+        }
+        fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        columns.push(Arc::new(out.finish()));
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
