@@ -640,12 +640,10 @@ fn as_text(line: &[u8]) -> Result<&str, Reject> {
     // serde reads a struct from an array too, positionally: an event is an
     // object, so anything else is refused before it gets that far.
     if !text.trim_start().starts_with('{') {
-        return Err(
-            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                Ok(_) => Reject::whole(RejectReason::NotObject),
-                Err(e) => classify(e),
-            },
-        );
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Reject::whole(RejectReason::NotObject),
+            Err(e) => classify(e),
+        });
     }
     Ok(text)
 }
