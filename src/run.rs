@@ -326,13 +326,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(_) => (args.http.as_deref(), args.pg.as_deref()),
     };
     let gateway = match (&args.replay, http) {
-        (None, Some(addr)) => Some(gateway(
-            &brokers,
-            &decoder,
-            &args.ingest,
-            &metrics,
-            addr,
-        )?),
+        (None, Some(addr)) => Some(gateway(&brokers, &decoder, &args.ingest, &metrics, addr)?),
         _ => None,
     };
     let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {

@@ -116,7 +116,11 @@ fn stop(run: &mut Run) {
 /// without the decoder under test: the string values of those keys.
 fn raw_ids(text: &str) -> HashSet<String> {
     let mut ids = HashSet::new();
-    for key in ["\"person_id\":\"", "\"household_id\":\"", "\"vehicle_id\":\""] {
+    for key in [
+        "\"person_id\":\"",
+        "\"household_id\":\"",
+        "\"vehicle_id\":\"",
+    ] {
         for part in text.split(key).skip(1) {
             if let Some(id) = part.split('"').next() {
                 if id.len() >= 6 {
@@ -128,29 +132,50 @@ fn raw_ids(text: &str) -> HashSet<String> {
     ids
 }
 
-/// The raw ids that occur in `bytes`: tokens are maximal runs of the bytes
-/// ids are made of (ASCII letters, digits, `-`, and any UTF-8 non-ASCII
-/// byte), so an id shows up as a whole token or inside one.
-fn leaks(bytes: &[u8], ids: &HashSet<String>) -> Vec<String> {
-    let is_id_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b >= 0x80;
-    let mut found = Vec::new();
-    for token in bytes.split(|b| !is_id_byte(b)) {
-        if token.len() < 6 {
-            continue;
-        }
-        let t = String::from_utf8_lossy(token);
-        if ids.contains(t.as_ref()) {
-            found.push(t.into_owned());
-            continue;
-        }
-        // An id inside a longer token: look for each id-shaped piece.
-        for id in t.split(|c: char| c == '-' || !c.is_ascii()).filter(|p| p.len() >= 12) {
-            if ids.iter().any(|raw| raw.contains(id) && id.len() * 2 > raw.len()) {
-                found.push(id.to_string());
-            }
-        }
+/// The raw ids of an input, and their long pieces (split at `-` and
+/// non-ASCII), so an id is found whole or inside a longer token.
+struct RawIds {
+    whole: HashSet<String>,
+    pieces: HashSet<String>,
+}
+
+fn pieces(t: &str) -> impl Iterator<Item = &str> {
+    t.split(|c: char| c == '-' || !c.is_ascii())
+        .filter(|p| p.len() >= 12)
+}
+
+impl RawIds {
+    fn new(whole: HashSet<String>) -> Self {
+        let pieces = whole
+            .iter()
+            .flat_map(|id| pieces(id).map(str::to_string))
+            .collect();
+        RawIds { whole, pieces }
     }
-    found
+
+    /// The raw ids (or their long pieces) that occur in `bytes`: tokens are
+    /// maximal runs of the bytes ids are made of (ASCII letters, digits,
+    /// `-`, and any UTF-8 non-ASCII byte).
+    fn leaks(&self, bytes: &[u8]) -> Vec<String> {
+        let is_id_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b >= 0x80;
+        let mut found = Vec::new();
+        for token in bytes.split(|b| !is_id_byte(b)) {
+            if token.len() < 6 {
+                continue;
+            }
+            let t = String::from_utf8_lossy(token);
+            if self.whole.contains(t.as_ref()) {
+                found.push(t.into_owned());
+                continue;
+            }
+            found.extend(
+                pieces(&t)
+                    .filter(|p| self.pieces.contains(*p))
+                    .map(str::to_string),
+            );
+        }
+        found
+    }
 }
 
 /// Every message (key, value, headers) on `topic`, from the beginning.
@@ -164,7 +189,8 @@ fn topic_bytes(brokers: &str, topic: &str) -> (Vec<u8>, usize, usize) {
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in 0..2 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
         let (_, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .unwrap();
@@ -174,7 +200,10 @@ fn topic_bytes(brokers: &str, topic: &str) -> (Vec<u8>, usize, usize) {
     let (mut bytes, mut messages, mut marked) = (Vec::new(), 0, 0);
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ends.iter().any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end) {
+    while ends
+        .iter()
+        .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
+    {
         assert!(Instant::now() < deadline, "cannot read {topic}");
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -290,7 +319,10 @@ fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
         if metric_sum(&m, "paicha_events_consumed_total") as usize >= accepted {
             break m;
         }
-        assert!(Instant::now() < deadline, "paicha did not consume every accepted event");
+        assert!(
+            Instant::now() < deadline,
+            "paicha did not consume every accepted event"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(
@@ -323,8 +355,8 @@ fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
     assert_eq!(gateway_letters[0][0], rejected.to_string());
 
     // Privacy: nothing paicha wrote or said holds a raw id of the input.
-    let ids = raw_ids(&text);
-    assert!(ids.len() > 10_000, "{} ids", ids.len());
+    let ids = RawIds::new(raw_ids(&text));
+    assert!(ids.whole.len() > 10_000, "{} ids", ids.whole.len());
     let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut files = Vec::new();
     all_files(&data, &mut files);
@@ -355,17 +387,27 @@ fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
         let (bytes, messages, marked) = topic_bytes(&brokers, topic);
         if topic != &"screening.alerts" {
             assert!(messages > 0, "{topic} is empty");
-            assert_eq!(marked, messages, "every message on {topic} says it is pseudonymized");
+            assert_eq!(
+                marked, messages,
+                "every message on {topic} says it is pseudonymized"
+            );
         }
         outputs.push((topic.to_string(), bytes));
     }
     // The scan itself must be able to fail: the dead-letter topic keeps the
     // original bytes of refused lines, raw ids included.
     let (dead, _, _) = topic_bytes(&brokers, "screening.dead_letter");
-    assert!(!leaks(&dead, &ids).is_empty(), "the scan finds nothing anywhere");
+    assert!(
+        !ids.leaks(&dead).is_empty(),
+        "the scan finds nothing anywhere"
+    );
     for (what, bytes) in &outputs {
-        let found = leaks(bytes, &ids);
-        assert!(found.is_empty(), "{what} holds raw ids, e.g. {:?}", &found[..found.len().min(3)]);
+        let found = ids.leaks(bytes);
+        assert!(
+            found.is_empty(),
+            "{what} holds raw ids, e.g. {:?}",
+            &found[..found.len().min(3)]
+        );
     }
 }
 
@@ -407,7 +449,12 @@ fn gateway_refuses_bad_requests_and_answers_503_when_kafka_is_gone() {
     let a = post(&url, "pharmacy", Some("till-7"), &event("a"));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["accepted"], 1);
-    let a = post(&url, "pharmacy", Some("ops"), &format!("{}\n{}", event("b"), event("c")));
+    let a = post(
+        &url,
+        "pharmacy",
+        Some("ops"),
+        &format!("{}\n{}", event("b"), event("c")),
+    );
     assert_eq!((a.status, a.body["accepted"].as_u64()), (200, Some(2)));
     let a = post(&url, "door_visit", Some("ops"), &event("d"));
     assert_eq!(a.status, 200);
@@ -415,10 +462,16 @@ fn gateway_refuses_bad_requests_and_answers_503_when_kafka_is_gone() {
     let four = [event("e"), event("f"), event("g"), event("h")].join("\n");
     let a = post(&url, "pharmacy", Some("ops"), &four);
     assert_eq!(a.status, 413, "{}", a.body);
-    assert!(a.body["error"].as_str().unwrap().contains("--ingest-max-events"));
+    assert!(a.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("--ingest-max-events"));
     let a = post(&url, "pharmacy", Some("ops"), &"x".repeat(5000));
     assert_eq!(a.status, 413, "{}", a.body);
-    assert!(a.body["error"].as_str().unwrap().contains("--ingest-max-body"));
+    assert!(a.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("--ingest-max-body"));
     let a = post(&url, "pharmacy", Some("ops"), "\n  \n");
     assert_eq!(a.status, 400);
     let a = post(&url, "wards", Some("ops"), &event("i"));
@@ -431,11 +484,18 @@ fn gateway_refuses_bad_requests_and_answers_503_when_kafka_is_gone() {
     let a = loop {
         let started = Instant::now();
         let a = post(&url, "pharmacy", Some("ops"), &event("j"));
-        assert!(started.elapsed() < Duration::from_secs(15), "the answer took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the answer took too long"
+        );
         if a.status == 503 {
             break a;
         }
-        assert!(Instant::now() < deadline, "no 503 while Kafka is gone: {}", a.status);
+        assert!(
+            Instant::now() < deadline,
+            "no 503 while Kafka is gone: {}",
+            a.status
+        );
     };
     assert!(a.retry_after.is_some(), "503 without Retry-After");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -517,5 +517,8 @@ pub fn csv_ready(batch: &RecordBatch) -> Result<RecordBatch> {
         fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
         columns.push(Arc::new(out.finish()));
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

@@ -82,7 +82,11 @@ pub fn post_until_answered(
                 pending.len()
             );
             let source = source_of(pending[0].1);
-            let body = pending.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
+            let body = pending
+                .iter()
+                .map(|(_, l)| *l)
+                .collect::<Vec<_>>()
+                .join("\n");
             let a = post(url, &source, token, &body);
             match a.status {
                 200 | 429 | 503 if a.body["events"].is_array() => {
