@@ -111,7 +111,13 @@ pub struct Gateway {
     cfg: GatewayConfig,
     waiting: Arc<Semaphore>,
     metrics: Metrics,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last request let through to probe.
+    last_probe: std::sync::atomic::AtomicU64,
 }
+
+/// While no broker is up, how often a request still goes to Kafka.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Most events and bytes in one Kafka message (events.md allows 1 MiB).
 const BATCH_EVENTS: usize = 500;
@@ -126,7 +132,6 @@ impl Gateway {
         metrics: &Metrics,
     ) -> Result<Self> {
         let health = KafkaHealth::new("gateway", metrics);
-        let timeout_ms = cfg.timeout.as_millis().max(1000).to_string();
         let producer: FutureProducer<KafkaHealth> = kafka::client_config(brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -134,7 +139,10 @@ impl Gateway {
             .set("message.max.bytes", "2000000")
             // A bounded queue: when it is full the gateway answers 429.
             .set("queue.buffering.max.kbytes", "65536")
-            .set("message.timeout.ms", &timeout_ms)
+            // librdkafka keeps trying to deliver for its default 5 minutes
+            // after the request has been answered `retry` (a resent event
+            // counts once): a delivery timeout would make an idempotent
+            // producer bump its epoch, which some brokers mishandle.
             .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
             .create_with_context(health.clone())
             .context("cannot create the gateway's Kafka producer")?;
@@ -151,7 +159,28 @@ impl Gateway {
             waiting: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
             cfg,
             metrics: metrics.clone(),
+            started: std::time::Instant::now(),
+            last_probe: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Whether a request may go to Kafka although no broker is up. An idle
+    /// producer does not reconnect by itself, so one request every
+    /// [`PROBE_EVERY`] is let through to find out whether Kafka is back; the
+    /// rest are answered 503 at once instead of waiting for the timeout.
+    fn probe_due(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_probe.load(std::sync::atomic::Ordering::Relaxed);
+        now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64
+            && self
+                .last_probe
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Whether every source requires a token.
@@ -283,7 +312,7 @@ async fn answer(
             None,
         );
     }
-    if gw.health.brokers_up() == Some(0) {
+    if gw.health.brokers_up() == Some(0) && !gw.probe_due() {
         count(gw, source, "retry", lines.len());
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -441,10 +470,11 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
             dead_deliveries.push(d);
         }
     }
-    let deadline = gw.cfg.timeout + Duration::from_secs(5);
+    // One deadline for the whole request, however many messages it took.
+    let deadline = tokio::time::Instant::now() + gw.cfg.timeout;
     for (delivery, members) in deliveries {
         let acked = matches!(
-            tokio::time::timeout(deadline, delivery).await,
+            tokio::time::timeout_at(deadline, delivery).await,
             Ok(Ok(Ok(_)))
         );
         if !acked {
@@ -455,7 +485,7 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
         }
     }
     for d in dead_deliveries {
-        if !matches!(tokio::time::timeout(deadline, d).await, Ok(Ok(Ok(_)))) {
+        if !matches!(tokio::time::timeout_at(deadline, d).await, Ok(Ok(Ok(_)))) {
             tracing::warn!(%source, "a gateway dead letter was not acknowledged by Kafka");
         }
     }

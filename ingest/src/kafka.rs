@@ -63,7 +63,10 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     c.set("bootstrap.servers", brokers)
         .set("client.id", "paicha")
         // librdkafka logs through its own logger; keep it to real problems.
-        .set("log_level", "3");
+        .set("log_level", "3")
+        // A broker that restarts is back within a second rather than after
+        // librdkafka's default 10 s backoff.
+        .set("reconnect.backoff.max.ms", "1000");
     c
 }
 
@@ -190,7 +193,9 @@ impl ClientContext for KafkaHealth {
                 "Kafka is unreachable: no broker is up; waiting for it and retrying"
             );
         } else if up > 0 && before == 0 {
-            tracing::info!(
+            // At the default (warn) level too: the end of an outage belongs
+            // in the same log as its start.
+            tracing::warn!(
                 client = self.client,
                 brokers = up,
                 "Kafka is reachable again; resuming"

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod tansu;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
