@@ -118,23 +118,6 @@ fn wait_caught_up(url: &str, brokers: &str) {
     }
 }
 
-fn sigterm(child: &mut Child) {
-    let status = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "paicha stopped with {exit}");
-}
-
-fn assert_exact(data: &Path, file: &Path) {
-    assert_same_counts(&query_symptom_counts(data), &fold_symptom_counts(file));
-    assert_eq!(query_confirmations(data), fold_confirmations(file));
-    assert_eq!(query_bed_occupancy(data), fold_bed_occupancy(file));
-    assert_eq!(query_raw_counts(data), fold_raw_counts(file));
-}
-
 /// Posts the whole input through the gateway at `url` in batches per
 /// source, from a thread, counting events answered in `answered`.
 fn field_app(
@@ -173,44 +156,80 @@ fn field_app(
     })
 }
 
-fn scenario(dir: &Path, seed: &str) -> (std::path::PathBuf, Vec<(usize, String)>) {
-    let file = dir.join("events.jsonl");
-    ok(&[
-        "simulate",
-        "--out",
-        file.to_str().unwrap(),
-        "--days",
-        "1",
-        "--seed",
-        seed,
-    ]);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let lines = text
+/// The pieces both fault tests start from: a simulated day, a broker,
+/// paicha on a fixed address, and a field app posting the whole day.
+struct Setup {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    data: std::path::PathBuf,
+    err: std::path::PathBuf,
+    total: usize,
+    broker: Tansu,
+    brokers: String,
+    port: u16,
+    url: String,
+    paicha: Child,
+    answered: Arc<AtomicUsize>,
+    outcomes: Arc<Mutex<Outcomes>>,
+    app: std::thread::JoinHandle<()>,
+}
+
+fn setup(seed: u64) -> Setup {
+    require_tansu();
+    let dir = tempfile::tempdir().unwrap();
+    let file = simulate_into(dir.path(), 1, seed);
+    let data = dir.path().join("data");
+    let err = dir.path().join("paicha.err");
+    let lines: Vec<(usize, String)> = std::fs::read_to_string(&file)
+        .unwrap()
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| (i, l.to_string()))
         .collect();
-    (file, lines)
+    let total = lines.len();
+    let broker = Tansu::start(dir.path());
+    let brokers = broker.bootstrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let paicha = start(&brokers, &data, port, &err);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let app = field_app(url.clone(), lines, answered.clone(), outcomes.clone());
+    Setup {
+        _dir: dir,
+        file,
+        data,
+        err,
+        total,
+        broker,
+        brokers,
+        port,
+        url,
+        paicha,
+        answered,
+        outcomes,
+        app,
+    }
 }
 
 #[test]
 fn the_broker_stops_for_30_seconds_mid_stream_and_every_table_is_exact() {
-    require_tansu();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let err = dir.path().join("paicha.err");
-    let (file, lines) = scenario(dir.path(), "11");
-    let total = lines.len();
-    let mut broker = Tansu::start(dir.path());
-    let brokers = broker.bootstrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut paicha = start(&brokers, &data, port, &err);
-
-    let answered = Arc::new(AtomicUsize::new(0));
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let app = field_app(url.clone(), lines, answered.clone(), outcomes.clone());
+    let Setup {
+        _dir,
+        file,
+        data,
+        err,
+        total,
+        mut broker,
+        brokers,
+        port: _,
+        url,
+        mut paicha,
+        answered,
+        outcomes,
+        app,
+    } = setup(11);
 
     // A third of the way in, the broker dies for 30 s.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -260,26 +279,26 @@ fn the_broker_stops_for_30_seconds_mid_stream_and_every_table_is_exact() {
     let log = std::fs::read_to_string(&err).unwrap();
     assert!(log.contains("Kafka is unreachable"), "{log}");
     assert!(log.contains("Kafka is reachable again"), "{log}");
-    assert_exact(&data, &file);
+    assert_tables_exact(&data, &file);
 }
 
 #[test]
 fn paicha_killed_while_the_gateway_takes_requests_loses_nothing_acknowledged() {
-    require_tansu();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let err = dir.path().join("paicha.err");
-    let (file, lines) = scenario(dir.path(), "12");
-    let total = lines.len();
-    let broker = Tansu::start(dir.path());
-    let brokers = broker.bootstrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut paicha = start(&brokers, &data, port, &err);
-
-    let answered = Arc::new(AtomicUsize::new(0));
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let app = field_app(url.clone(), lines, answered.clone(), outcomes.clone());
+    let Setup {
+        _dir,
+        file,
+        data,
+        err,
+        total,
+        broker,
+        brokers,
+        port,
+        url,
+        mut paicha,
+        answered,
+        outcomes,
+        app,
+    } = setup(12);
 
     // Killed twice while requests are in flight; each time an operator
     // starts it again on the same address. The app keeps resending what
@@ -303,7 +322,7 @@ fn paicha_killed_while_the_gateway_takes_requests_loses_nothing_acknowledged() {
     );
     wait_caught_up(&url, &brokers);
     sigterm(&mut paicha);
-    assert_exact(&data, &file);
+    assert_tables_exact(&data, &file);
     let letters = sql_rows(
         &data,
         "SELECT COUNT(*), COUNT(DISTINCT topic || offset || '/' || line) FROM dead_letters \

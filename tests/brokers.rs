@@ -11,16 +11,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-const TOPICS: [&str; 7] = [
-    "screening.checkpoint",
-    "screening.pharmacy",
-    "screening.door_visit",
-    "screening.case",
-    "screening.bed",
-    "screening.dead_letter",
-    "screening.alerts",
-];
-
 #[test]
 fn a_message_on_the_wrong_topic_is_a_dead_letter_and_the_rest_counts() {
     let cluster = MockCluster::new(1).unwrap();

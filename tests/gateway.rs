@@ -21,16 +21,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-const TOPICS: [&str; 7] = [
-    "screening.checkpoint",
-    "screening.pharmacy",
-    "screening.door_visit",
-    "screening.case",
-    "screening.bed",
-    "screening.dead_letter",
-    "screening.alerts",
-];
-
 fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).unwrap();
     for t in TOPICS {
@@ -99,17 +89,6 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Stops paicha as an operator does (SIGTERM) and checks it exits 0.
-fn stop(run: &mut Run) {
-    let status = std::process::Command::new("kill")
-        .arg(run.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = run.child.wait().unwrap();
-    assert!(exit.success(), "paicha stopped with {exit}");
 }
 
 /// Every raw person, household and vehicle id in the input text, found
@@ -241,17 +220,8 @@ fn all_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("events.jsonl");
+    let file = simulate_into(dir.path(), 1, 7);
     let data = dir.path().join("data");
-    ok(&[
-        "simulate",
-        "--out",
-        file.to_str().unwrap(),
-        "--days",
-        "1",
-        "--seed",
-        "7",
-    ]);
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
 
@@ -342,12 +312,8 @@ fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
         .map(str::to_string)
         .collect();
     assert!(tables.len() >= 8, "{tables:?}");
-    stop(&mut run);
-
-    assert_same_counts(&query_symptom_counts(&data), &fold_symptom_counts(&file));
-    assert_eq!(query_confirmations(&data), fold_confirmations(&file));
-    assert_eq!(query_bed_occupancy(&data), fold_bed_occupancy(&file));
-    assert_eq!(query_raw_counts(&data), fold_raw_counts(&file));
+    sigterm(&mut run.child);
+    assert_tables_exact(&data, &file);
     let gateway_letters = sql_rows(
         &data,
         "SELECT COUNT(*) FROM dead_letters WHERE topic LIKE 'gateway:%'",

@@ -169,18 +169,8 @@ fn live_mode_killed_and_restarted_is_exact() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "paicha stopped with {exit}");
-
-    assert_same_counts(&query_symptom_counts(&data), &fold_symptom_counts(&file));
-    assert_eq!(query_confirmations(&data), fold_confirmations(&file));
-    assert_eq!(query_bed_occupancy(&data), fold_bed_occupancy(&file));
-    assert_eq!(query_raw_counts(&data), fold_raw_counts(&file));
+    sigterm(&mut child);
+    assert_tables_exact(&data, &file);
     let letters = sql_rows(
         &data,
         "SELECT COUNT(*), COUNT(DISTINCT topic || offset || '/' || line) FROM dead_letters",

@@ -83,6 +83,51 @@ pub fn serving(args: &[&str]) -> Serving {
     }
 }
 
+/// Every topic paicha uses.
+pub const TOPICS: [&str; 7] = [
+    "screening.checkpoint",
+    "screening.pharmacy",
+    "screening.door_visit",
+    "screening.case",
+    "screening.bed",
+    "screening.dead_letter",
+    "screening.alerts",
+];
+
+/// Writes `paicha simulate --days DAYS --seed SEED` to `DIR/events.jsonl`.
+pub fn simulate_into(dir: &Path, days: u32, seed: u64) -> std::path::PathBuf {
+    let file = dir.join("events.jsonl");
+    ok(&[
+        "simulate",
+        "--out",
+        file.to_str().expect("utf-8 path"),
+        "--days",
+        &days.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    file
+}
+
+/// Stops a `paicha run` as an operator does (SIGTERM) and checks it exits 0.
+pub fn sigterm(child: &mut Child) {
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait for paicha");
+    assert!(exit.success(), "paicha stopped with {exit}");
+}
+
+/// Asserts that every counting table of `data` equals the folds over `file`.
+pub fn assert_tables_exact(data: &Path, file: &Path) {
+    assert_same_counts(&query_symptom_counts(data), &fold_symptom_counts(file));
+    assert_eq!(query_confirmations(data), fold_confirmations(file));
+    assert_eq!(query_bed_occupancy(data), fold_bed_occupancy(file));
+    assert_eq!(query_raw_counts(data), fold_raw_counts(file));
+}
+
 /// Runs `paicha` with `args`, panicking with its output unless it succeeds.
 pub fn ok(args: &[&str]) -> String {
     let out = paicha().args(args).output().expect("run paicha");
