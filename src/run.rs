@@ -130,6 +130,7 @@ fn gateway(
     args: &IngestArgs,
     metrics: &Metrics,
     http: &str,
+    flow: Option<Arc<FlowControl>>,
 ) -> Result<Arc<Gateway>> {
     let tokens = SourceTokens::parse(args.ingest_tokens.iter().map(String::as_str))
         .map_err(|e| anyhow!("--ingest-token: {e}"))?;
@@ -153,6 +154,7 @@ fn gateway(
         decoder.clone(),
         cfg,
         metrics,
+        flow,
     )?))
 }
 
@@ -325,8 +327,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
         Some(_) => (args.http.as_deref(), args.pg.as_deref()),
     };
+    let flow =
+        embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
     let gateway = match (&args.replay, http) {
-        (None, Some(addr)) => Some(gateway(&brokers, &decoder, &args.ingest, &metrics, addr)?),
+        (None, Some(addr)) => Some(gateway(
+            &brokers,
+            &decoder,
+            &args.ingest,
+            &metrics,
+            addr,
+            flow.clone(),
+        )?),
         _ => None,
     };
     let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {
@@ -345,8 +356,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
 
-    let flow =
-        embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
     let end = args.replay.as_ref().map(|_| Arc::new(ReplayEnd::default()));
     let simulate = replay.is_none() && (args.simulate || embedded);
 
@@ -395,7 +404,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     } else if simulate {
                         let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
                             .pseudonymizing(pseudonymizer)
-                            .paced(rate);
+                            .paced(rate, shutdown.clone());
                         let mut sim = Simulator::new(sim, &registry);
                         let mut n = 0u64;
                         'days: while let Some(lines) = sim.next_day() {

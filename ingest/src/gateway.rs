@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 
 use crate::bearer::Tokens;
 use crate::event::{pseudonymize, Decoder, Reject, Source, DEAD_LETTER_TOPIC};
-use crate::kafka::{self, DeadLetterHeaders, KafkaHealth};
+use crate::kafka::{self, DeadLetterHeaders, FlowControl, KafkaHealth};
 use crate::metrics::Metrics;
 use crate::pseudonym;
 
@@ -111,6 +111,10 @@ pub struct Gateway {
     cfg: GatewayConfig,
     waiting: Arc<Semaphore>,
     metrics: Metrics,
+    /// The embedded cluster's bound on bytes not yet consumed per partition
+    /// (it silently drops older data): the gateway waits for room, within
+    /// the request's deadline, and answers 429 if none comes.
+    flow: Option<Arc<FlowControl>>,
     started: std::time::Instant,
     /// Milliseconds after `started` of the last request let through to probe.
     last_probe: std::sync::atomic::AtomicU64,
@@ -125,11 +129,14 @@ const BATCH_BYTES: usize = 512 * 1024;
 
 impl Gateway {
     /// A gateway producing to `brokers`; the source topics must exist.
+    /// `flow` is the embedded cluster's flow control, shared with the
+    /// consumer (`None` for a real cluster, which keeps what it acknowledged).
     pub fn new(
         brokers: &str,
         decoder: Decoder,
         cfg: GatewayConfig,
         metrics: &Metrics,
+        flow: Option<Arc<FlowControl>>,
     ) -> Result<Self> {
         let health = KafkaHealth::new("gateway", metrics);
         let producer: FutureProducer<KafkaHealth> = kafka::client_config(brokers)
@@ -159,6 +166,7 @@ impl Gateway {
             waiting: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
             cfg,
             metrics: metrics.clone(),
+            flow,
             started: std::time::Instant::now(),
             last_probe: std::sync::atomic::AtomicU64::new(0),
         })
@@ -440,16 +448,36 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     });
     let mut busy: Option<Busy> = None;
     let mut deliveries = Vec::with_capacity(batches.len());
+    // One deadline for the whole request, however many messages it took.
+    let deadline = tokio::time::Instant::now() + gw.cfg.timeout;
     for (district, buf, members) in &batches {
         let partition = kafka::partition_for(district, gw.partitions[source as usize]);
+        if let Some(flow) = &gw.flow {
+            while !flow.has_room(source, partition, buf.len())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !flow.has_room(source, partition, buf.len()) {
+                busy = busy.max(Some(Busy::Full));
+                for &i in members.iter() {
+                    outcomes[i] = Outcome::Retry;
+                }
+                continue;
+            }
+            flow.produced(source, partition, buf.len());
+        }
         let record = FutureRecord::to(source.topic())
             .partition(partition)
             .key(district.as_bytes())
             .payload(buf.as_slice())
             .headers(marker.clone());
         match gw.producer.send_result(record) {
-            Ok(delivery) => deliveries.push((delivery, members)),
+            Ok(delivery) => deliveries.push((delivery, members, partition, buf.len())),
             Err((e, _)) => {
+                if let Some(flow) = &gw.flow {
+                    flow.processed(source, partition, buf.len());
+                }
                 busy = busy.max(Some(busy_of(&e)));
                 for &i in members.iter() {
                     outcomes[i] = Outcome::Retry;
@@ -470,13 +498,13 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
             dead_deliveries.push(d);
         }
     }
-    // One deadline for the whole request, however many messages it took.
-    let deadline = tokio::time::Instant::now() + gw.cfg.timeout;
-    for (delivery, members) in deliveries {
-        let acked = matches!(
-            tokio::time::timeout_at(deadline, delivery).await,
-            Ok(Ok(Ok(_)))
-        );
+    for (delivery, members, partition, bytes) in deliveries {
+        let result = tokio::time::timeout_at(deadline, delivery).await;
+        if let (Some(flow), Ok(Ok(Err(_)))) = (&gw.flow, &result) {
+            // Never delivered: the consumer will not release it.
+            flow.processed(source, partition, bytes);
+        }
+        let acked = matches!(result, Ok(Ok(Ok(_))));
         if !acked {
             busy = busy.max(Some(Busy::Unavailable));
             for &i in members.iter() {

@@ -492,6 +492,8 @@ pub struct BatchProducer {
     pseudonymizer: Option<(Pseudonymizer, String)>,
     /// Events per second, if paced (the live simulator).
     rate: Option<f64>,
+    /// Set on shutdown: a paced producer stops waiting for its next slot.
+    stop: Option<Arc<AtomicBool>>,
     started: Instant,
     summary: ProduceSummary,
 }
@@ -513,6 +515,7 @@ impl BatchProducer {
             pending: BTreeMap::new(),
             pseudonymizer: None,
             rate: None,
+            stop: None,
             started: Instant::now(),
             summary: ProduceSummary::default(),
         })
@@ -526,9 +529,12 @@ impl BatchProducer {
         self
     }
 
-    /// Paces production to `events_per_second`.
-    pub fn paced(mut self, events_per_second: f64) -> Self {
+    /// Paces production to `events_per_second`; a pause between batches
+    /// ends early once `stop` is set (at 1 event/s a batch of the simulator
+    /// is due every half hour).
+    pub fn paced(mut self, events_per_second: f64, stop: Arc<AtomicBool>) -> Self {
         self.rate = Some(events_per_second.max(0.001));
+        self.stop = Some(stop);
         self
     }
 
@@ -610,9 +616,16 @@ impl BatchProducer {
         }
         if let Some(rate) = self.rate {
             let due = Duration::from_secs_f64(self.summary.events as f64 / rate);
-            let elapsed = self.started.elapsed();
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
+            loop {
+                let elapsed = self.started.elapsed();
+                let stopping = self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Acquire));
+                if due <= elapsed || stopping {
+                    break;
+                }
+                std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
             }
         }
         let headers = self.pseudonymizer.as_ref().map(|(_, fingerprint)| {
