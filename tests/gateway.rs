@@ -487,3 +487,80 @@ fn an_open_gateway_refuses_a_network_address() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--ingest-token"), "{err}");
 }
+
+/// The embedded cluster keeps only the newest 5 MiB of a partition and
+/// silently drops older data, so a gateway that ran ahead of a slow consumer
+/// would answer `accepted` for events nobody ever counts. Here one
+/// partition per topic and a slow sink make the gateway much faster than
+/// the consumer; every accepted door visit must still be counted.
+#[test]
+fn an_embedded_gateway_faster_than_its_consumer_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = simulate_into(dir.path(), 4, 9);
+    let data = dir.path().join("data");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let districts = districts();
+    // Door visits only: more than the 5 MiB the cluster keeps plus the 8 MiB
+    // the consumer prefetches, under ids the simulator that
+    // runs alongside does not use.
+    let visits: Vec<String> = text
+        .lines()
+        .filter(|l| valid(l, &districts).is_some_and(|v| v["source"] == "door_visit"))
+        .map(|l| l.replacen("\"event_id\":\"", "\"event_id\":\"t-", 1))
+        .collect();
+    let bytes: usize = visits.iter().map(String::len).sum();
+    assert!(bytes > 20 << 20, "only {bytes} bytes of door visits");
+    let distinct: HashSet<String> = visits
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event_id"].as_str().map(str::to_string))
+        .collect();
+
+    let run = serving(&[
+        "run",
+        "--data",
+        data.to_str().unwrap(),
+        "--partitions",
+        "1",
+        "--slow-sink-ms",
+        "2",
+        "--rate",
+        "1",
+        "--checkpoint-interval",
+        "500ms",
+    ]);
+    let lines: Vec<(usize, &str)> = visits.iter().map(String::as_str).enumerate().collect();
+    let mut outcomes = Outcomes::default();
+    post_until_answered(
+        &run.http,
+        None,
+        &lines,
+        500,
+        Duration::from_secs(300),
+        &mut outcomes,
+    );
+    assert!(outcomes.by_line.values().all(|o| o == "accepted"));
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let count = || -> usize {
+        ureq::post(&format!("{}/sql", run.http))
+            .set("Accept", "text/csv")
+            .send_string("SELECT COUNT(*) FROM door_visits WHERE event_id LIKE 't-%'")
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|b| b.lines().nth(1).and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    loop {
+        let n = count();
+        if n == distinct.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {} accepted door visits counted",
+            distinct.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
