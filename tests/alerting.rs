@@ -260,15 +260,22 @@ fn overdue_follow_up_reaches_the_webhook() {
 
     let mut children = Children::default();
     let paicha = start_serve(&mut children, &data, &logs);
-    let metrics = ureq::get(&format!("{paicha}/metrics"))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("metrics text");
+    // The gauges are set from the first snapshot just after the port opens.
+    let overdue = r#"paicha_follow_ups_overdue{days_missed="4+",district="500103"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = ureq::get(&format!("{paicha}/metrics"))
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("metrics text");
+        if metrics.lines().any(|l| l == overdue) || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
-        metrics
-            .lines()
-            .any(|l| l == r#"paicha_follow_ups_overdue{days_missed="4+",district="500103"} 1"#),
+        metrics.lines().any(|l| l == overdue),
         "paicha serve does not expose the overdue follow-up:\n{}",
         metrics
             .lines()

@@ -448,13 +448,16 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     });
     let mut busy: Option<Busy> = None;
     let mut deliveries = Vec::with_capacity(batches.len());
-    // One deadline for the whole request, however many messages it took.
+    // One deadline for the whole request, however many messages it took;
+    // waiting for room ends halfway, so what is sent has time to be
+    // acknowledged (a full pipeline is a 429, not a slow Kafka's 503).
     let deadline = tokio::time::Instant::now() + gw.cfg.timeout;
+    let room_deadline = tokio::time::Instant::now() + gw.cfg.timeout / 2;
     for (district, buf, members) in &batches {
         let partition = kafka::partition_for(district, gw.partitions[source as usize]);
         if let Some(flow) = &gw.flow {
             while !flow.has_room(source, partition, buf.len())
-                && tokio::time::Instant::now() < deadline
+                && tokio::time::Instant::now() < room_deadline
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
