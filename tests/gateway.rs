@@ -563,4 +563,7 @@ fn an_embedded_gateway_faster_than_its_consumer_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Had Kafka deleted anything unread, paicha would have said so.
+    let m = metrics(&run.http);
+    assert!(!m.contains("error=\"OffsetReset\""), "offset resets: {m}");
 }

@@ -179,6 +179,34 @@ impl KafkaHealth {
 }
 
 impl ClientContext for KafkaHealth {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        // An offset reset means the broker deleted what the consumer was
+        // about to read (retention shorter than the lag): events lost to
+        // paicha, which librdkafka only logs as a warning.
+        if fac == "OFFSET" && message.contains("offset reset") {
+            self.errors
+                .with_label_values(&[self.client, "OffsetReset"])
+                .inc();
+            tracing::error!(
+                client = self.client,
+                "Kafka deleted messages before paicha read them (offset reset; topic \
+                 retention shorter than the lag): {message}"
+            );
+            return;
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics
             .brokers
