@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 }
 
 /// `paicha run --brokers` on a fixed HTTP port, its stderr kept in `err`.
-fn start(brokers: &str, data: &Path, port: u16, err: &Path) -> Child {
+fn start(brokers: &str, data: &Path, port: u16, err: &Path) -> Reaped {
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -63,7 +63,7 @@ fn start(brokers: &str, data: &Path, port: u16, err: &Path) -> Child {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    child
+    Reaped(child)
 }
 
 /// Whether paicha's committed positions have reached the end of every
@@ -168,7 +168,7 @@ struct Setup {
     brokers: String,
     port: u16,
     url: String,
-    paicha: Child,
+    paicha: Reaped,
     answered: Arc<AtomicUsize>,
     outcomes: Arc<Mutex<Outcomes>>,
     app: std::thread::JoinHandle<()>,

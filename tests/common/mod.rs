@@ -109,6 +109,30 @@ pub fn simulate_into(dir: &Path, days: u32, seed: u64) -> std::path::PathBuf {
     file
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing
+/// running behind it.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Stops a `paicha run` as an operator does (SIGTERM) and checks it exits 0.
 pub fn sigterm(child: &mut Child) {
     let status = Command::new("kill")
