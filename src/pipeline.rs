@@ -22,7 +22,7 @@ use paicha_processors::{Accepted, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Where the consumer stops.
 #[derive(Debug, Default)]
@@ -171,7 +171,7 @@ pub fn consume(
                     std::thread::sleep(cfg.slow_sink);
                 }
             }
-            Some(Err(e)) => consumer_error(&e, metrics),
+            Some(Err(e)) => consumer.context().report(&e, "poll"),
             None => {}
         }
         dlq.poll(Duration::ZERO);
@@ -221,19 +221,6 @@ pub fn consume(
     summary.duplicates = stats.duplicates;
     summary.dead_letters = stats.dead_letters;
     Ok(summary)
-}
-
-/// Counts an error the consumer's poll returned (offset resets, where
-/// data was lost, are caught in [`kafka::KafkaHealth`]'s log hook).
-fn consumer_error(e: &rdkafka::error::KafkaError, metrics: &Metrics) {
-    let label = e
-        .rdkafka_error_code()
-        .map_or_else(|| "Other".to_string(), |c| format!("{c:?}"));
-    metrics
-        .kafka_errors
-        .with_label_values(&["consumer", &label])
-        .inc();
-    warn!(error = %e, "Kafka consumer error");
 }
 
 fn reached(processor: &Processor, ends: &BTreeMap<(String, i32), i64>) -> bool {

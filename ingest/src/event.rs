@@ -632,6 +632,39 @@ pub fn route(line: &[u8]) -> Result<Route, Reject> {
     Ok(Route { source, district })
 }
 
+/// [`route`] and [`pseudonymize`] from one parse of the line, for the
+/// producers' hot path.
+pub fn route_and_pseudonymize(
+    line: &[u8],
+    pseudonymizer: &Pseudonymizer,
+) -> Result<(Route, Vec<u8>), Reject> {
+    #[derive(Deserialize)]
+    struct RouteIds<'a> {
+        #[serde(borrow)]
+        source: Option<&'a RawValue>,
+        #[serde(borrow)]
+        district: Option<&'a RawValue>,
+        #[serde(borrow)]
+        person_id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        household_id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        vehicle_id: Option<&'a RawValue>,
+    }
+    let text = as_text(line)?;
+    let w: RouteIds = serde_json::from_str(text).map_err(classify)?;
+    let source = string_field(w.source, "source")?;
+    let source =
+        Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
+    let district = string_field(w.district, "district")?.into_owned();
+    let hashed = splice_ids(
+        text,
+        [w.person_id, w.household_id, w.vehicle_id],
+        pseudonymizer,
+    )?;
+    Ok((Route { source, district }, hashed))
+}
+
 fn as_text(line: &[u8]) -> Result<&str, Reject> {
     if line.len() > MAX_LINE_BYTES {
         return Err(Reject::whole(RejectReason::TooLarge));
@@ -896,12 +929,27 @@ pub fn pseudonymize(line: &[u8], pseudonymizer: &Pseudonymizer) -> Result<Vec<u8
     }
     let text = as_text(line)?;
     let ids: IdFields = serde_json::from_str(text).map_err(classify)?;
+    splice_ids(
+        text,
+        [ids.person_id, ids.household_id, ids.vehicle_id],
+        pseudonymizer,
+    )
+}
+
+/// `text` with the given raw `person_id`, `household_id` and `vehicle_id`
+/// values (borrowed from it) replaced by their pseudonyms; see
+/// [`pseudonymize`] for the rules.
+fn splice_ids(
+    text: &str,
+    ids: [Field<'_>; 3],
+    pseudonymizer: &Pseudonymizer,
+) -> Result<Vec<u8>, Reject> {
+    let line = text.as_bytes();
     let mut spans: Vec<(usize, usize, String)> = Vec::with_capacity(3);
-    for (raw, name) in [
-        (ids.person_id, "person_id"),
-        (ids.household_id, "household_id"),
-        (ids.vehicle_id, "vehicle_id"),
-    ] {
+    for (raw, name) in ids
+        .into_iter()
+        .zip(["person_id", "household_id", "vehicle_id"])
+    {
         let Some(r) = raw else { continue };
         if r.get() == "null" {
             continue;
@@ -981,6 +1029,38 @@ impl Decoder {
         now_micros: i64,
         ids: Ids,
     ) -> Result<Event, Reject> {
+        let text = as_text(line)?;
+        let w: Wire = serde_json::from_str(text).map_err(classify)?;
+        self.event_of(&w, topic, now_micros, ids)
+    }
+
+    /// Decodes one event with raw identifiers and returns it with the line
+    /// as a producer forwards it, ids replaced by pseudonyms (the rules of
+    /// [`pseudonymize`]), from one parse of the line.
+    pub fn decode_and_pseudonymize(
+        &self,
+        line: &[u8],
+        topic: Option<Source>,
+        now_micros: i64,
+    ) -> Result<(Event, Vec<u8>), Reject> {
+        let text = as_text(line)?;
+        let w: Wire = serde_json::from_str(text).map_err(classify)?;
+        let event = self.event_of(&w, topic, now_micros, Ids::Raw)?;
+        let hashed = splice_ids(
+            text,
+            [w.person_id, w.household_id, w.vehicle_id],
+            &self.pseudonymizer,
+        )?;
+        Ok((event, hashed))
+    }
+
+    fn event_of(
+        &self,
+        w: &Wire<'_>,
+        topic: Option<Source>,
+        now_micros: i64,
+        ids: Ids,
+    ) -> Result<Event, Reject> {
         let pseudonym = |raw: Field<'_>, name: &'static str| -> Result<String, Reject> {
             let id = identifier(raw, name)?;
             match ids {
@@ -989,8 +1069,6 @@ impl Decoder {
                 Ids::Pseudonymized => Err(Reject::new(RejectReason::PseudonymKey, name)),
             }
         };
-        let text = as_text(line)?;
-        let w: Wire = serde_json::from_str(text).map_err(classify)?;
         let source = string_field(w.source, "source")?;
         let source =
             Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
@@ -1150,6 +1228,27 @@ mod tests {
                 .unwrap_err(),
             Reject::new(RejectReason::PseudonymKey, "person_id")
         );
+    }
+
+    #[test]
+    fn one_parse_gives_what_decode_and_pseudonymize_give() {
+        let d = decoder();
+        for line in [
+            checkpoint(r#","vehicle_id":"\u6e1dA12345""#),
+            checkpoint(r#","household_id":5"#),
+            checkpoint("").replace("36.6", "45.5"),
+        ] {
+            let apart = d
+                .decode(line.as_bytes(), None, NOW)
+                .and_then(|e| Ok((e, pseudonymize(line.as_bytes(), d.pseudonymizer())?)));
+            assert_eq!(d.decode_and_pseudonymize(line.as_bytes(), None, NOW), apart);
+            let apart = route(line.as_bytes())
+                .and_then(|r| Ok((r, pseudonymize(line.as_bytes(), d.pseudonymizer())?)));
+            assert_eq!(
+                route_and_pseudonymize(line.as_bytes(), d.pseudonymizer()),
+                apart
+            );
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::bearer::Tokens;
-use crate::event::{pseudonymize, Decoder, Reject, Source, DEAD_LETTER_TOPIC};
+use crate::event::{Decoder, Reject, Source, DEAD_LETTER_TOPIC};
 use crate::kafka::{self, DeadLetterHeaders, FlowControl, KafkaHealth};
 use crate::metrics::Metrics;
 use crate::pseudonym;
@@ -228,14 +228,38 @@ enum Busy {
     Unavailable,
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display, retry_after: Option<u32>) -> Response {
-    let body = json!({ "error": msg.to_string() }).to_string();
-    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+impl Busy {
+    /// The answer's status and its `Retry-After` seconds.
+    fn status(self) -> (StatusCode, u32) {
+        match self {
+            Busy::Full => (StatusCode::TOO_MANY_REQUESTS, 1),
+            Busy::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 5),
+        }
+    }
+}
+
+fn respond(status: StatusCode, body: serde_json::Value, retry_after: Option<u32>) -> Response {
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
     if let Some(secs) = retry_after {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    respond(status, json!({ "error": msg.to_string() }), None)
+}
+
+/// Nothing of the request was sent: every event is to be sent again.
+fn busy(busy: Busy, msg: impl std::fmt::Display) -> Response {
+    let (status, secs) = busy.status();
+    respond(status, json!({ "error": msg.to_string() }), Some(secs))
 }
 
 async fn ingest(
@@ -270,14 +294,12 @@ async fn answer(
                 "unknown source `{}`: POST to /ingest/checkpoint, pharmacy, door_visit, case or bed",
                 source.chars().take(40).collect::<String>()
             ),
-            None,
         );
     };
     if !gw.cfg.tokens.0[source as usize].admits(headers) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             format!("a valid bearer token for {source} is required (Authorization: Bearer TOKEN)"),
-            None,
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -292,10 +314,9 @@ async fn answer(
                     "the body is over {} bytes (--ingest-max-body); send smaller batches",
                     gw.cfg.max_body_bytes
                 ),
-                None,
             )
         }
-        Err(e) => return error(e.status(), e.body_text(), None),
+        Err(e) => return error(e.status(), e.body_text()),
     };
     let lines: Vec<&[u8]> = body
         .split(|b| *b == b'\n')
@@ -306,7 +327,6 @@ async fn answer(
         return error(
             StatusCode::BAD_REQUEST,
             "no event in the body: send one JSON event or JSON lines",
-            None,
         );
     }
     if lines.len() > gw.cfg.max_events {
@@ -317,26 +337,23 @@ async fn answer(
                 lines.len(),
                 gw.cfg.max_events
             ),
-            None,
         );
     }
     if gw.health.brokers_up() == Some(0) && !gw.probe_due() {
         count(gw, source, "retry", lines.len());
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return busy(
+            Busy::Unavailable,
             "Kafka is unreachable; nothing was accepted, retry later",
-            Some(5),
         );
     }
     let Ok(_permit) = gw.waiting.clone().try_acquire_owned() else {
         count(gw, source, "retry", lines.len());
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
+        return busy(
+            Busy::Full,
             format!(
                 "{} requests are already waiting on Kafka; nothing was accepted, retry shortly",
                 gw.cfg.max_concurrent
             ),
-            Some(1),
         );
     };
 
@@ -366,8 +383,10 @@ async fn answer(
     count(gw, source, "retry", retry);
     let (status, retry_after) = match busy {
         None => (StatusCode::OK, None),
-        Some(Busy::Full) => (StatusCode::TOO_MANY_REQUESTS, Some(1)),
-        Some(Busy::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+        Some(b) => {
+            let (status, secs) = b.status();
+            (status, Some(secs))
+        }
     };
     let body = json!({
         "accepted": accepted,
@@ -375,17 +394,7 @@ async fn answer(
         "retry": retry,
         "events": events,
     });
-    let mut r = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(secs) = retry_after {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    r
+    respond(status, body, retry_after)
 }
 
 fn count(gw: &Gateway, source: Source, outcome: &str, n: usize) {
@@ -401,23 +410,14 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     let wall = chrono::Utc::now().timestamp_micros();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(lines.len());
     // Per district: the message being filled, and the lines it carries.
-    let mut open: std::collections::BTreeMap<String, (Vec<u8>, Vec<usize>)> = Default::default();
-    let mut batches: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut open: std::collections::BTreeMap<u16, (Vec<u8>, Vec<usize>)> = Default::default();
+    let mut batches: Vec<(u16, Vec<u8>, Vec<usize>)> = Vec::new();
     let mut dead: Vec<(usize, Reject)> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        let checked = gw
-            .decoder
-            .decode(line, Some(source), wall)
-            .and_then(|e| Ok((e, pseudonymize(line, gw.decoder.pseudonymizer())?)));
-        match checked {
+        match gw.decoder.decode_and_pseudonymize(line, Some(source), wall) {
             Ok((event, hashed)) => {
-                let district = gw
-                    .decoder
-                    .registry()
-                    .district(event.district)
-                    .district
-                    .clone();
-                let (buf, members) = open.entry(district.clone()).or_default();
+                let district = event.district;
+                let (buf, members) = open.entry(district).or_default();
                 if !buf.is_empty() {
                     buf.push(b'\n');
                 }
@@ -454,6 +454,7 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     let deadline = tokio::time::Instant::now() + gw.cfg.timeout;
     let room_deadline = tokio::time::Instant::now() + gw.cfg.timeout / 2;
     for (district, buf, members) in &batches {
+        let district = &gw.decoder.registry().district(*district).district;
         let partition = kafka::partition_for(district, gw.partitions[source as usize]);
         if let Some(flow) = &gw.flow {
             while !flow.has_room(source, partition, buf.len())

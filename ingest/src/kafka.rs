@@ -22,7 +22,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use crate::event::{pseudonymize, route, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC};
+use crate::event::{
+    route, route_and_pseudonymize, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+};
 use crate::pseudonym::{self, Pseudonymizer};
 
 /// Every topic paicha creates in the embedded cluster.
@@ -171,6 +173,22 @@ impl KafkaHealth {
         }
     }
 
+    /// Counts an error in `paicha_kafka_errors_total` and logs it, at most
+    /// once every ten seconds. librdkafka's global errors come here, and so
+    /// do the errors a consumer's poll returns.
+    pub fn report(&self, error: &KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "Other".to_string(), |c| format!("{c:?}"));
+        self.errors.with_label_values(&[self.client, &code]).inc();
+        if let Ok(mut last) = self.last_error_log.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                *last = Some(Instant::now());
+                tracing::warn!(client = self.client, error = %error, reason, "Kafka client error");
+            }
+        }
+    }
+
     /// Brokers up at the last statistics report, if one came yet.
     pub fn brokers_up(&self) -> Option<i64> {
         let n = self.last_up.load(Ordering::Relaxed);
@@ -232,17 +250,7 @@ impl ClientContext for KafkaHealth {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error
-            .rdkafka_error_code()
-            .map(|c| format!("{c:?}"))
-            .unwrap_or_else(|| "Other".into());
-        self.errors.with_label_values(&[self.client, &code]).inc();
-        if let Ok(mut last) = self.last_error_log.lock() {
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                *last = Some(Instant::now());
-                tracing::warn!(client = self.client, error = %error, reason, "Kafka client error");
-            }
-        }
+        self.report(&error, reason);
     }
 }
 
@@ -573,10 +581,10 @@ impl BatchProducer {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let routed = route(line).and_then(|r| match &self.pseudonymizer {
-            Some((p, _)) => Ok((r, Some(pseudonymize(line, p)?))),
-            None => Ok((r, None)),
-        });
+        let routed = match &self.pseudonymizer {
+            Some((p, _)) => route_and_pseudonymize(line, p).map(|(r, l)| (r, Some(l))),
+            None => route(line).map(|r| (r, None)),
+        };
         match routed {
             Ok((r, hashed)) => {
                 let line = hashed.as_deref().unwrap_or(line);
