@@ -425,6 +425,26 @@ fn gateway_refuses_bad_requests_and_answers_503_when_kafka_is_gone() {
     let a = post(&url, "door_visit", Some("ops"), &event("d"));
     assert_eq!(a.status, 200);
     assert_eq!(a.body["events"][0]["reason"], "source_mismatch");
+    // A second request's line 1 is another dead letter, not the same one.
+    let a = post(&url, "door_visit", Some("ops"), &event("d2"));
+    assert_eq!(a.body["events"][0]["reason"], "source_mismatch");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = ureq::post(&format!("{url}/sql"))
+            .set("Accept", "text/csv")
+            .send_string("SELECT COUNT(*) FROM dead_letters WHERE topic = 'gateway:door_visit'")
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|b| b.lines().nth(1).and_then(|n| n.parse::<u32>().ok()));
+        if n == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway dead letters: {n:?}, want 2"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let four = [event("e"), event("f"), event("g"), event("h")].join("\n");
     let a = post(&url, "pharmacy", Some("ops"), &four);
     assert_eq!(a.status, 413, "{}", a.body);

@@ -118,6 +118,8 @@ pub struct Gateway {
     started: std::time::Instant,
     /// Milliseconds after `started` of the last request let through to probe.
     last_probe: std::sync::atomic::AtomicU64,
+    /// The last [`Gateway::request_id`] given.
+    last_request: std::sync::atomic::AtomicI64,
 }
 
 /// While no broker is up, how often a request still goes to Kafka.
@@ -169,6 +171,7 @@ impl Gateway {
             flow,
             started: std::time::Instant::now(),
             last_probe: std::sync::atomic::AtomicU64::new(0),
+            last_request: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -189,6 +192,18 @@ impl Gateway {
                     std::sync::atomic::Ordering::Relaxed,
                 )
                 .is_ok()
+    }
+
+    /// A request's id: its arrival in microseconds since the epoch, made
+    /// unique within the process (and, clocks permitting, across restarts).
+    fn request_id(&self) -> i64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = chrono::Utc::now().timestamp_micros();
+        let prev = self
+            .last_request
+            .fetch_update(Relaxed, Relaxed, |p| Some(p.max(now - 1) + 1))
+            .unwrap_or(now);
+        prev.max(now - 1) + 1
     }
 
     /// Whether every source requires a token.
@@ -492,9 +507,17 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     // Dead letters keep the original line (events.md); the client has its
     // answer either way, so a dead letter Kafka refuses is only logged.
     let mut dead_deliveries = Vec::with_capacity(dead.len());
+    // A dead letter is known by (topic, offset, line): the request's id in
+    // place of an offset keeps two requests' line 1 apart.
+    let request = gw.request_id();
     for (i, r) in &dead {
-        let h =
-            DeadLetterHeaders::for_reject(r, &format!("gateway:{source}"), None, *i as i64 + 1, 0);
+        let h = DeadLetterHeaders::for_reject(
+            r,
+            &format!("gateway:{source}"),
+            None,
+            request,
+            *i as i32 + 1,
+        );
         let record = FutureRecord::<[u8], [u8]>::to(DEAD_LETTER_TOPIC)
             .payload(lines[*i])
             .headers(h.to_kafka());
