@@ -209,6 +209,7 @@ pub fn consume(
     }
     kafka::finish(&dlq, &dlq_counter)?;
     checkpoint(processor, metrics, end.is_some())?;
+    processor.settle_writes()?;
     observe(processor, metrics, &consumer, &dlq, &mut lag_checked)?;
     kafka::finish(&dlq, &dlq_counter)?;
     if end.is_some() {

@@ -61,6 +61,8 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
     }
     cfg.bed_alert_share = args.bed_alert_at;
     cfg.calendar = Calendar::new(&args.time_zone).map_err(|e| anyhow!("--time-zone: {e}"))?;
+    // The consumer goes on while a checkpoint's Parquet is encoded.
+    cfg.background_writes = true;
     Ok((registry, cfg))
 }
 

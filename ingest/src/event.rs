@@ -945,7 +945,7 @@ fn splice_ids(
     pseudonymizer: &Pseudonymizer,
 ) -> Result<Vec<u8>, Reject> {
     let line = text.as_bytes();
-    let mut spans: Vec<(usize, usize, String)> = Vec::with_capacity(3);
+    let mut spans: Vec<(usize, usize, [u8; 32])> = Vec::with_capacity(3);
     for (raw, name) in ids
         .into_iter()
         .zip(["person_id", "household_id", "vehicle_id"])
@@ -960,7 +960,7 @@ fn splice_ids(
         }
         // RawValue borrows from `text`, so its offset is a pointer difference.
         let start = r.get().as_ptr() as usize - text.as_ptr() as usize;
-        spans.push((start, start + r.get().len(), pseudonymizer.key(&id)));
+        spans.push((start, start + r.get().len(), pseudonymizer.key_bytes(&id)));
     }
     spans.sort_unstable_by_key(|s| s.0);
     let mut out = Vec::with_capacity(line.len() + 64);
@@ -968,7 +968,7 @@ fn splice_ids(
     for (start, end, key) in spans {
         out.extend_from_slice(&line[at..start]);
         out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&key);
         out.push(b'"');
         at = end;
     }

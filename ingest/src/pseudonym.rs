@@ -33,10 +33,22 @@ impl Pseudonymizer {
 
     /// The pseudonym of a raw identifier.
     pub fn key(&self, raw: &str) -> String {
+        self.key_bytes(raw).iter().map(|&b| b as char).collect()
+    }
+
+    /// The pseudonym of a raw identifier as its 32 ASCII hex digits, without
+    /// an allocation: producers splice it straight into the line.
+    pub fn key_bytes(&self, raw: &str) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut mac = self.mac.clone();
         mac.update(raw.as_bytes());
         let digest = mac.finalize().into_bytes();
-        hex::encode(&digest[..16])
+        let mut out = [0u8; 32];
+        for (i, b) in digest[..16].iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        out
     }
 
     /// A public name of the key: 16 hex digits that identify it without

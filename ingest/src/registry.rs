@@ -3,7 +3,7 @@
 //! Both ship as CSV files in `registry/` (compiled into the binary as the
 //! default) and can be replaced at start by files given in configuration.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};

@@ -19,7 +19,9 @@
 //! - rows are dense: one per window from the hospital's first bed event to
 //!   the pipeline clock, so a quiet hour still shows the occupancy.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashSet, HashSetExt};
 use std::io::{Read, Write};
 use std::sync::Arc;
 

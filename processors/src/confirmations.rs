@@ -6,7 +6,7 @@
 //! moves from the later report's window to the earlier one (a −1 correction
 //! row and a +1), so the totals are exact whatever order reports arrive in.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io::{Read, Write};
 
 use arrow::datatypes::SchemaRef;

@@ -6,7 +6,11 @@
 //! What was added since the last checkpoint is written with that checkpoint,
 //! so a restart rebuilds exactly the set the committed counts were built from.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+// The keys are already hashes, but of ids a sender chooses: a per-process
+// seed keeps crafted ids from piling into one bucket.
+use foldhash::HashSet;
 use std::io::{Read, Write};
 
 use xxhash_rust::xxh3::Xxh3;

@@ -18,7 +18,10 @@
 //! only the moments passed. Counts per (district, status) and per
 //! (district, days missed) are kept the same way, incrementally.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// Hashers seeded per process: the keys are event data, so not predictable.
+use foldhash::HashMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
 

@@ -22,14 +22,16 @@ pub mod symptoms;
 pub mod time;
 pub mod watermark;
 pub mod window_counts;
+pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use arrow::record_batch::RecordBatch;
 use paicha_ingest::event::{Event, Source};
 use paicha_ingest::registry::Registry;
 
@@ -46,6 +48,7 @@ use crate::symptoms::SymptomWindows;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
 
 use crate::watermark::Watermarks;
+use crate::writer::{Commit, Content, Writer};
 
 /// What the processors hold that SQL should see together with the stored
 /// files: the manifest those files belong to, and the rows still in memory.
@@ -55,15 +58,15 @@ use crate::watermark::Watermarks;
 pub struct LiveView {
     /// The manifest of the last checkpoint.
     pub manifest: Manifest,
-    /// `symptom_counts` rows in memory.
-    pub symptom_counts: arrow::record_batch::RecordBatch,
+    /// `symptom_counts` rows in memory (being written, or not yet).
+    pub symptom_counts: Vec<RecordBatch>,
     /// `confirmations` rows in memory.
-    pub confirmations: arrow::record_batch::RecordBatch,
+    pub confirmations: Vec<RecordBatch>,
     /// `dead_letters` rows in memory.
-    pub dead_letters: arrow::record_batch::RecordBatch,
+    pub dead_letters: Vec<RecordBatch>,
     /// `bed_occupancy` rows in memory: windows not yet written, and
     /// corrections to written ones.
-    pub bed_occupancy: arrow::record_batch::RecordBatch,
+    pub bed_occupancy: Vec<RecordBatch>,
     /// Raw event rows in memory, in the order of [`Source::ALL`].
     pub raw: [Vec<arrow::record_batch::RecordBatch>; 5],
     /// Every follow-up episode at the clock.
@@ -104,10 +107,18 @@ impl LiveView {
             .map_err(anyhow::Error::msg)?;
         Ok(LiveView {
             manifest: m.clone(),
-            symptom_counts: symptoms::batch(&s.snapshot(), windows, registry)?,
-            confirmations: confirmations::batch(&c.counts().snapshot(), windows, registry)?,
-            dead_letters: dead_letters::batch(&[])?,
-            bed_occupancy: beds::batch(&beds.snapshot(clock, registry), windows, registry)?,
+            symptom_counts: vec![symptoms::batch(&s.snapshot(), windows, registry)?],
+            confirmations: vec![confirmations::batch(
+                &c.counts().snapshot(),
+                windows,
+                registry,
+            )?],
+            dead_letters: Vec::new(),
+            bed_occupancy: vec![beds::batch(
+                &beds.snapshot(clock, registry),
+                windows,
+                registry,
+            )?],
             raw: Default::default(),
             follow_ups: follow.batch(registry)?,
             alerts: follow_ups::alerts_batch(follow.alerts())?,
@@ -180,6 +191,10 @@ pub struct Config {
     pub idle_after: Duration,
     /// The reporting calendar for day partitions.
     pub calendar: Calendar,
+    /// Return from [`Processor::checkpoint`] once the checkpoint is handed
+    /// to the writer thread, instead of once it is committed (the consumer
+    /// sets this; a caller that reads the files right after keeps it off).
+    pub background_writes: bool,
 }
 
 impl Config {
@@ -193,6 +208,7 @@ impl Config {
             bed_alert_share: 0.85,
             idle_after: Duration::from_secs(10),
             calendar: Calendar::default(),
+            background_writes: false,
         }
     }
 }
@@ -263,6 +279,13 @@ pub struct Processor {
     max_time: i64,
     /// The merges running in the background, if any.
     compaction: Option<(Vec<Merge>, std::thread::JoinHandle<Result<()>>)>,
+    /// The last manifest on disk: what SQL reads files by and compaction
+    /// plans from. `manifest` runs ahead of it while checkpoints are written.
+    committed: Manifest,
+    writer: Writer,
+    /// Checkpoints handed to the writer, oldest first, with the rows SQL
+    /// must keep seeing from memory until each is committed.
+    in_flight: VecDeque<(u64, Manifest, Writing)>,
     dirty: bool,
     stats: Stats,
 }
@@ -295,12 +318,16 @@ impl Processor {
             dead_letters: Vec::new(),
             max_time: i64::MIN,
             compaction: None,
+            committed: Manifest::default(),
+            writer: Writer::start(store.clone())?,
+            in_flight: VecDeque::new(),
             dirty: false,
             stats: Stats::default(),
             cfg,
             registry,
             store,
         };
+        p.committed = p.manifest.clone();
         let (districts, hospitals) = p.registry.to_csv();
         p.store
             .write_file("_paicha/registry/districts.csv", districts.as_bytes())?;
@@ -354,6 +381,7 @@ impl Processor {
                 self.watermarks.restore(&o.topic, o.partition, t, now);
             }
         }
+        self.committed = m.clone();
         self.manifest = m;
         Ok(())
     }
@@ -484,9 +512,12 @@ impl Processor {
 
     /// Writes `rows` of `table` as one Parquet file per calendar day of the
     /// instant `at` gives, and lists the files in `m`.
+    #[allow(clippy::too_many_arguments)]
     fn write_by_day<R>(
         &mut self,
         m: &mut Manifest,
+        files: &mut Vec<(String, Content)>,
+        shown: &mut Vec<RecordBatch>,
         table: &str,
         rows: Vec<R>,
         at: impl Fn(&R) -> i64,
@@ -501,7 +532,9 @@ impl Processor {
         }
         for (day, rows) in by_day {
             let rel = format!("{table}/day={day}/part-{:010}.parquet", m.checkpoint);
-            self.store.write_parquet(&rel, &[batch(&rows)?])?;
+            let b = batch(&rows)?;
+            shown.push(b.clone());
+            files.push((rel.clone(), Content::Parquet(vec![b])));
             self.stats.files += 1;
             self.stats.rows += rows.len() as u64;
             m.tables.entry(table.into()).or_default().push(rel);
@@ -511,23 +544,53 @@ impl Processor {
 
     /// The committed manifest and the rows in memory, consistent with it.
     pub fn live_view(&mut self) -> Result<LiveView> {
+        self.settle(usize::MAX)?;
         let windows = self.symptoms.windows();
         self.raw.seal()?;
+        let writing = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
+            let mut all: Vec<RecordBatch> = self
+                .in_flight
+                .iter()
+                .flat_map(|(_, _, w)| part(w).iter().cloned())
+                .collect();
+            all.push(now);
+            all
+        };
         Ok(LiveView {
-            manifest: self.manifest.clone(),
-            symptom_counts: symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
-            confirmations: confirmations::batch(
-                &self.confirmations.counts().snapshot(),
-                windows,
-                &self.registry,
-            )?,
-            dead_letters: dead_letters::batch(&self.dead_letters)?,
-            bed_occupancy: beds::batch(
-                &self.beds.snapshot(self.clock_end(), &self.registry),
-                windows,
-                &self.registry,
-            )?,
-            raw: Source::ALL.map(|s| self.raw.batches(s)),
+            manifest: self.committed.clone(),
+            symptom_counts: writing(
+                |w| &w.symptom_counts,
+                symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
+            ),
+            confirmations: writing(
+                |w| &w.confirmations,
+                confirmations::batch(
+                    &self.confirmations.counts().snapshot(),
+                    windows,
+                    &self.registry,
+                )?,
+            ),
+            dead_letters: writing(
+                |w| &w.dead_letters,
+                dead_letters::batch(&self.dead_letters)?,
+            ),
+            bed_occupancy: writing(
+                |w| &w.bed_occupancy,
+                beds::batch(
+                    &self.beds.snapshot(self.clock_end(), &self.registry),
+                    windows,
+                    &self.registry,
+                )?,
+            ),
+            raw: Source::ALL.map(|s| {
+                let mut all: Vec<RecordBatch> = self
+                    .in_flight
+                    .iter()
+                    .flat_map(|(_, _, w)| w.raw[s as usize].iter().cloned())
+                    .collect();
+                all.extend(self.raw.batches(s));
+                all
+            }),
             follow_ups: self.follow_up_rows()?,
             alerts: follow_ups::alerts_batch(self.follow_ups.alerts())?,
             aberrations: aberrations::batch(self.evaluate_days())?,
@@ -690,6 +753,7 @@ impl Processor {
     /// With `finish`, every window is final (the end of a replay: the clock
     /// stands at the highest event time and nothing more is coming).
     pub fn checkpoint(&mut self, finish: bool, now: Instant) -> Result<()> {
+        self.settle(usize::MAX)?;
         let watermark = self.watermark(now);
         // Ids of days wholly behind every partition's horizon can only come
         // again as too late, never as a duplicate to recognise.
@@ -726,8 +790,12 @@ impl Processor {
         let windows = self.symptoms.windows();
         let registry = self.registry.clone();
         let letters = std::mem::take(&mut self.dead_letters);
+        let mut files = Vec::new();
+        let mut shown = Writing::default();
         self.write_by_day(
             &mut m,
+            &mut files,
+            &mut shown.symptom_counts,
             "symptom_counts",
             finals,
             |r| r.0 .0,
@@ -735,6 +803,8 @@ impl Processor {
         )?;
         self.write_by_day(
             &mut m,
+            &mut files,
+            &mut shown.confirmations,
             "confirmations",
             confirmed,
             |r| r.0 .0,
@@ -742,6 +812,8 @@ impl Processor {
         )?;
         self.write_by_day(
             &mut m,
+            &mut files,
+            &mut shown.bed_occupancy,
             "bed_occupancy",
             occupancy,
             |r| r.0,
@@ -750,16 +822,19 @@ impl Processor {
         for ((source, day), batches) in self.raw.take()? {
             let day = chrono::NaiveDate::default() + chrono::Days::new(day as u64);
             let rel = format!("{}/day={day}/part-{seq:010}.parquet", raw::table(source));
-            self.store.write_parquet(&rel, &batches)?;
             self.stats.files += 1;
             self.stats.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             m.tables
                 .entry(raw::table(source).into())
                 .or_default()
-                .push(rel);
+                .push(rel.clone());
+            shown.raw[source as usize].extend(batches.iter().cloned());
+            files.push((rel, Content::Parquet(batches)));
         }
         self.write_by_day(
             &mut m,
+            &mut files,
+            &mut shown.dead_letters,
             "dead_letters",
             letters,
             |r| r.received_at,
@@ -767,18 +842,17 @@ impl Processor {
         )?;
 
         // State changed since the last checkpoint, one file per kind.
-        let store = &self.store;
-        let save = |list: &mut Vec<String>,
-                    name: &str,
-                    pending: bool,
-                    write: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>|
+        let mut save = |list: &mut Vec<String>,
+                        name: &str,
+                        pending: bool,
+                        write: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>|
          -> Result<()> {
             if pending {
                 let rel = format!("_paicha/state/{name}-{seq:010}.bin");
                 let mut buf = Vec::new();
                 write(&mut buf)?;
-                store.write_file(&rel, &buf)?;
-                list.push(rel);
+                list.push(rel.clone());
+                files.push((rel, Content::Bytes(buf)));
             }
             Ok(())
         };
@@ -811,9 +885,9 @@ impl Processor {
         let mut old_alerts = None;
         if self.follow_ups.take_alerts_changed() {
             let rel = format!("_paicha/state/alerts-{seq:010}.json");
-            self.store
-                .write_file(&rel, &serde_json::to_vec(self.follow_ups.alerts())?)?;
-            old_alerts = m.alerts.replace(rel);
+            let bytes = serde_json::to_vec(self.follow_ups.alerts())?;
+            old_alerts = m.alerts.replace(rel.clone());
+            files.push((rel, Content::Bytes(bytes)));
         }
 
         m.open_windows = self.symptoms.open(&self.registry);
@@ -833,18 +907,26 @@ impl Processor {
         let now_secs = unix_now();
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs);
-        self.store.commit(&m)?;
-        if let Some(old) = old_alerts {
-            // Superseded by the file just committed.
-            let _ = std::fs::remove_file(self.store.root().join(old));
-        }
-        self.manifest = m;
+        self.manifest = m.clone();
         self.dirty = false;
         self.stats.checkpoints += 1;
+        // At most one checkpoint queued behind the one being written.
+        self.settle(1)?;
+        self.in_flight.push_back((seq, m.clone(), shown));
+        self.writer.submit(Commit {
+            files,
+            manifest: m,
+            superseded: old_alerts,
+        })?;
+        if finish || !self.cfg.background_writes {
+            self.settle(0)?;
+        }
         if self.compaction.is_none() {
+            // Planned from what is on disk: the files of checkpoints still
+            // being written cannot be merged yet.
             let merges = compact::plan(
                 &self.store,
-                &self.manifest,
+                &self.committed,
                 &self.cfg.calendar.day(watermark).to_string(),
                 seq,
             );
@@ -887,6 +969,7 @@ impl Processor {
     /// it, waiting for any compaction already running: the tidy end of a
     /// replay.
     pub fn compact_all(&mut self) -> Result<()> {
+        self.settle(0)?;
         if let Some((merges, handle)) = self.compaction.take() {
             if let Ok(Ok(())) = handle.join() {
                 self.commit_merges(&merges)?;
@@ -912,7 +995,51 @@ impl Processor {
         self.stats.merges += compact::commit(&mut m, merges, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs);
         self.store.commit(&m)?;
+        self.committed = m.clone();
         self.manifest = m;
         Ok(())
     }
+
+    /// Takes in what the writer has committed, waiting until at most
+    /// `in_flight` checkpoints are left uncommitted; a failed write is
+    /// returned here.
+    fn settle(&mut self, in_flight: usize) -> Result<()> {
+        loop {
+            let seq = if self.in_flight.len() > in_flight {
+                Some(self.writer.committed()?)
+            } else {
+                self.writer.try_committed()?
+            };
+            let Some(seq) = seq else {
+                return Ok(());
+            };
+            while self.in_flight.front().is_some_and(|(s, _, _)| *s <= seq) {
+                if let Some((_, m, _)) = self.in_flight.pop_front() {
+                    self.committed = m;
+                }
+            }
+        }
+    }
+
+    /// Checkpoints handed to the writer thread and not yet committed.
+    pub fn checkpoints_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Waits until every checkpoint handed to the writer is committed.
+    pub fn settle_writes(&mut self) -> Result<()> {
+        self.settle(0)
+    }
+}
+
+/// Rows of checkpoints handed to the writer and not yet committed: SQL keeps
+/// seeing them from memory until their manifest is on disk, so a query never
+/// misses a row in between.
+#[derive(Default)]
+struct Writing {
+    symptom_counts: Vec<RecordBatch>,
+    confirmations: Vec<RecordBatch>,
+    bed_occupancy: Vec<RecordBatch>,
+    dead_letters: Vec<RecordBatch>,
+    raw: [Vec<RecordBatch>; 5],
 }

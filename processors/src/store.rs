@@ -246,6 +246,13 @@ impl Store {
                 props = props.set_column_dictionary_enabled(id.into(), false);
             }
         }
+        // Pseudonyms are random hex: Snappy finds nothing to shorten and
+        // only costs time.
+        for id in ["person_id", "household_id", "vehicle_id"] {
+            if first.schema().field_with_name(id).is_ok() {
+                props = props.set_column_compression(id.into(), Compression::UNCOMPRESSED);
+            }
+        }
         let props = props.build();
         let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))?;
         for b in batches {

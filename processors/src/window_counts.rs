@@ -2,7 +2,7 @@
 //! start, district, tag), finalized by the watermark, carried across
 //! checkpoints while open.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;

@@ -70,16 +70,14 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
     use datafusion::catalog::SchemaProvider;
     let windowed: [(&str, SchemaRef, catalog::Rows); 4] = [
         ("symptom_counts", symptoms::schema(), |v| {
-            vec![v.symptom_counts.clone()]
+            v.symptom_counts.clone()
         }),
         ("confirmations", confirmations::schema(), |v| {
-            vec![v.confirmations.clone()]
+            v.confirmations.clone()
         }),
-        ("bed_occupancy", beds::schema(), |v| {
-            vec![v.bed_occupancy.clone()]
-        }),
+        ("bed_occupancy", beds::schema(), |v| v.bed_occupancy.clone()),
         ("dead_letters", dead_letters::schema(), |v| {
-            vec![v.dead_letters.clone()]
+            v.dead_letters.clone()
         }),
     ];
     for (name, schema, rows) in windowed {
