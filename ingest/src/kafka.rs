@@ -522,7 +522,8 @@ pub struct BatchProducer {
     partitions: [i32; 5],
     batching: Batching,
     flow: Option<Arc<FlowControl>>,
-    pending: BTreeMap<(Source, String), (Vec<u8>, usize)>,
+    /// The batch being filled per source and district, with its event count.
+    pending: [BTreeMap<String, (Vec<u8>, usize)>; 5],
     /// Hashes identifiers before a line is batched; its fingerprint goes in
     /// each message's [`pseudonym::HEADER`].
     pseudonymizer: Option<(Pseudonymizer, String)>,
@@ -548,7 +549,7 @@ impl BatchProducer {
             partitions,
             batching,
             flow,
-            pending: BTreeMap::new(),
+            pending: Default::default(),
             pseudonymizer: None,
             rate: None,
             stop: None,
@@ -588,22 +589,22 @@ impl BatchProducer {
         match routed {
             Ok((r, hashed)) => {
                 let line = hashed.as_deref().unwrap_or(line);
-                let key = (r.source, r.district);
-                let max_bytes = self.batching.max_bytes;
-                let max_events = self.batching.max_events;
-                let full = {
-                    let (buf, n) = self.pending.entry(key.clone()).or_default();
-                    if !buf.is_empty() {
-                        buf.push(b'\n');
-                    }
-                    buf.extend_from_slice(line);
-                    *n += 1;
-                    *n >= max_events || buf.len() >= max_bytes
+                let pending = &mut self.pending[r.source as usize];
+                // Looked up by &str: the district is copied only for a new batch.
+                let (buf, n) = match pending.get_mut(r.district.as_str()) {
+                    Some(b) => b,
+                    None => pending.entry(r.district.clone()).or_default(),
                 };
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(line);
+                *n += 1;
+                let full = *n >= self.batching.max_events || buf.len() >= self.batching.max_bytes;
                 self.summary.events += 1;
                 if full {
-                    if let Some((buf, _)) = self.pending.remove(&key) {
-                        self.send_batch(key.0, &key.1, &buf)?;
+                    if let Some((buf, _)) = pending.remove(r.district.as_str()) {
+                        self.send_batch(r.source, &r.district, &buf)?;
                     }
                 }
             }
@@ -632,7 +633,6 @@ impl BatchProducer {
         {
             self.flush_batches()?;
         }
-        self.producer.poll(Duration::ZERO);
         Ok(())
     }
 
@@ -679,30 +679,46 @@ impl BatchProducer {
             headers,
         )?;
         self.summary.messages += 1;
+        // Delivery reports are served per message, not per line: a poll
+        // reads the clock and takes librdkafka's locks.
+        self.producer.poll(Duration::ZERO);
         Ok(())
     }
 
     /// Sends every pending batch.
     pub fn flush_batches(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        for ((source, district), (buf, _)) in pending {
-            self.send_batch(source, &district, &buf)?;
+        for source in Source::ALL {
+            let pending = std::mem::take(&mut self.pending[source as usize]);
+            for (district, (buf, _)) in pending {
+                self.send_batch(source, &district, &buf)?;
+            }
         }
         Ok(())
     }
 
     /// Reads a JSON-lines input to its end and produces every line.
     pub fn produce_reader(&mut self, input: impl BufRead, origin: &str) -> Result<()> {
+        let mut input = input;
         let mut line_no = 0u64;
-        for line in input.split(b'\n') {
-            let mut line = line.with_context(|| format!("cannot read {origin}"))?;
+        // One buffer for every line: a replay reads millions.
+        let mut line = Vec::with_capacity(4096);
+        loop {
+            line.clear();
+            let n = input
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {origin}"))?;
+            if n == 0 {
+                return Ok(());
+            }
             line_no += 1;
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             self.line(&line, origin, line_no)?;
         }
-        Ok(())
     }
 
     /// Sends what is pending and waits for Kafka to acknowledge everything.
