@@ -101,6 +101,27 @@ COLUMNS = ["events", "suspicious", "fever", "cough", "sore_throat",
 # ---------------------------------------------------------------------------
 # The DuckDB side.
 
+# The counts of `symptom_counts` from a `folded` relation (window_start,
+# district, source, drug_class, seen_visit, hot, sy = the symptoms counted):
+# shared by the exact query and the fast path.
+COUNT_FOLDED = """\
+SELECT window_start, district, source,
+    count(*) AS events,
+    count(*) FILTER (WHERE CASE WHEN source = 'pharmacy'
+                                THEN hot OR drug_class IN ('antipyretic', 'cough')
+                                ELSE seen_visit AND (hot OR len(sy) > 0) END) AS suspicious,
+    count(*) FILTER (WHERE hot OR list_contains(sy, 'fever')) AS fever,
+    count(*) FILTER (WHERE list_contains(sy, 'cough')) AS cough,
+    count(*) FILTER (WHERE list_contains(sy, 'sore_throat')) AS sore_throat,
+    count(*) FILTER (WHERE list_contains(sy, 'shortness_of_breath')) AS shortness_of_breath,
+    count(*) FILTER (WHERE list_contains(sy, 'fatigue')) AS fatigue,
+    count(*) FILTER (WHERE list_contains(sy, 'diarrhea')) AS diarrhea
+FROM folded
+GROUP BY ALL
+ORDER BY 1, 2, 3
+"""
+
+
 def registry_districts():
     """First field of each line of registry/districts.csv after the header,
     as `districts()` in tests/common/mod.rs reads it."""
@@ -264,21 +285,7 @@ folded AS (
         CASE WHEN seen_visit THEN symptom_strs ELSE [] END AS sy
     FROM (SELECT *, source <> 'door_visit' OR outcome = 'seen' AS seen_visit FROM firsts)
 )
-SELECT window_start, district, source,
-    count(*) AS events,
-    count(*) FILTER (WHERE CASE WHEN source = 'pharmacy'
-                                THEN hot OR drug_class IN ('antipyretic', 'cough')
-                                ELSE seen_visit AND (hot OR len(sy) > 0) END) AS suspicious,
-    count(*) FILTER (WHERE hot OR list_contains(sy, 'fever')) AS fever,
-    count(*) FILTER (WHERE list_contains(sy, 'cough')) AS cough,
-    count(*) FILTER (WHERE list_contains(sy, 'sore_throat')) AS sore_throat,
-    count(*) FILTER (WHERE list_contains(sy, 'shortness_of_breath')) AS shortness_of_breath,
-    count(*) FILTER (WHERE list_contains(sy, 'fatigue')) AS fatigue,
-    count(*) FILTER (WHERE list_contains(sy, 'diarrhea')) AS diarrhea
-FROM folded
-GROUP BY ALL
-ORDER BY 1, 2, 3
-"""
+{COUNT_FOLDED}"""
 
 
 def duckdb_fast_sql(path, districts):
@@ -306,21 +313,7 @@ folded AS (
     FROM (SELECT *, source <> 'door_visit' OR outcome = 'seen' AS seen_visit
           FROM firsts WHERE ts IS NOT NULL)
 )
-SELECT window_start, district, source,
-    count(*) AS events,
-    count(*) FILTER (WHERE CASE WHEN source = 'pharmacy'
-                                THEN hot OR drug_class IN ('antipyretic', 'cough')
-                                ELSE seen_visit AND (hot OR len(sy) > 0) END) AS suspicious,
-    count(*) FILTER (WHERE hot OR list_contains(sy, 'fever')) AS fever,
-    count(*) FILTER (WHERE list_contains(sy, 'cough')) AS cough,
-    count(*) FILTER (WHERE list_contains(sy, 'sore_throat')) AS sore_throat,
-    count(*) FILTER (WHERE list_contains(sy, 'shortness_of_breath')) AS shortness_of_breath,
-    count(*) FILTER (WHERE list_contains(sy, 'fatigue')) AS fatigue,
-    count(*) FILTER (WHERE list_contains(sy, 'diarrhea')) AS diarrhea
-FROM folded
-GROUP BY ALL
-ORDER BY 1, 2, 3
-"""
+{COUNT_FOLDED}"""
 
 
 def duckdb_child(mode, path, out_csv):
