@@ -1,12 +1,12 @@
 //! The processors of paicha: event time and watermarks, windows,
 //! deduplication, and the Parquet sink with its checkpoints.
 //!
-//! [`Processor`] is the stateful core the Kafka consumer feeds. It is
-//! synchronous and single-threaded on purpose: one consumer thread owns it,
-//! so the hot path takes no locks. Everything it has counted becomes durable
-//! at a [`Processor::checkpoint`], which writes the final windows, the dead
-//! letters and the dedupe ids, and commits them in one manifest together with
-//! the Kafka offsets they cover.
+//! [`Processor`] is the stateful core the Kafka consumer feeds. One consumer
+//! thread owns it, so the hot path takes no locks. Everything it has counted
+//! becomes durable at a [`Processor::checkpoint`], which takes the final
+//! windows, the raw events, the dead letters and the dedupe ids, and has the
+//! [`writer`] thread write them and commit them in one manifest together
+//! with the Kafka offsets they cover, in order, while counting goes on.
 
 pub mod aberrations;
 pub mod beds;
@@ -749,9 +749,12 @@ impl Processor {
         self.watermarks.advance(now)
     }
 
-    /// Writes what is final and commits it with the offsets consumed so far.
-    /// With `finish`, every window is final (the end of a replay: the clock
-    /// stands at the highest event time and nothing more is coming).
+    /// Writes what is final and commits it with the offsets consumed so far:
+    /// hands it to the writer thread and, unless [`Config::background_writes`]
+    /// is set, waits for the commit. With `finish`, every window is final
+    /// (the end of a replay: the clock stands at the highest event time and
+    /// nothing more is coming) and the commit is always waited for. An error
+    /// of an earlier checkpoint's write is returned here.
     pub fn checkpoint(&mut self, finish: bool, now: Instant) -> Result<()> {
         self.settle(usize::MAX)?;
         let watermark = self.watermark(now);
