@@ -331,7 +331,7 @@ def duckdb_child(mode, path, out_csv):
 # ---------------------------------------------------------------------------
 # Processes, time and memory.
 
-def run_measured(cmd, env=None, stdout=None):
+def run_measured(cmd, env=None):
     """Runs cmd; returns (wall seconds, peak RSS in KiB or None, stdout bytes)."""
     if os.path.exists("/usr/bin/time"):
         with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:

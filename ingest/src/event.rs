@@ -625,10 +625,14 @@ struct RouteWire<'a> {
 pub fn route(line: &[u8]) -> Result<Route, Reject> {
     let text = as_text(line)?;
     let wire: RouteWire = serde_json::from_str(text).map_err(classify)?;
-    let source = string_field(wire.source, "source")?;
+    route_of(wire.source, wire.district)
+}
+
+fn route_of(source: Field<'_>, district: Field<'_>) -> Result<Route, Reject> {
+    let source = string_field(source, "source")?;
     let source =
         Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
-    let district = string_field(wire.district, "district")?.into_owned();
+    let district = string_field(district, "district")?.into_owned();
     Ok(Route { source, district })
 }
 
@@ -653,16 +657,13 @@ pub fn route_and_pseudonymize(
     }
     let text = as_text(line)?;
     let w: RouteIds = serde_json::from_str(text).map_err(classify)?;
-    let source = string_field(w.source, "source")?;
-    let source =
-        Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
-    let district = string_field(w.district, "district")?.into_owned();
+    let route = route_of(w.source, w.district)?;
     let hashed = splice_ids(
         text,
         [w.person_id, w.household_id, w.vehicle_id],
         pseudonymizer,
     )?;
-    Ok((Route { source, district }, hashed))
+    Ok((route, hashed))
 }
 
 fn as_text(line: &[u8]) -> Result<&str, Reject> {

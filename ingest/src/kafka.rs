@@ -697,8 +697,7 @@ impl BatchProducer {
     }
 
     /// Reads a JSON-lines input to its end and produces every line.
-    pub fn produce_reader(&mut self, input: impl BufRead, origin: &str) -> Result<()> {
-        let mut input = input;
+    pub fn produce_reader(&mut self, mut input: impl BufRead, origin: &str) -> Result<()> {
         let mut line_no = 0u64;
         // One buffer for every line: a replay reads millions.
         let mut line = Vec::with_capacity(4096);

@@ -285,7 +285,7 @@ pub struct Processor {
     writer: Writer,
     /// Checkpoints handed to the writer, oldest first, with the rows SQL
     /// must keep seeing from memory until each is committed.
-    in_flight: VecDeque<(u64, Manifest, Writing)>,
+    in_flight: VecDeque<(Manifest, Writing)>,
     dirty: bool,
     stats: Stats,
 }
@@ -551,7 +551,7 @@ impl Processor {
             let mut all: Vec<RecordBatch> = self
                 .in_flight
                 .iter()
-                .flat_map(|(_, _, w)| part(w).iter().cloned())
+                .flat_map(|(_, w)| part(w).iter().cloned())
                 .collect();
             all.push(now);
             all
@@ -586,7 +586,7 @@ impl Processor {
                 let mut all: Vec<RecordBatch> = self
                     .in_flight
                     .iter()
-                    .flat_map(|(_, _, w)| w.raw[s as usize].iter().cloned())
+                    .flat_map(|(_, w)| w.raw[s as usize].iter().cloned())
                     .collect();
                 all.extend(self.raw.batches(s));
                 all
@@ -915,7 +915,7 @@ impl Processor {
         self.stats.checkpoints += 1;
         // At most one checkpoint queued behind the one being written.
         self.settle(1)?;
-        self.in_flight.push_back((seq, m.clone(), shown));
+        self.in_flight.push_back((m.clone(), shown));
         self.writer.submit(Commit {
             files,
             manifest: m,
@@ -1016,8 +1016,12 @@ impl Processor {
             let Some(seq) = seq else {
                 return Ok(());
             };
-            while self.in_flight.front().is_some_and(|(s, _, _)| *s <= seq) {
-                if let Some((_, m, _)) = self.in_flight.pop_front() {
+            while self
+                .in_flight
+                .front()
+                .is_some_and(|(m, _)| m.checkpoint <= seq)
+            {
+                if let Some((m, _)) = self.in_flight.pop_front() {
                     self.committed = m;
                 }
             }

@@ -235,22 +235,20 @@ impl Store {
         // Ids are unique per row: a dictionary for them only costs an
         // interner lookup per value before the writer gives up on it.
         let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
-        for id in [
-            "event_id",
-            "person_id",
-            "household_id",
-            "vehicle_id",
-            "alert_id",
+        for (id, pseudonym) in [
+            ("event_id", false),
+            ("person_id", true),
+            ("household_id", true),
+            ("vehicle_id", true),
+            ("alert_id", false),
         ] {
             if first.schema().field_with_name(id).is_ok() {
                 props = props.set_column_dictionary_enabled(id.into(), false);
-            }
-        }
-        // Pseudonyms are random hex: Snappy finds nothing to shorten and
-        // only costs time.
-        for id in ["person_id", "household_id", "vehicle_id"] {
-            if first.schema().field_with_name(id).is_ok() {
-                props = props.set_column_compression(id.into(), Compression::UNCOMPRESSED);
+                if pseudonym {
+                    // Random hex: Snappy finds nothing to shorten and only
+                    // costs time.
+                    props = props.set_column_compression(id.into(), Compression::UNCOMPRESSED);
+                }
             }
         }
         let props = props.build();
