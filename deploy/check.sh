@@ -5,11 +5,15 @@
 #   - Grafana dashboards (deploy/grafana/dashboards/*.json) type-checked
 #     against Grafana's published schema (npm @grafana/schema, TypeScript),
 #     and their PromQL parsed by promtool
+#   - the deployment files: deploy/Dockerfile, deploy/docker-compose.yml and
+#     deploy/k8s/ (deploy/check_deploy.py, plus `docker compose config`,
+#     `docker build --check` and `kubectl kustomize` where those work)
 # Installs promtool/amtool from Debian (packages `prometheus`,
 # `prometheus-alertmanager`) when they are missing, Node.js and npm
 # (Debian `nodejs`, `npm`) when missing, and the schema checker's npm
 # packages (deploy/grafana/schema-check/package-lock.json) when they are not
-# installed yet. Works from any directory.
+# installed yet, and PyYAML (Debian `python3-yaml`, and `python3-tomli`
+# before Python 3.11) when no python3 has it. Works from any directory.
 # Exits non-zero if any check fails; every check runs either way.
 set -euo pipefail
 
@@ -20,6 +24,9 @@ PROM_RULES=deploy/prometheus/rules.yml
 PROM_TESTS=deploy/prometheus/rules_test.yml
 AM_CONFIG=deploy/alertmanager/alertmanager.yml
 GRAFANA_CHECK=deploy/grafana/schema-check
+DOCKERFILE=deploy/Dockerfile
+COMPOSE=deploy/docker-compose.yml
+K8S=deploy/k8s
 
 # --- tools -------------------------------------------------------------------
 
@@ -78,6 +85,32 @@ if ! cmp -s "$GRAFANA_CHECK/package-lock.json" "$GRAFANA_CHECK/node_modules/.pai
     (cd "$GRAFANA_CHECK" && npm ci --no-audit --no-fund --loglevel=error)
     cp "$GRAFANA_CHECK/package-lock.json" "$GRAFANA_CHECK/node_modules/.paicha-installed-lock"
 fi
+
+# The deployment checks read YAML (PyYAML) and TOML (tomllib, or tomli
+# before Python 3.11). Debian's python3-yaml goes to /usr/bin/python3, which
+# may not be the python3 on PATH (pyenv, a virtualenv).
+py_ok() {
+    "$1" -c 'import yaml
+try:
+    import tomllib
+except ImportError:
+    import tomli' >/dev/null 2>&1
+}
+PY=""
+for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && py_ok "$p"; then PY=$p; break; fi
+done
+if [ -z "$PY" ]; then
+    pkgs=(python3 python3-yaml)
+    /usr/bin/python3 -c 'import tomllib' >/dev/null 2>&1 || pkgs+=(python3-tomli)
+    apt_install "${pkgs[@]}"
+    PY=/usr/bin/python3
+    if ! py_ok "$PY"; then
+        echo "check.sh: $PY cannot import yaml and tomllib/tomli" >&2
+        exit 1
+    fi
+fi
+echo "==> $("$PY" --version 2>&1) ($(command -v "$PY")) with PyYAML"
 
 # --- checks ------------------------------------------------------------------
 
@@ -168,6 +201,67 @@ check "route: alert without severity falls back to warning" \
     route_is paicha-warning alertname=Unlabelled
 check "grafana dashboards match @grafana/schema (tsc)" grafana_schema
 check "grafana dashboards' PromQL parses (promtool)" grafana_promql
+
+# --- deployment files ----------------------------------------------------------
+
+# The Docker daemon, the compose plugin and a Kubernetes API server are
+# usually absent where this runs, so deploy/check_deploy.py checks the files
+# statically (see its checks there), and the real tools add theirs when they
+# can work here.
+
+# `docker build --check` runs BuildKit's Dockerfile linter; it needs a daemon.
+docker_build_check() {
+    docker build --check -f "$DOCKERFILE" .
+}
+
+# The compose plugin's own parser, and that it sees every service.
+compose_config() {
+    local services s missing=0
+    docker compose -f "$COMPOSE" config -q || return 1
+    services=" $(docker compose -f "$COMPOSE" config --services | tr '\n' ' ') "
+    for s in kafka kafka-init processor-1 processor-2 simulator prometheus alertmanager grafana; do
+        case "$services" in
+            *" $s "*) ;;
+            *) echo "docker compose config: no service $s"; missing=1 ;;
+        esac
+    done
+    return "$missing"
+}
+
+# kustomize (built into kubectl) resolves kustomization.yaml offline.
+# `kubectl apply --dry-run=client` is not run: even a client dry run asks an
+# API server for the resource types, and with no kubeconfig kubectl tries
+# localhost:8080, which is paicha's own HTTP port.
+k8s_kustomize() {
+    kubectl kustomize "$K8S" >/dev/null
+}
+
+python_parses() {
+    "$PY" -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$1"
+}
+
+check "Dockerfile: stages, non-root user, no remote ADD, .dockerignore" \
+    "$PY" deploy/check_deploy.py dockerfile "$DOCKERFILE"
+if docker info >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then
+    check "docker build --check" docker_build_check
+else
+    echo "==> docker build --check: skipped (no Docker daemon with buildx here)"
+fi
+check "docker-compose.yml: services, dependencies, mounts, processors, scrape targets" \
+    "$PY" deploy/check_deploy.py compose "$COMPOSE"
+if docker compose version >/dev/null 2>&1; then
+    check "docker compose config" compose_config
+else
+    echo "==> docker compose config: skipped (no compose plugin here)"
+fi
+check "alertmanager webhook receiver parses" python_parses deploy/alertmanager/webhook.py
+check "Kubernetes manifests: objects, probes, security, shared RWX volume, paicha.toml" \
+    "$PY" deploy/check_deploy.py k8s "$K8S"
+if command -v kubectl >/dev/null 2>&1; then
+    check "kubectl kustomize $K8S" k8s_kustomize
+else
+    echo "==> kubectl kustomize: skipped (no kubectl here)"
+fi
 
 echo
 if [ "$failed" -ne 0 ]; then

@@ -29,6 +29,10 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Serve SQL and metrics over an existing data directory.
     Serve(ServeArgs),
+    /// Run only the embedded Kafka cluster, with paicha's topics, until
+    /// Ctrl-C: for trying several `paicha run --brokers` instances on one
+    /// machine. It keeps only the newest 5 MiB of each partition.
+    Broker(BrokerArgs),
     /// Run one SQL query against a data directory or a running server.
     Sql(SqlArgs),
 }
@@ -46,6 +50,10 @@ pub struct ProcessingArgs {
     /// pipeline clock minus this, it goes to dead letters as `too_late`.
     #[arg(long, default_value = "30d", value_parser = parse_duration, env = "PAICHA_RETENTION")]
     pub retention: Duration,
+    /// A partition that delivers nothing for this long stops holding the
+    /// watermark back, so the clock (and overdue follow-ups) move on.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_IDLE_AFTER")]
+    pub idle_after: Duration,
     /// Share of a designated hospital's beds above which a `bed_utilization`
     /// alert is raised.
     #[arg(long, default_value_t = 0.85, env = "PAICHA_BED_ALERT_AT")]
@@ -90,6 +98,10 @@ pub struct RunArgs {
     /// Consumer group.
     #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
     pub group: String,
+    /// How long the consumer group waits for a silent instance (crashed,
+    /// or cut off) before it gives that instance's partitions to the others.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_SESSION_TIMEOUT")]
+    pub session_timeout: Duration,
     /// Partitions per topic of the embedded cluster.
     #[arg(long, default_value_t = 4, env = "PAICHA_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: i32,
@@ -119,8 +131,19 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Output file (JSON lines).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "brokers", conflicts_with = "brokers")]
+    pub out: Option<PathBuf>,
+    /// Produce the scenario live into the topics of these Kafka bootstrap
+    /// servers instead of writing a file (a source for a deployment; needs
+    /// the deployment's pseudonymization key).
+    #[arg(long, value_name = "HOST:PORT[,…]")]
+    pub brokers: Option<String>,
+    /// Events per second produced with --brokers.
+    #[arg(long, default_value_t = 2000.0, env = "PAICHA_RATE")]
+    pub rate: f64,
+    /// File holding the HMAC key for pseudonyms (else PAICHA_HMAC_KEY).
+    #[arg(long, env = "PAICHA_HMAC_KEY_FILE")]
+    pub hmac_key_file: Option<PathBuf>,
     /// Days to simulate from 2020-01-20.
     #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub days: u32,
@@ -133,6 +156,13 @@ pub struct SimulateArgs {
     /// No duplicated, late or malformed events.
     #[arg(long)]
     pub clean: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 4, env = "PAICHA_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..=256))]
+    pub partitions: i32,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(*args),
         cli::Command::Simulate(args) => run::simulate(args),
         cli::Command::Serve(args) => run::serve(args),
+        cli::Command::Broker(args) => run::broker(args),
         cli::Command::Sql(args) => sql::sql(args),
     };
     match result {

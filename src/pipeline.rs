@@ -18,6 +18,7 @@ use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym;
 use paicha_processors::dead_letters::DeadLetter;
+use paicha_processors::tasks::Tasks;
 use paicha_processors::{Accepted, Processor};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -43,23 +44,34 @@ pub struct ConsumerConfig {
     /// every partition instead of the committed offsets (dedupe keeps the
     /// re-read events from counting twice).
     pub embedded: bool,
+    /// Share the partitions with the other members of `group` (subscribe,
+    /// and move tasks on rebalances) instead of taking every partition.
+    pub subscribe: bool,
+    /// How long the group waits for a silent member before it gives that
+    /// member's partitions to the others.
+    pub session_timeout: Duration,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
     /// Pause after each message (a stand-in for a slow sink in tests).
     pub slow_sink: Duration,
     /// Where to publish the rows in memory for SQL, if anyone queries.
     pub live: Option<paicha_query::Live>,
+    /// Set once the instance has its partitions (or knows it has none).
+    pub ready: Arc<AtomicBool>,
 }
 
 /// How often the rows in memory are published to SQL: an event is visible
 /// in a query within this much of being consumed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
-fn publish(processor: &mut Processor, live: &Option<paicha_query::Live>) -> Result<()> {
+fn publish(tasks: &mut Tasks, live: &Option<paicha_query::Live>) -> Result<()> {
     if let Some(live) = live {
-        let view = Arc::new(processor.live_view()?);
+        let mut views = BTreeMap::new();
+        for (p, processor) in tasks.iter_mut() {
+            views.insert(*p, Arc::new(processor.live_view()?));
+        }
         if let Ok(mut slot) = live.write() {
-            *slot = view;
+            *slot = Arc::new(views);
         }
     }
     Ok(())
@@ -86,22 +98,222 @@ fn micros_now() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// The consumer's view of the group: it opens a task for each partition
+/// number the group assigns and stops the ones it takes away, inside
+/// librdkafka's rebalance callback (on the consumer thread, during `poll`),
+/// so a partition is never consumed before its task is restored, and its
+/// last checkpoint is committed before another member can start it.
+struct Membership {
+    health: kafka::KafkaHealth,
+    tasks: Arc<Mutex<Tasks>>,
+    /// Start every partition at its beginning (the embedded cluster).
+    fresh: bool,
+    /// The first error a rebalance met; the consumer loop returns it.
+    failure: Mutex<Option<anyhow::Error>>,
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Membership {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tasks>> {
+        lock(&self.tasks)
+    }
+
+    /// Opens the task of every partition number in `tpl` (reusing one this
+    /// instance still holds if nobody committed to it since) and sets each
+    /// topic partition's start to the offsets its task's manifest covers.
+    fn assign(&self, tpl: &mut TopicPartitionList) -> Result<()> {
+        let wanted: std::collections::BTreeSet<i32> =
+            tpl.elements().iter().map(|e| e.partition()).collect();
+        let mut tasks = self.lock()?;
+        for p in tasks.partitions() {
+            let stale = match tasks.committed_checkpoint(p) {
+                Some(seq) => on_disk_checkpoint(tasks.root(), p)? != Some(seq),
+                None => false,
+            };
+            if !wanted.contains(&p) || stale {
+                tasks.stop(p)?;
+            }
+        }
+        let now = Instant::now();
+        let mut starts = Vec::new();
+        for e in tpl.elements() {
+            let (topic, p) = (e.topic().to_string(), e.partition());
+            let task = tasks.start(p)?;
+            if self.fresh {
+                task.forget_offsets();
+            }
+            // Every partition has events coming (certainly in a replay), so
+            // none may let the clock run ahead before it has delivered or
+            // gone idle (see `Watermarks::expect`); one restored from a
+            // checkpoint keeps its mark.
+            if Source::from_topic(&topic).is_some() {
+                task.expect_partition(&topic, p, now);
+            }
+            let next = task.positions().get(&(topic.clone(), p)).copied();
+            starts.push((topic, p, next));
+        }
+        for (topic, p, next) in starts {
+            let offset = match next {
+                Some(n) if !self.fresh => Offset::Offset(n),
+                _ => Offset::Beginning,
+            };
+            tpl.set_partition_offset(&topic, p, offset)?;
+        }
+        let owned = tasks.partitions();
+        self.metrics.partition_tasks.set(owned.len() as i64);
+        self.metrics.rebalances.inc();
+        let list = owned
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        info!(partitions = %list, "partition tasks assigned");
+        Ok(())
+    }
+
+    /// Commits every task's work so far: the group may give any of them to
+    /// another member once this returns.
+    fn revoke(&self) -> Result<()> {
+        let mut tasks = self.lock()?;
+        for (_, task) in tasks.iter_mut() {
+            task.checkpoint(false, Instant::now())?;
+            task.settle_writes()?;
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: anyhow::Error) {
+        tracing::error!(error = %format!("{e:#}"), "rebalance failed");
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(e);
+        }
+    }
+}
+
+/// The checkpoint of the manifest committed in partition task `p`'s
+/// directory, if any.
+fn on_disk_checkpoint(root: &std::path::Path, p: i32) -> Result<Option<u64>> {
+    let dir = paicha_processors::tasks::task_dir(root, p);
+    if !dir.join(paicha_processors::store::META_DIR).is_dir() {
+        return Ok(None);
+    }
+    Ok(paicha_processors::store::Store::open(&dir)?
+        .manifest()?
+        .map(|m| m.checkpoint))
+}
+
+impl rdkafka::ClientContext for Membership {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.health.log(level, fac, message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.health.stats(statistics);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.health.error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Membership {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = self
+                    .assign(tpl)
+                    .and_then(|()| consumer.assign(tpl).context("cannot assign partitions"));
+                match assigned {
+                    Ok(()) => self.ready.store(true, Ordering::Release),
+                    Err(e) => self.fail(e),
+                }
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = self.revoke() {
+                    self.fail(e);
+                }
+                if let Err(e) = consumer.unassign() {
+                    self.fail(anyhow::Error::new(e).context("cannot give partitions back"));
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; giving the partitions back");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The partition count every consumed topic must share: partition *p* of
+/// all of them is one task, so they must line up.
+fn co_partitioned(
+    consumer: &BaseConsumer<Membership>,
+    topics: &[&str],
+    brokers: &str,
+) -> Result<i32> {
+    let mut counts: Vec<(&str, i32)> = Vec::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+        let n = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len() as i32)
+            .unwrap_or(0);
+        if n == 0 {
+            anyhow::bail!("topic {topic} does not exist on {brokers}");
+        }
+        counts.push((topic, n));
+    }
+    let n = counts[0].1;
+    if let Some((other, m)) = counts.iter().find(|(_, m)| *m != n) {
+        anyhow::bail!(
+            "topic {other} has {m} partitions but {} has {n}: paicha processes partition p of every topic together, so {} need the same partition count",
+            counts[0].0,
+            topics.join(", ")
+        );
+    }
+    Ok(n)
+}
+
 /// Runs the consumer until `shutdown` is set or, with `end`, until the
 /// replay is fully processed.
 pub fn consume(
     cfg: &ConsumerConfig,
     decoder: &Decoder,
-    processor: &mut Processor,
+    tasks: Arc<Mutex<Tasks>>,
     metrics: &Metrics,
     flow: Option<Arc<FlowControl>>,
     end: Option<Arc<ReplayEnd>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
-    let consumer: BaseConsumer<kafka::KafkaHealth> = kafka::client_config(&cfg.brokers)
+    let membership = Membership {
+        health: kafka::KafkaHealth::new("consumer", metrics),
+        tasks: tasks.clone(),
+        fresh: cfg.embedded,
+        failure: Mutex::new(None),
+        ready: cfg.ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
+    let consumer: BaseConsumer<Membership> = kafka::client_config(&cfg.brokers)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Partition p of every topic to the same member: range assignment
+        // does that for topics of equal partition counts; sticky ones do not.
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 4).to_string())
         .set("fetch.wait.max.ms", "20")
         // Bound librdkafka's prefetch so a backlog cannot fill memory, and
         // fetch again soon once it drains (the default waits a whole second,
@@ -110,124 +322,140 @@ pub fn consume(
         .set("fetch.queue.backoff.ms", "2")
         .set("fetch.message.max.bytes", "2097152")
         .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
-        .create_with_context(kafka::KafkaHealth::new("consumer", metrics))
+        .create_with_context(membership)
         .context("cannot create Kafka consumer")?;
     let (dlq, dlq_counter) = kafka::producer(&cfg.brokers)?;
 
     let mut topics: Vec<&str> = Source::ALL.iter().map(|s| s.topic()).collect();
     topics.push(DEAD_LETTER_TOPIC);
-    let committed: BTreeMap<(String, i32), i64> = processor
-        .committed_offsets()
-        .iter()
-        .map(|o| ((o.topic.clone(), o.partition), o.next))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    let mut partitions: BTreeMap<String, i32> = BTreeMap::new();
-    for topic in &topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("cannot reach Kafka at {}", cfg.brokers))?;
-        let n = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        if n == 0 {
-            anyhow::bail!("topic {topic} does not exist on {}", cfg.brokers);
-        }
-        partitions.insert(topic.to_string(), n);
-        for p in 0..n {
-            let offset = match committed.get(&(topic.to_string(), p)) {
-                Some(next) if !cfg.embedded => Offset::Offset(*next),
-                _ => Offset::Beginning,
-            };
-            tpl.add_partition_offset(topic, p, offset)?;
-            if end.is_some() && Source::from_topic(topic).is_some() {
-                // A replay's partitions all have data coming: none may let
-                // the clock run ahead before it has delivered (see
-                // `Watermarks::expect`).
-                processor.expect_partition(topic, p, Instant::now());
+    let partitions = co_partitioned(&consumer, &topics, &cfg.brokers)?;
+    if cfg.subscribe {
+        consumer
+            .subscribe(&topics)
+            .context("cannot join the consumer group")?;
+    } else {
+        let mut tpl = TopicPartitionList::new();
+        for topic in &topics {
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
             }
         }
+        consumer.context().assign(&mut tpl)?;
+        consumer.assign(&tpl).context("cannot assign partitions")?;
+        cfg.ready.store(true, Ordering::Release);
     }
-    if cfg.embedded {
-        processor.forget_offsets();
-    }
-    consumer.assign(&tpl).context("cannot assign partitions")?;
 
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut lag_checked: Option<Instant> = None;
     let mut last_publish = Instant::now();
+    let mut end_checked = Instant::now();
     let mut dlq_ends: Option<BTreeMap<(String, i32), i64>> = None;
     loop {
         if shutdown.load(Ordering::Acquire) {
             break;
         }
-        match consumer.poll(Duration::from_millis(50)) {
+        let polled = consumer.poll(Duration::from_millis(50));
+        let failed = consumer
+            .context()
+            .failure
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take());
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut guard = lock(&tasks)?;
+        match polled {
             Some(Ok(msg)) => {
-                handle(&msg, decoder, processor, metrics, &dlq, &flow, &mut summary)?;
+                // Only a partition with its task open is ever assigned.
+                if let Some(processor) = guard.get_mut(msg.partition()) {
+                    handle(&msg, decoder, processor, metrics, &dlq, &flow, &mut summary)?;
+                }
                 if !cfg.slow_sink.is_zero() {
                     std::thread::sleep(cfg.slow_sink);
                 }
             }
-            Some(Err(e)) => consumer.context().report(&e, "poll"),
+            Some(Err(e)) => consumer.context().health.report(&e, "poll"),
             None => {}
         }
         dlq.poll(Duration::ZERO);
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
-            checkpoint(processor, metrics, false)?;
-            observe(processor, metrics, &consumer, &dlq, &mut lag_checked)?;
+            checkpoint(&mut guard, metrics, false)?;
+            observe(&mut guard, metrics, &consumer, &dlq, &mut lag_checked)?;
             last_checkpoint = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
-            publish(processor, &cfg.live)?;
+            publish(&mut guard, &cfg.live)?;
             last_publish = Instant::now();
         }
         if let Some(end) = &end {
+            if end_checked.elapsed() < Duration::from_millis(20) {
+                continue;
+            }
+            end_checked = Instant::now();
+            let positions = guard.positions();
             if dlq_ends.is_none() {
                 let ends = end.source_ends.lock().ok().and_then(|e| e.clone());
                 if let Some(ends) = ends {
-                    if reached(processor, &ends) {
+                    if reached(&positions, &ends) {
                         // Every source message is processed; the dead letters
                         // produced for them must land in the table too.
                         kafka::finish(&dlq, &dlq_counter)?;
-                        dlq_ends = Some(high_watermarks(
-                            &consumer,
-                            DEAD_LETTER_TOPIC,
-                            partitions.get(DEAD_LETTER_TOPIC).copied().unwrap_or(0),
-                        )?);
+                        dlq_ends = Some(high_watermarks(&consumer, DEAD_LETTER_TOPIC, partitions)?);
                     }
                 }
             }
             if let Some(ends) = &dlq_ends {
-                if reached(processor, ends) {
+                if reached(&positions, ends) {
                     break;
                 }
             }
         }
     }
     kafka::finish(&dlq, &dlq_counter)?;
-    checkpoint(processor, metrics, end.is_some())?;
-    processor.settle_writes()?;
-    observe(processor, metrics, &consumer, &dlq, &mut lag_checked)?;
+    let mut guard = lock(&tasks)?;
+    if end.is_some() {
+        // The end of a replay: every task's clock stands at the highest
+        // event time of the whole input.
+        let last = guard.max_event_time();
+        for (_, task) in guard.iter_mut() {
+            task.finish_at(last);
+        }
+    }
+    checkpoint(&mut guard, metrics, end.is_some())?;
+    for (_, task) in guard.iter_mut() {
+        task.settle_writes()?;
+    }
+    observe(&mut guard, metrics, &consumer, &dlq, &mut lag_checked)?;
     kafka::finish(&dlq, &dlq_counter)?;
     if end.is_some() {
         // A finished replay leaves one file per table per day.
-        processor.compact_all()?;
+        for (_, task) in guard.iter_mut() {
+            task.compact_all()?;
+        }
     }
-    publish(processor, &cfg.live)?;
-    let stats = processor.stats();
+    publish(&mut guard, &cfg.live)?;
+    let stats = guard.stats();
     summary.accepted = stats.accepted;
     summary.duplicates = stats.duplicates;
     summary.dead_letters = stats.dead_letters;
+    drop(guard);
+    // Leaving the group revokes every partition (the callback commits
+    // nothing new: every task has just checkpointed).
+    drop(consumer);
     Ok(summary)
 }
 
-fn reached(processor: &Processor, ends: &BTreeMap<(String, i32), i64>) -> bool {
-    let pos = processor.positions();
+fn lock(tasks: &Mutex<Tasks>) -> Result<std::sync::MutexGuard<'_, Tasks>> {
+    tasks
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the partition tasks are unavailable"))
+}
+
+fn reached(positions: &BTreeMap<(String, i32), i64>, ends: &BTreeMap<(String, i32), i64>) -> bool {
     ends.iter()
-        .all(|(k, end)| *end <= 0 || pos.get(k).is_some_and(|p| p >= end))
+        .all(|(k, end)| *end <= 0 || positions.get(k).is_some_and(|p| p >= end))
 }
 
 /// The end offset of every partition of `topic`.
@@ -246,115 +474,141 @@ pub fn high_watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
     Ok(ends)
 }
 
-fn checkpoint(processor: &mut Processor, metrics: &Metrics, finish: bool) -> Result<()> {
-    let started = Instant::now();
-    let before = processor.stats().clone();
-    processor.checkpoint(finish, started)?;
-    if processor.stats().checkpoints > before.checkpoints {
-        metrics.checkpoints.inc();
-        metrics
-            .checkpoint_duration
-            .observe(started.elapsed().as_secs_f64());
-        if processor.stats().windows > before.windows {
+fn checkpoint(tasks: &mut Tasks, metrics: &Metrics, finish: bool) -> Result<()> {
+    let mut watermark: Option<i64> = None;
+    metrics.consumer_position.reset();
+    for (_, processor) in tasks.iter_mut() {
+        let started = Instant::now();
+        let before = processor.stats().clone();
+        processor.checkpoint(finish, started)?;
+        if processor.stats().checkpoints > before.checkpoints {
+            metrics.checkpoints.inc();
             metrics
-                .window_flush_duration
+                .checkpoint_duration
                 .observe(started.elapsed().as_secs_f64());
+            if processor.stats().windows > before.windows {
+                metrics
+                    .window_flush_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        let wm = processor.watermark(started);
+        if wm != i64::MIN {
+            watermark = Some(watermark.map_or(wm, |w| w.min(wm)));
+        }
+        for ((topic, p), next) in processor.positions() {
+            metrics
+                .consumer_position
+                .with_label_values(&[topic.as_str(), &p.to_string()])
+                .set(*next);
         }
     }
-    let wm = processor.watermark(started);
-    if wm != i64::MIN {
+    // The instance's watermark is its most lagging task's.
+    if let Some(wm) = watermark {
         metrics.watermark_seconds.set(wm.div_euclid(1_000_000));
-    }
-    for ((topic, p), next) in processor.positions() {
-        metrics
-            .consumer_position
-            .with_label_values(&[topic.as_str(), &p.to_string()])
-            .set(*next);
     }
     Ok(())
 }
 
 /// Publishes what changed since the last call: alerts to `screening.alerts`
 /// (at least once: a crash before the next commit publishes them again, with
-/// the same `alert_id`), and the gauges of follow-ups, beds and lag.
+/// the same `alert_id`), and the gauges of follow-ups, beds and lag of the
+/// tasks this instance runs.
 fn observe(
-    processor: &mut Processor,
+    tasks: &mut Tasks,
     metrics: &Metrics,
-    consumer: &BaseConsumer<kafka::KafkaHealth>,
+    consumer: &BaseConsumer<Membership>,
     producer: &kafka::CountingProducer,
     lag_checked: &mut Option<Instant>,
 ) -> Result<()> {
-    for alert in processor.take_alert_news() {
-        if alert.resolved_at.is_none() {
-            metrics
-                .alerts_raised
-                .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
-                .inc();
+    let mut by_status: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let mut by_days: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut clock: Option<i64> = None;
+    // Gauges of this instance's tasks only: a task that moved to another
+    // instance is reported there.
+    metrics.beds_occupied.reset();
+    metrics.bed_utilization.reset();
+    for (_, processor) in tasks.iter_mut() {
+        for alert in processor.take_alert_news() {
+            if alert.resolved_at.is_none() {
+                metrics
+                    .alerts_raised
+                    .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
+                    .inc();
+            }
+            let json = serde_json::json!({
+                "alert_id": alert.alert_id,
+                "raised_at": micros_to_rfc3339(alert.raised_at),
+                "kind": alert.kind,
+                "severity": alert.severity,
+                "district": alert.district,
+                "hospital_id": alert.hospital_id,
+                "person_key": alert.person_key,
+                "detail": alert.detail,
+                "resolved_at": alert.resolved_at.map(micros_to_rfc3339),
+            });
+            kafka::send(
+                producer,
+                ALERTS_TOPIC,
+                None,
+                alert.district.as_bytes(),
+                json.to_string().as_bytes(),
+                None,
+            )?;
         }
-        let json = serde_json::json!({
-            "alert_id": alert.alert_id,
-            "raised_at": micros_to_rfc3339(alert.raised_at),
-            "kind": alert.kind,
-            "severity": alert.severity,
-            "district": alert.district,
-            "hospital_id": alert.hospital_id,
-            "person_key": alert.person_key,
-            "detail": alert.detail,
-            "resolved_at": alert.resolved_at.map(micros_to_rfc3339),
-        });
-        kafka::send(
-            producer,
-            ALERTS_TOPIC,
-            None,
-            alert.district.as_bytes(),
-            json.to_string().as_bytes(),
-            None,
-        )?;
+        let registry = processor.registry();
+        for ((d, status), n) in processor.follow_ups().by_status() {
+            let district = registry.district(*d).district.clone();
+            *by_status.entry((district, status.as_str())).or_default() += *n;
+        }
+        for ((d, days), n) in processor.follow_ups().by_days() {
+            let days = if *days >= 4 {
+                "4+".to_string()
+            } else {
+                days.to_string()
+            };
+            let district = registry.district(*d).district.clone();
+            *by_days.entry((district, days)).or_default() += *n;
+        }
+        for (h, beds, occupied) in processor.beds_now() {
+            let hospital = registry.hospital(h);
+            let labels = [
+                hospital.hospital_id.as_str(),
+                hospital.district.as_str(),
+                if hospital.designated() {
+                    "true"
+                } else {
+                    "false"
+                },
+            ];
+            metrics
+                .beds_occupied
+                .with_label_values(&labels)
+                .set(occupied);
+            if beds > 0 {
+                metrics
+                    .bed_utilization
+                    .with_label_values(&labels)
+                    .set(occupied as f64 / beds as f64);
+            }
+        }
+        let c = processor.follow_ups().clock();
+        if c != i64::MIN {
+            clock = Some(clock.map_or(c, |m| m.min(c)));
+        }
     }
-    let registry = processor.registry();
     metrics.follow_ups.reset();
-    for ((d, status), n) in processor.follow_ups().by_status() {
-        metrics
-            .follow_ups
-            .with_label_values(&[registry.district(*d).district.as_str(), status.as_str()])
-            .set(*n);
+    for ((d, status), n) in by_status {
+        metrics.follow_ups.with_label_values(&[&d, status]).set(n);
     }
     metrics.follow_ups_overdue.reset();
-    for ((d, days), n) in processor.follow_ups().by_days() {
-        let days = if *days >= 4 {
-            "4+".to_string()
-        } else {
-            days.to_string()
-        };
+    for ((d, days), n) in by_days {
         metrics
             .follow_ups_overdue
-            .with_label_values(&[registry.district(*d).district.as_str(), days.as_str()])
-            .set(*n);
+            .with_label_values(&[&d, &days])
+            .set(n);
     }
-    for (h, beds, occupied) in processor.beds_now() {
-        let hospital = registry.hospital(h);
-        let labels = [
-            hospital.hospital_id.as_str(),
-            hospital.district.as_str(),
-            if hospital.designated() {
-                "true"
-            } else {
-                "false"
-            },
-        ];
-        metrics
-            .beds_occupied
-            .with_label_values(&labels)
-            .set(occupied);
-        if beds > 0 {
-            metrics
-                .bed_utilization
-                .with_label_values(&labels)
-                .set(occupied as f64 / beds as f64);
-        }
-    }
-    let clock = processor.follow_ups().clock();
-    if clock != i64::MIN {
+    if let Some(clock) = clock {
         metrics
             .watermark_lag_seconds
             .set((micros_now() - clock).div_euclid(1_000_000));
@@ -362,8 +616,9 @@ fn observe(
     // Partition ends cost a broker round trip each: measured every 15 s.
     if lag_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {
         *lag_checked = Some(Instant::now());
-        for ((topic, p), next) in processor.positions() {
-            if let Ok((_, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_millis(500))
+        metrics.consumer_lag.reset();
+        for ((topic, p), next) in tasks.positions() {
+            if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
             {
                 metrics
                     .consumer_lag

@@ -15,11 +15,14 @@ use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym::Pseudonymizer;
 use paicha_ingest::registry::Registry;
 use paicha_ingest::simulate::{self, SimConfig, Simulator};
+use paicha_processors::tasks::Tasks;
 use paicha_processors::time::Calendar;
-use paicha_processors::{Config, Processor};
+use paicha_processors::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::cli::{AccessArgs, IngestArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs};
+use crate::cli::{
+    AccessArgs, BrokerArgs, IngestArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs,
+};
 use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
 
 /// Prints a status line. A reader that went away (`paicha run | head -1`, a
@@ -60,6 +63,7 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
         bail!("--bed-alert-at must be a share of the beds, above 0 and at most 1");
     }
     cfg.bed_alert_share = args.bed_alert_at;
+    cfg.idle_after = args.idle_after;
     cfg.calendar = Calendar::new(&args.time_zone).map_err(|e| anyhow!("--time-zone: {e}"))?;
     // The consumer goes on while a checkpoint's Parquet is encoded.
     cfg.background_writes = true;
@@ -70,18 +74,7 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
 /// demo only) a random key kept in the data directory so that restarts give
 /// the same pseudonyms.
 fn hmac_key(args: &RunArgs, embedded: bool) -> Result<Vec<u8>> {
-    if let Ok(k) = std::env::var("PAICHA_HMAC_KEY") {
-        if k.is_empty() {
-            bail!("PAICHA_HMAC_KEY is empty");
-        }
-        return Ok(k.into_bytes());
-    }
-    if let Some(p) = &args.hmac_key_file {
-        let k = std::fs::read(p)
-            .with_context(|| format!("cannot read HMAC key file {}", p.display()))?;
-        if k.is_empty() {
-            bail!("HMAC key file {} is empty", p.display());
-        }
+    if let Some(k) = given_hmac_key(args.hmac_key_file.as_deref())? {
         return Ok(k);
     }
     if !embedded {
@@ -104,6 +97,57 @@ fn hmac_key(args: &RunArgs, embedded: bool) -> Result<Vec<u8>> {
     Ok(hex_key.into_bytes())
 }
 
+/// The key PAICHA_HMAC_KEY or the key file gives, if any.
+fn given_hmac_key(file: Option<&Path>) -> Result<Option<Vec<u8>>> {
+    if let Ok(k) = std::env::var("PAICHA_HMAC_KEY") {
+        if k.is_empty() {
+            bail!("PAICHA_HMAC_KEY is empty");
+        }
+        return Ok(Some(k.into_bytes()));
+    }
+    if let Some(p) = file {
+        let k = std::fs::read(p)
+            .with_context(|| format!("cannot read HMAC key file {}", p.display()))?;
+        if k.is_empty() {
+            bail!("HMAC key file {} is empty", p.display());
+        }
+        return Ok(Some(k));
+    }
+    Ok(None)
+}
+
+/// Produces the simulator's scenario into the topics at `rate` events/s
+/// until it ends or `shutdown` is set.
+fn produce_scenario(
+    brokers: &str,
+    sim: SimConfig,
+    registry: &Registry,
+    pseudonymizer: Pseudonymizer,
+    rate: f64,
+    flow: Option<Arc<FlowControl>>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<kafka::ProduceSummary> {
+    let mut p = BatchProducer::new(brokers, Batching::default(), flow)?
+        .pseudonymizing(pseudonymizer)
+        .paced(rate, shutdown.clone());
+    let mut sim = Simulator::new(sim, registry);
+    let mut n = 0u64;
+    'days: while let Some(lines) = sim.next_day() {
+        for l in lines {
+            if shutdown.load(Ordering::Acquire) {
+                break 'days;
+            }
+            n += 1;
+            p.line(l.as_bytes(), "simulator", n)?;
+        }
+    }
+    let summary = p.finish()?;
+    if !shutdown.load(Ordering::Acquire) {
+        eprintln!("paicha: the simulator finished its scenario");
+    }
+    Ok(summary)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -123,6 +167,8 @@ struct Serving<'a> {
     access: &'a AccessArgs,
     /// The ingest gateway, served on the HTTP port.
     gateway: Option<Arc<Gateway>>,
+    /// What `GET /readyz` answers.
+    ready: Arc<AtomicBool>,
 }
 
 /// The ingest gateway of a live `paicha run`.
@@ -243,6 +289,7 @@ fn serve_sql(
                 max_concurrent: access.max_concurrent_queries as usize,
             },
             extra: serving.gateway.clone().map(Gateway::router),
+            ready: serving.ready.clone(),
         };
         rt.spawn(async move {
             if let Err(e) = paicha_query::http::serve(listener, state).await {
@@ -303,7 +350,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let mut processor = Processor::open(cfg, registry.clone())?;
+    let tasks = Arc::new(std::sync::Mutex::new(Tasks::open(cfg, registry.clone())?));
 
     let (cluster, brokers) = match &args.brokers {
         Some(b) => (None, b.clone()),
@@ -342,13 +389,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         )?),
         _ => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {
-        let live = Arc::new(std::sync::RwLock::new(Arc::new(processor.live_view()?)));
+        let live: paicha_query::Live = Default::default();
         let serving = Serving {
             http,
             pg,
             access: &args.access,
             gateway: gateway.clone(),
+            ready: ready.clone(),
         };
         serve_sql(&rt, &serving, &args.data, &metrics, Some(live.clone()))?;
         Some(live)
@@ -404,25 +453,16 @@ pub fn run(args: RunArgs) -> Result<()> {
                         }
                         Ok(Some(summary))
                     } else if simulate {
-                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
-                            .pseudonymizing(pseudonymizer)
-                            .paced(rate, shutdown.clone());
-                        let mut sim = Simulator::new(sim, &registry);
-                        let mut n = 0u64;
-                        'days: while let Some(lines) = sim.next_day() {
-                            for l in lines {
-                                if shutdown.load(Ordering::Acquire) {
-                                    break 'days;
-                                }
-                                n += 1;
-                                p.line(l.as_bytes(), &origin, n)?;
-                            }
-                        }
-                        let summary = p.finish()?;
-                        if !shutdown.load(Ordering::Acquire) {
-                            eprintln!("paicha: the simulator finished its scenario");
-                        }
-                        Ok(Some(summary))
+                        produce_scenario(
+                            &brokers,
+                            sim,
+                            &registry,
+                            pseudonymizer,
+                            rate,
+                            flow,
+                            shutdown.clone(),
+                        )
+                        .map(Some)
                     } else {
                         Ok(None)
                     }
@@ -448,6 +488,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         brokers: brokers.clone(),
         group: args.group.clone(),
         embedded,
+        // A replay processes its own file to the end: it takes every
+        // partition rather than sharing them with a group.
+        subscribe: !embedded && args.replay.is_none(),
+        session_timeout: args.session_timeout,
+        ready: ready.clone(),
         checkpoint_interval: args.checkpoint_interval,
         slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
         live,
@@ -455,7 +500,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let consumed = pipeline::consume(
         &consumer_cfg,
         &decoder,
-        &mut processor,
+        tasks.clone(),
         &metrics,
         flow.clone(),
         end.clone(),
@@ -521,16 +566,20 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
     if args.clean {
         cfg = cfg.clean();
     }
-    let file =
-        File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let s = simulate::write_scenario(cfg, &registry, &mut out)?;
-    out.flush()
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let out = match (&args.out, &args.brokers) {
+        (Some(out), _) => out,
+        (None, Some(brokers)) => return simulate_live(&args, brokers, cfg, &registry),
+        (None, None) => bail!("give --out FILE or --brokers HOST:PORT"),
+    };
+    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let s = simulate::write_scenario(cfg, &registry, &mut w)?;
+    w.flush()
+        .with_context(|| format!("cannot write {}", out.display()))?;
     say!(
         "paicha: wrote {} lines to {}: {} events ({} checkpoint, {} pharmacy, {} door_visit, {} case, {} bed), {} duplicates, {} late, {} malformed",
         s.lines,
-        args.out.display(),
+        out.display(),
         s.events,
         s.by_source[0],
         s.by_source[1],
@@ -541,6 +590,63 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
         s.late,
         s.malformed
     );
+    Ok(())
+}
+
+/// `paicha simulate --brokers`: the scenario, live, into a deployment's
+/// topics, pseudonymized with its key.
+fn simulate_live(
+    args: &SimulateArgs,
+    brokers: &str,
+    cfg: SimConfig,
+    registry: &Registry,
+) -> Result<()> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a positive number of events per second");
+    }
+    let key = given_hmac_key(args.hmac_key_file.as_deref())?.context(
+        "no pseudonymization key: set PAICHA_HMAC_KEY or --hmac-key-file (the processors' key)",
+    )?;
+    let rt = runtime()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(&rt, shutdown.clone());
+    say!(
+        "paicha: simulator producing {} events/s (seed {}) into {brokers}",
+        args.rate,
+        args.seed
+    );
+    let s = produce_scenario(
+        brokers,
+        cfg,
+        registry,
+        Pseudonymizer::new(&key),
+        args.rate,
+        None,
+        shutdown,
+    )?;
+    say!(
+        "paicha: produced {} lines in {} messages",
+        s.lines,
+        s.messages
+    );
+    Ok(())
+}
+
+/// `paicha broker`.
+pub fn broker(args: BrokerArgs) -> Result<()> {
+    let cluster = EmbeddedCluster::start(1, args.partitions)?;
+    say!(
+        "paicha: embedded Kafka at {} ({} partitions per topic); Ctrl-C stops it",
+        cluster.bootstrap_servers(),
+        args.partitions
+    );
+    let rt = runtime()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(&rt, shutdown.clone());
+    while !shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(cluster);
     Ok(())
 }
 
@@ -602,6 +708,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         pg: Some(&args.pg),
         access: &args.access,
         gateway: None,
+        ready: Arc::new(AtomicBool::new(true)),
     };
     let ctx = serve_sql(&rt, &serving, &args.data, &metrics, None)?
         .context("paicha serve has nothing to serve")?;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub watermark_seconds: IntGauge,
     /// Next offset to consume, by topic and partition.
     pub consumer_position: IntGaugeVec,
+    /// Partition tasks this instance runs (partition *p* of every topic).
+    pub partition_tasks: IntGauge,
+    /// Consumer-group rebalances this instance went through.
+    pub rebalances: IntCounter,
     /// Checkpoints committed.
     pub checkpoints: IntCounter,
     /// Time to write and commit a checkpoint.
@@ -112,6 +116,14 @@ impl Metrics {
             watermark_seconds: IntGauge::new(
                 "paicha_watermark_seconds",
                 "The pipeline's event-time watermark, seconds since the Unix epoch.",
+            )?,
+            partition_tasks: IntGauge::new(
+                "paicha_partition_tasks",
+                "Partition tasks this instance runs: partition p of every consumed topic.",
+            )?,
+            rebalances: IntCounter::new(
+                "paicha_rebalances_total",
+                "Partition assignments received from the consumer group.",
             )?,
             consumer_position: IntGaugeVec::new(
                 Opts::new(
@@ -226,6 +238,8 @@ impl Metrics {
             .register(Box::new(m.dead_letters_produced.clone()))?;
         m.registry.register(Box::new(m.watermark_seconds.clone()))?;
         m.registry.register(Box::new(m.consumer_position.clone()))?;
+        m.registry.register(Box::new(m.partition_tasks.clone()))?;
+        m.registry.register(Box::new(m.rebalances.clone()))?;
         m.registry.register(Box::new(m.checkpoints.clone()))?;
         m.registry
             .register(Box::new(m.checkpoint_duration.clone()))?;

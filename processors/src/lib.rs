@@ -19,6 +19,7 @@ pub mod follow_ups;
 pub mod raw;
 pub mod store;
 pub mod symptoms;
+pub mod tasks;
 pub mod time;
 pub mod watermark;
 pub mod window_counts;
@@ -386,6 +387,11 @@ impl Processor {
         Ok(())
     }
 
+    /// The sequence number of the last checkpoint committed to disk.
+    pub fn committed_checkpoint(&self) -> u64 {
+        self.committed.checkpoint
+    }
+
     /// The Kafka positions the committed data covers: where to resume.
     pub fn committed_offsets(&self) -> &[Offset] {
         &self.manifest.offsets
@@ -744,6 +750,20 @@ impl Processor {
         &self.offsets
     }
 
+    /// Highest event time of any event this processor counted (`i64::MIN`
+    /// before the first).
+    pub fn max_event_time(&self) -> i64 {
+        self.max_time
+    }
+
+    /// Moves the clock a finishing checkpoint stands at up to `t`: at the
+    /// end of a replay every partition task stops at the highest event time
+    /// of the whole input, not only of its own partitions, so the tables
+    /// do not depend on how districts fall into partitions.
+    pub fn finish_at(&mut self, t: i64) {
+        self.max_time = self.max_time.max(t);
+    }
+
     /// The pipeline watermark now.
     pub fn watermark(&mut self, now: Instant) -> i64 {
         self.watermarks.advance(now)
@@ -758,6 +778,9 @@ impl Processor {
     pub fn checkpoint(&mut self, finish: bool, now: Instant) -> Result<()> {
         self.settle(usize::MAX)?;
         let watermark = self.watermark(now);
+        // Partitions that went idle let the clock move without a message
+        // arriving to move it.
+        self.follow_ups.advance(watermark, &self.registry);
         // Ids of days wholly behind every partition's horizon can only come
         // again as too late, never as a duplicate to recognise.
         if let Some(low) = self.watermarks.lowest_high_mark() {

@@ -9,10 +9,11 @@
 //! for minutes after it (see `compact`), longer than a query takes.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
@@ -27,6 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use paicha_ingest::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
+use paicha_processors::tasks::TASK_PREFIX;
 use paicha_processors::LiveView;
 
 use crate::Live;
@@ -34,25 +36,21 @@ use crate::Live;
 /// Picks a table's in-memory rows out of a [`LiveView`].
 pub(crate) type Rows = fn(&LiveView) -> Vec<RecordBatch>;
 
-/// Where the newest [`LiveView`] comes from.
+/// Where a table's rows come from: every partition task's directory under
+/// the data directory (shared by all instances of a consumer group), read
+/// from its committed manifest, except the tasks this process runs, whose
+/// rows in memory it publishes in [`Live`].
 pub(crate) struct Snapshots {
     data_dir: PathBuf,
-    kind: Kind,
+    registry: Registry,
+    live: Option<Live>,
+    /// Each stored task directory's view, by prefix, with the manifest stamp
+    /// it was read at: rebuilt only when that task commits.
+    stored: Mutex<BTreeMap<String, (Stamp, Arc<LiveView>)>>,
+    /// The last merged view and the identity of every part it came from.
+    merged: Mutex<Option<(Vec<(String, usize)>, Arc<LiveView>)>>,
 }
 
-enum Kind {
-    /// A running pipeline publishes its view at every checkpoint.
-    Live(Live),
-    /// A stopped directory: the view is rebuilt when the manifest changes.
-    Stored {
-        store: Store,
-        registry: Box<Registry>,
-        cached: Mutex<Option<(Stamp, Arc<LiveView>)>>,
-    },
-}
-
-/// Identifies one committed manifest: each commit renames a new file into
-/// place, so the inode changes even when size and time do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     inode: u64,
@@ -61,66 +59,91 @@ struct Stamp {
 }
 
 impl Snapshots {
-    pub(crate) fn live(data_dir: &Path, live: Live) -> Self {
+    pub(crate) fn new(data_dir: &Path, registry: Registry, live: Option<Live>) -> Self {
         Snapshots {
             data_dir: data_dir.to_path_buf(),
-            kind: Kind::Live(live),
+            registry,
+            live,
+            stored: Mutex::new(BTreeMap::new()),
+            merged: Mutex::new(None),
         }
     }
 
-    pub(crate) fn stored(data_dir: &Path, store: Store, registry: Registry) -> Self {
-        Snapshots {
-            data_dir: data_dir.to_path_buf(),
-            kind: Kind::Stored {
-                store,
-                registry: Box::new(registry),
-                cached: Mutex::new(None),
-            },
+    /// The task directories under the data directory, by prefix: the root
+    /// itself (`""`; it holds tables only in a directory written before
+    /// partition tasks) and every `partition=N/`.
+    fn task_dirs(&self) -> Result<Vec<(String, Option<i32>)>> {
+        let mut dirs = vec![(String::new(), None)];
+        let entries = std::fs::read_dir(&self.data_dir)
+            .with_context(|| format!("cannot read {}", self.data_dir.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(TASK_PREFIX))
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            dirs.push((format!("{TASK_PREFIX}{n}/"), Some(n)));
         }
+        dirs.sort();
+        Ok(dirs)
     }
 
-    /// The newest view.
+    /// The view of every task now, merged.
     pub(crate) fn current(&self) -> Result<Arc<LiveView>> {
-        match &self.kind {
-            Kind::Live(l) => Ok(l
+        let live = match &self.live {
+            Some(l) => l
                 .read()
                 .map_err(|_| anyhow::anyhow!("the pipeline's live state is unavailable"))?
-                .clone()),
-            Kind::Stored {
-                store,
-                registry,
-                cached,
-            } => {
-                let stamp = self.stamp();
-                let mut cached = cached
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the catalog cache is unavailable"))?;
-                if let (Some(stamp), Some((s, view))) = (stamp, cached.as_ref()) {
-                    if stamp == *s {
-                        return Ok(view.clone());
+                .clone(),
+            None => Default::default(),
+        };
+        let mut parts: Vec<(String, Arc<LiveView>)> = Vec::new();
+        {
+            let mut stored = self
+                .stored
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the catalog cache is unavailable"))?;
+            for (prefix, task) in self.task_dirs()? {
+                if let Some(view) = task.and_then(|t| live.get(&t)) {
+                    parts.push((prefix, view.clone()));
+                    continue;
+                }
+                let dir = self.data_dir.join(&prefix);
+                let Some(stamp) = stamp(&dir) else {
+                    // A task directory being created: nothing committed yet.
+                    continue;
+                };
+                if let Some((s, view)) = stored.get(&prefix) {
+                    if *s == stamp {
+                        parts.push((prefix, view.clone()));
+                        continue;
                     }
                 }
-                let m = store.manifest()?.unwrap_or_default();
-                let view = Arc::new(LiveView::from_manifest(&self.data_dir, &m, registry)?);
-                if let Some(stamp) = stamp {
-                    *cached = Some((stamp, view.clone()));
-                }
-                Ok(view)
+                let m = Store::open(&dir)?.manifest()?.unwrap_or_default();
+                let view = Arc::new(LiveView::from_manifest(&dir, &m, &self.registry)?);
+                stored.insert(prefix.clone(), (stamp, view.clone()));
+                parts.push((prefix, view));
             }
         }
-    }
-
-    fn stamp(&self) -> Option<Stamp> {
-        let meta = std::fs::metadata(self.data_dir.join(META_DIR).join("manifest.json")).ok()?;
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Some(Stamp {
-            inode,
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
+        let identity: Vec<(String, usize)> = parts
+            .iter()
+            .map(|(p, v)| (p.clone(), Arc::as_ptr(v) as usize))
+            .collect();
+        let mut merged = self
+            .merged
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the catalog cache is unavailable"))?;
+        if let Some((id, view)) = merged.as_ref() {
+            if *id == identity {
+                return Ok(view.clone());
+            }
+        }
+        let view = Arc::new(merge(&parts)?);
+        *merged = Some((identity, view.clone()));
+        Ok(view)
     }
 
     fn files(&self, view: &LiveView, table: &str) -> Vec<String> {
@@ -137,7 +160,80 @@ impl Snapshots {
     }
 }
 
-/// One stored table: its committed Parquet files and its rows in memory.
+/// The stamp of a task directory's committed manifest (`None` if it has none).
+fn stamp(dir: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(dir.join(META_DIR).join("manifest.json")).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        inode,
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// One view of several tasks: their rows side by side, and one manifest
+/// listing every task's files by their path under the data directory.
+/// Districts never share a task, so no key appears in two parts.
+fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
+    let Some((_, first)) = parts.first() else {
+        anyhow::bail!("the data directory has no manifest");
+    };
+    let mut manifest = first.manifest.clone();
+    manifest.tables.clear();
+    manifest.offsets.clear();
+    let mut view = LiveView {
+        manifest: Default::default(),
+        symptom_counts: Vec::new(),
+        confirmations: Vec::new(),
+        dead_letters: Vec::new(),
+        bed_occupancy: Vec::new(),
+        raw: Default::default(),
+        follow_ups: first.follow_ups.clone(),
+        alerts: first.alerts.clone(),
+        aberrations: first.aberrations.clone(),
+    };
+    let (mut follow_ups, mut alerts, mut aberrations) = (Vec::new(), Vec::new(), Vec::new());
+    for (prefix, part) in parts {
+        for (table, files) in &part.manifest.tables {
+            manifest
+                .tables
+                .entry(table.clone())
+                .or_default()
+                .extend(files.iter().map(|f| format!("{prefix}{f}")));
+        }
+        manifest
+            .offsets
+            .extend(part.manifest.offsets.iter().cloned());
+        if !part.manifest.time_zone.is_empty() {
+            manifest.time_zone = part.manifest.time_zone.clone();
+        }
+        view.symptom_counts
+            .extend(part.symptom_counts.iter().cloned());
+        view.confirmations
+            .extend(part.confirmations.iter().cloned());
+        view.dead_letters.extend(part.dead_letters.iter().cloned());
+        view.bed_occupancy
+            .extend(part.bed_occupancy.iter().cloned());
+        for (all, rows) in view.raw.iter_mut().zip(part.raw.iter()) {
+            all.extend(rows.iter().cloned());
+        }
+        follow_ups.push(part.follow_ups.clone());
+        alerts.push(part.alerts.clone());
+        aberrations.push(part.aberrations.clone());
+    }
+    let concat = |batches: Vec<RecordBatch>, like: &RecordBatch| {
+        arrow::compute::concat_batches(&like.schema(), &batches)
+    };
+    view.follow_ups = concat(follow_ups, &first.follow_ups)?;
+    view.alerts = concat(alerts, &first.alerts)?;
+    view.aberrations = concat(aberrations, &first.aberrations)?;
+    view.manifest = manifest;
+    Ok(view)
+}
+
 #[derive(Debug)]
 pub(crate) struct Current {
     name: &'static str,

@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `POST /sql` (the SQL text as the body),
-//! `GET /metrics` (Prometheus text exposition) and `GET /healthz`.
+//! `GET /metrics` (Prometheus text exposition), `GET /healthz` (the process
+//! answers) and `GET /readyz` (it has its partitions).
 //!
 //! Results are JSON (an array of row objects) by default, CSV for
 //! `Accept: text/csv`, JSON lines for `Accept: application/x-ndjson`, an
@@ -69,6 +70,9 @@ pub struct HttpState {
     pub limits: Limits,
     /// More routes on the same port (the ingest gateway's).
     pub extra: Option<Router>,
+    /// Set once the instance serves what it should: for `run`, once it has
+    /// its partition tasks from the consumer group (`GET /readyz`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Shared {
@@ -84,10 +88,29 @@ pub fn router(state: HttpState) -> Router {
         .route("/sql", post(sql))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(Arc::new(Shared { state, running }));
     match extra {
         Some(extra) => router.merge(extra),
         None => router,
+    }
+}
+
+/// 200 once the instance is ready, 503 before: a load balancer sends
+/// queries (and the ingest gateway's posts) only to ready instances.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared
+        .state
+        .ready
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for partitions from the consumer group\n",
+        )
+            .into_response()
     }
 }
 

@@ -35,8 +35,10 @@ pub use datafusion::prelude::SessionContext;
 /// Schema holding the stored rows behind the folding views.
 pub const INTERNAL_SCHEMA: &str = "paicha_internal";
 
-/// The processors' published [`LiveView`], shared with the query side.
-pub type Live = Arc<std::sync::RwLock<Arc<LiveView>>>;
+/// The [`LiveView`] of each partition task this process runs, by partition
+/// number, as the pipeline last published them; the catalog reads every
+/// other task's committed files from the data directory.
+pub type Live = Arc<std::sync::RwLock<Arc<std::collections::BTreeMap<i32, Arc<LiveView>>>>>;
 
 /// A session over a data directory. Every table is read when a query scans
 /// it, so one session stays current as checkpoints commit.
@@ -49,12 +51,13 @@ pub async fn open(data_dir: &Path) -> Result<SessionContext> {
 /// to live as long as the server: each scan takes the newest committed
 /// manifest and live rows.
 pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionContext> {
-    let store = Store::open(data_dir)?;
+    Store::open(data_dir)?;
     let registry = read_registry(data_dir)?;
-    let source = Arc::new(match live {
-        Some(l) => catalog::Snapshots::live(data_dir, l.clone()),
-        None => catalog::Snapshots::stored(data_dir, store, registry.clone()),
-    });
+    let source = Arc::new(catalog::Snapshots::new(
+        data_dir,
+        registry.clone(),
+        live.cloned(),
+    ));
     let first = source.current()?;
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()

@@ -1,0 +1,169 @@
+//! Partition tasks: partition *p* of every consumed topic is one task with
+//! its own [`Processor`] and its own directory, `partition=p/`, under the
+//! data directory.
+//!
+//! Producers key every topic by district and the topics have the same
+//! number of partitions, so a district's checkpoint, pharmacy, door-visit,
+//! case and bed events all sit in partition *p* of their topics, and every
+//! per-district and per-person state lives in one task. A task is the unit
+//! that moves between the instances of a consumer group: the instance that
+//! loses it commits a last checkpoint and drops it; the one that gains it
+//! opens the directory, restores the state of its last committed manifest,
+//! and resumes Kafka at the offsets that manifest covers. Nothing is counted
+//! twice or lost, for the same reason a restart after `kill -9` is exact.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use paicha_ingest::registry::Registry;
+
+use crate::store::{Manifest, Store, FORMAT};
+use crate::{Config, Processor, Stats};
+
+/// The prefix of a partition task's directory under the data directory.
+pub const TASK_PREFIX: &str = "partition=";
+
+/// The directory of partition task `partition` under `root`.
+pub fn task_dir(root: &Path, partition: i32) -> PathBuf {
+    root.join(format!("{TASK_PREFIX}{partition}"))
+}
+
+/// The partition tasks one instance runs.
+pub struct Tasks {
+    template: Config,
+    registry: Arc<Registry>,
+    open: BTreeMap<i32, Processor>,
+}
+
+impl Tasks {
+    /// Prepares the data directory `cfg.data_dir` for partition tasks: its
+    /// own `_paicha/` holds the registries and an empty manifest, so it is a
+    /// paicha directory that `serve` and `sql` accept before any task has
+    /// committed. Refuses a directory written by a paicha older than
+    /// partition tasks (its tables sit at the top, with no per-partition
+    /// state to resume).
+    pub fn open(cfg: Config, registry: Arc<Registry>) -> Result<Self> {
+        let root = cfg.data_dir.clone();
+        let store = Store::create(&root)?;
+        match store.manifest()? {
+            Some(m) if m.checkpoint > 0 || !m.tables.is_empty() => bail!(
+                "{} holds data written before partition tasks (one directory per partition); replay it into a new data directory",
+                root.display()
+            ),
+            Some(m) if m.window_micros != cfg.window_micros => bail!(
+                "{} was built with {}-second windows, not {}; use a new data directory to change the window",
+                root.display(),
+                m.window_micros / 1_000_000,
+                cfg.window_micros / 1_000_000
+            ),
+            Some(_) => {}
+            None => store.commit(&Manifest {
+                format: FORMAT.into(),
+                window_micros: cfg.window_micros,
+                time_zone: cfg.calendar.name().into(),
+                ..Default::default()
+            })?,
+        }
+        let (districts, hospitals) = registry.to_csv();
+        store.write_file("_paicha/registry/districts.csv", districts.as_bytes())?;
+        store.write_file("_paicha/registry/hospitals.csv", hospitals.as_bytes())?;
+        Ok(Tasks {
+            template: cfg,
+            registry,
+            open: BTreeMap::new(),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.template.data_dir
+    }
+
+    /// The processor of `partition`, opened (and its state restored from its
+    /// last committed checkpoint) if this instance does not run it yet.
+    pub fn start(&mut self, partition: i32) -> Result<&mut Processor> {
+        if !self.open.contains_key(&partition) {
+            let mut cfg = self.template.clone();
+            cfg.data_dir = task_dir(&self.template.data_dir, partition);
+            let p = Processor::open(cfg, self.registry.clone())?;
+            self.open.insert(partition, p);
+        }
+        match self.open.get_mut(&partition) {
+            Some(p) => Ok(p),
+            None => bail!("partition task {partition} did not open"),
+        }
+    }
+
+    /// Commits a last checkpoint of `partition`, waits for it, and stops
+    /// running it: another instance may open it from then on.
+    pub fn stop(&mut self, partition: i32) -> Result<()> {
+        if let Some(mut p) = self.open.remove(&partition) {
+            p.checkpoint(false, Instant::now())?;
+            p.settle_writes()?;
+        }
+        Ok(())
+    }
+
+    /// The processor of `partition`, if this instance runs it.
+    pub fn get_mut(&mut self, partition: i32) -> Option<&mut Processor> {
+        self.open.get_mut(&partition)
+    }
+
+    /// Whether this instance runs `partition`, and the last checkpoint it
+    /// committed there.
+    pub fn committed_checkpoint(&self, partition: i32) -> Option<u64> {
+        self.open.get(&partition).map(|p| p.committed_checkpoint())
+    }
+
+    /// The partitions this instance runs.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.open.keys().copied().collect()
+    }
+
+    /// Every task this instance runs, by partition.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&i32, &mut Processor)> {
+        self.open.iter_mut()
+    }
+
+    /// Every task this instance runs, by partition.
+    pub fn iter(&self) -> impl Iterator<Item = (&i32, &Processor)> {
+        self.open.iter()
+    }
+
+    /// The next offset to consume of every topic partition of every task.
+    pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
+        self.open
+            .values()
+            .flat_map(|p| p.positions().iter().map(|(k, v)| (k.clone(), *v)))
+            .collect()
+    }
+
+    /// Totals of every task since it was opened here.
+    pub fn stats(&self) -> Stats {
+        let mut all = Stats::default();
+        for p in self.open.values() {
+            let s = p.stats();
+            all.accepted += s.accepted;
+            all.duplicates += s.duplicates;
+            all.dead_letters += s.dead_letters;
+            all.checkpoints += s.checkpoints;
+            all.files += s.files;
+            all.rows += s.rows;
+            all.merges += s.merges;
+            all.windows += s.windows;
+        }
+        all
+    }
+
+    /// The highest event time any task has counted.
+    pub fn max_event_time(&self) -> i64 {
+        self.open
+            .values()
+            .map(Processor::max_event_time)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+}

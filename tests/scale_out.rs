@@ -1,0 +1,283 @@
+//! Scale-out: several `paicha run --brokers` processes in one consumer
+//! group against one broker (a librdkafka mock cluster owned by this test
+//! process), sharing one data directory. One is killed with SIGKILL
+//! mid-stream; the other takes its partitions over from their last
+//! checkpoints. Once it has caught up, every table equals that of one
+//! instance that consumed the same topics alone, and the counting tables
+//! equal independent folds over the input.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::mocking::MockCluster;
+
+/// A `paicha run` in consumer group `group`, with its HTTP address.
+struct Instance {
+    child: Reaped,
+    http: String,
+}
+
+fn start(brokers: &str, group: &str, data: &Path, slow_ms: u32) -> Instance {
+    let mut child = paicha()
+        .args(["run", "--brokers", brokers, "--group", group])
+        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
+        .args(["--checkpoint-interval", "300ms", "--session-timeout", "3s"])
+        .args(["--idle-after", "2s", "--slow-sink-ms", &slow_ms.to_string()])
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start paicha");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let http = loop {
+        let line = lines.next().expect("paicha said where it serves").unwrap();
+        if let Some(rest) = line.split("SQL at http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Instance {
+        child: Reaped(child),
+        http,
+    }
+}
+
+/// The value of an unlabeled metric of an instance, 0 if absent.
+fn metric(http: &str, name: &str) -> f64 {
+    let Ok(resp) = ureq::get(&format!("http://{http}/metrics")).call() else {
+        return 0.0;
+    };
+    resp.into_string()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Events in the five raw tables, as an instance's SQL sees them.
+fn raw_total(http: &str) -> i64 {
+    let sql =
+        "SELECT (SELECT COUNT(*) FROM checkpoint_events) + (SELECT COUNT(*) FROM pharmacy_events) \
+               + (SELECT COUNT(*) FROM door_visits) + (SELECT COUNT(*) FROM case_events) \
+               + (SELECT COUNT(*) FROM bed_events) AS n";
+    let Ok(resp) = ureq::post(&format!("http://{http}/sql"))
+        .set("Accept", "text/csv")
+        .send_string(sql)
+    else {
+        return -1;
+    };
+    let text = resp.into_string().unwrap_or_default();
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `instance` has every event and its partitions have gone
+/// idle (so each task's clock stands at its highest event time minus the
+/// lateness), then stops it as an operator does.
+fn finish(instance: &mut Instance, total: i64) {
+    wait_for(
+        "the survivor has every event",
+        Duration::from_secs(120),
+        || raw_total(&instance.http) == total,
+    );
+    // Idle after 2 s, then a checkpoint every 300 ms.
+    std::thread::sleep(Duration::from_secs(4));
+    sigterm(&mut instance.child.0);
+}
+
+/// Every table, row for row, as CSV: the columns that do not depend on
+/// when a process happened to run. Not `alerts`: an alert is raised when the
+/// clock passes a due time, and in live mode the clock may pass it before a
+/// lagging partition delivers the visit that was due (the idle rule), so
+/// which alerts were ever raised depends on arrival order, in one process
+/// as in two (docs/semantics.md).
+fn tables(data: &Path) -> Vec<(String, Vec<Vec<String>>)> {
+    [
+        ("symptom_counts", "SELECT * FROM symptom_counts ORDER BY 1, 2, 3"),
+        ("confirmations", "SELECT * FROM confirmations ORDER BY 1, 2"),
+        ("bed_occupancy", "SELECT * FROM bed_occupancy ORDER BY 1, 2"),
+        ("bed_occupancy_now", "SELECT * FROM bed_occupancy_now ORDER BY 1"),
+        ("follow_ups", "SELECT * FROM follow_ups ORDER BY person_key, started_at"),
+        ("aberrations", "SELECT * FROM aberrations ORDER BY 1, 2, 3, 4"),
+        ("checkpoint_events", "SELECT * FROM checkpoint_events ORDER BY event_id"),
+        ("pharmacy_events", "SELECT * FROM pharmacy_events ORDER BY event_id"),
+        ("door_visits", "SELECT * FROM door_visits ORDER BY event_id"),
+        ("case_events", "SELECT * FROM case_events ORDER BY event_id"),
+        ("bed_events", "SELECT * FROM bed_events ORDER BY event_id"),
+        (
+            "dead_letters",
+            "SELECT topic, \"partition\", \"offset\", reason, field FROM dead_letters ORDER BY 1, 2, 3",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, sql)| {
+        let mut rows = sql_rows(data, sql);
+        rows.sort();
+        (name.to_string(), rows)
+    })
+    .collect()
+}
+
+#[test]
+fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    ok(&[
+        "simulate",
+        "--out",
+        file.to_str().unwrap(),
+        "--days",
+        "10",
+        "--seed",
+        "9",
+        "--scale",
+        "0.05",
+    ]);
+    // The mock cluster keeps only the newest 5 MiB of a partition: the
+    // input must fit whole, since three groups read it after it is written.
+    assert!(std::fs::metadata(&file).unwrap().len() < 4 * (4 << 20));
+
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        cluster.create_topic(t, 4, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+
+    // A replay into the cluster writes the topics (and checks them itself,
+    // as one process that takes every partition).
+    let replayed = dir.path().join("replayed");
+    ok(&[
+        "run",
+        "--brokers",
+        &brokers,
+        "--group",
+        "replay",
+        "--replay",
+        file.to_str().unwrap(),
+        "--data",
+        replayed.to_str().unwrap(),
+    ]);
+    let total: i64 = fold_raw_counts(&file).values().sum::<usize>() as i64;
+    assert!(total > 10_000, "the scenario is not trivial: {total}");
+
+    // Two instances in one group over one shared directory, slowed so the
+    // kill lands mid-stream.
+    let shared = dir.path().join("shared");
+    let mut a = start(&brokers, "scale", &shared, 3);
+    let mut b = start(&brokers, "scale", &shared, 3);
+    wait_for(
+        "both instances run partition tasks",
+        Duration::from_secs(60),
+        || {
+            metric(&a.http, "paicha_partition_tasks") >= 1.0
+                && metric(&b.http, "paicha_partition_tasks") >= 1.0
+                && metric(&a.http, "paicha_partition_tasks")
+                    + metric(&b.http, "paicha_partition_tasks")
+                    == 4.0
+        },
+    );
+    // Both consume, and each one's SQL sees the other's committed rows.
+    wait_for(
+        "both instances have committed events",
+        Duration::from_secs(60),
+        || {
+            metric(&a.http, "paicha_events_accepted_total") > 0.0
+                && metric(&b.http, "paicha_events_accepted_total") > 0.0
+                && metric(&a.http, "paicha_checkpoints_total") > 2.0
+        },
+    );
+    let seen_by_b = raw_total(&b.http);
+    assert!(
+        seen_by_b > metric(&b.http, "paicha_events_accepted_total") as i64,
+        "B's SQL sees A's committed rows too ({seen_by_b})"
+    );
+    assert!(
+        seen_by_b < total,
+        "the kill lands mid-stream ({seen_by_b} of {total})"
+    );
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    wait_for(
+        "the survivor runs every partition",
+        Duration::from_secs(60),
+        || metric(&b.http, "paicha_partition_tasks") == 4.0,
+    );
+    finish(&mut b, total);
+
+    // One instance alone, in its own group, over the same topics.
+    let single = dir.path().join("single");
+    let mut c = start(&brokers, "single", &single, 0);
+    finish(&mut c, total);
+
+    assert_tables_exact(&shared, &file);
+    assert_tables_exact(&replayed, &file);
+    let (two, one) = (tables(&shared), tables(&single));
+    for ((name, rows), (_, expected)) in two.iter().zip(&one) {
+        assert!(
+            !expected.is_empty(),
+            "{name} is empty: the comparison would prove nothing"
+        );
+        let differ: Vec<_> = rows
+            .iter()
+            .zip(expected.iter())
+            .filter(|(a, b)| a != b)
+            .take(3)
+            .collect();
+        assert!(
+            rows.len() == expected.len() && differ.is_empty(),
+            "{name}: two instances differ from one ({} rows against {}); first differences: {differ:?}",
+            rows.len(),
+            expected.len()
+        );
+    }
+    // Each partition's files sit in its own directory.
+    for p in 0..4 {
+        assert!(shared
+            .join(format!("partition={p}/_paicha/manifest.json"))
+            .is_file());
+    }
+}
+
+/// Topics whose partition counts differ cannot be processed partition by
+/// partition: refused with one line naming them.
+#[test]
+fn topics_with_different_partition_counts_are_refused() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        let n = if t == "screening.dead_letter" { 1 } else { 3 };
+        cluster.create_topic(t, n, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = paicha()
+        .args(["run", "--brokers", &cluster.bootstrap_servers()])
+        .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("screening.dead_letter has 1 partitions but screening.checkpoint has 3"),
+        "{err}"
+    );
+}
