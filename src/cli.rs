@@ -98,6 +98,12 @@ pub struct RunArgs {
     /// Consumer group.
     #[arg(long, default_value = "paicha", env = "PAICHA_GROUP")]
     pub group: String,
+    /// Shared storage the partition tasks commit to, instead of the data
+    /// directory: s3://BUCKET/PREFIX (credentials and endpoint from the
+    /// AWS_* variables) or file:///PATH. --data is then this instance's
+    /// working copy of the partitions it runs.
+    #[arg(long, env = "PAICHA_STORAGE", value_name = "URL")]
+    pub storage: Option<String>,
     /// How long the consumer group waits for a silent instance (crashed,
     /// or cut off) before it gives that instance's partitions to the others.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_SESSION_TIMEOUT")]
@@ -170,6 +176,10 @@ pub struct ServeArgs {
     /// Data directory.
     #[arg(long, default_value = "data", env = "PAICHA_DATA")]
     pub data: PathBuf,
+    /// Serve shared storage (s3://BUCKET/PREFIX or file:///PATH) instead of
+    /// a data directory.
+    #[arg(long, env = "PAICHA_STORAGE", value_name = "URL")]
+    pub storage: Option<String>,
     /// HTTP address (HOST:PORT; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080", env = "PAICHA_HTTP")]
     pub http: String,
@@ -253,6 +263,10 @@ pub struct SqlArgs {
     /// Data directory to query directly.
     #[arg(long, conflicts_with = "url")]
     pub data: Option<PathBuf>,
+    /// Shared storage to query directly (s3://BUCKET/PREFIX or
+    /// file:///PATH): what every instance of a group has committed.
+    #[arg(long, conflicts_with_all = ["url", "data"], value_name = "URL")]
+    pub storage: Option<String>,
     /// A running paicha's HTTP address, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub url: Option<String>,

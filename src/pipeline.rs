@@ -127,12 +127,9 @@ impl Membership {
             tpl.elements().iter().map(|e| e.partition()).collect();
         let mut tasks = self.lock()?;
         for p in tasks.partitions() {
-            let stale = match tasks.committed_checkpoint(p) {
-                Some(seq) => on_disk_checkpoint(tasks.root(), p)? != Some(seq),
-                None => false,
-            };
-            if !wanted.contains(&p) || stale {
-                tasks.stop(p)?;
+            // Kept across the rebalance only if nobody committed to it since.
+            if !wanted.contains(&p) || !tasks.is_current(p)? {
+                tasks.release(p)?;
             }
         }
         let now = Instant::now();
@@ -175,12 +172,7 @@ impl Membership {
     /// Commits every task's work so far: the group may give any of them to
     /// another member once this returns.
     fn revoke(&self) -> Result<()> {
-        let mut tasks = self.lock()?;
-        for (_, task) in tasks.iter_mut() {
-            task.checkpoint(false, Instant::now())?;
-            task.settle_writes()?;
-        }
-        Ok(())
+        self.lock()?.commit_all()
     }
 
     fn fail(&self, e: anyhow::Error) {
@@ -189,18 +181,6 @@ impl Membership {
             f.get_or_insert(e);
         }
     }
-}
-
-/// The checkpoint of the manifest committed in partition task `p`'s
-/// directory, if any.
-fn on_disk_checkpoint(root: &std::path::Path, p: i32) -> Result<Option<u64>> {
-    let dir = paicha_processors::tasks::task_dir(root, p);
-    if !dir.join(paicha_processors::store::META_DIR).is_dir() {
-        return Ok(None);
-    }
-    Ok(paicha_processors::store::Store::open(&dir)?
-        .manifest()?
-        .map(|m| m.checkpoint))
 }
 
 impl rdkafka::ClientContext for Membership {
@@ -702,10 +682,12 @@ fn handle(
             .inc();
         *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
         let h = DeadLetterHeaders::for_reject(&r, topic, Some(partition), offset, index);
+        // Into the same partition number: the task that refused it records
+        // it, and a rerun's copy meets the first one there.
         kafka::send(
             dlq,
             DEAD_LETTER_TOPIC,
-            None,
+            Some(partition),
             msg.key().unwrap_or_default(),
             line,
             Some(h.to_kafka()),

@@ -15,6 +15,7 @@ use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym::Pseudonymizer;
 use paicha_ingest::registry::Registry;
 use paicha_ingest::simulate::{self, SimConfig, Simulator};
+use paicha_processors::remote::Remote;
 use paicha_processors::tasks::Tasks;
 use paicha_processors::time::Calendar;
 use paicha_processors::Config;
@@ -68,6 +69,11 @@ fn processing(args: &ProcessingArgs, data: &Path) -> Result<(Arc<Registry>, Conf
     // The consumer goes on while a checkpoint's Parquet is encoded.
     cfg.background_writes = true;
     Ok((registry, cfg))
+}
+
+/// The shared storage `--storage` names, if any.
+fn storage(url: Option<&str>) -> Result<Option<Arc<Remote>>> {
+    url.map(Remote::open).transpose()
 }
 
 /// The pseudonymization key: PAICHA_HMAC_KEY, the key file, or (embedded
@@ -244,6 +250,7 @@ fn serve_sql(
     data: &Path,
     metrics: &Metrics,
     live: Option<paicha_query::Live>,
+    remote: Option<Arc<Remote>>,
 ) -> Result<Option<Arc<paicha_query::SessionContext>>> {
     let access = serving.access;
     let tokens = paicha_query::http::Tokens::parse(access.http_tokens.iter().map(String::as_str))
@@ -276,7 +283,7 @@ fn serve_sql(
     if http.is_none() && pg.is_none() {
         return Ok(None);
     }
-    let ctx = Arc::new(rt.block_on(paicha_query::open_with(data, live.as_ref()))?);
+    let ctx = Arc::new(rt.block_on(paicha_query::open_shared(data, live.as_ref(), remote))?);
     if let Some(listener) = http {
         let local = listener.local_addr()?;
         let state = paicha_query::http::HttpState {
@@ -342,7 +349,9 @@ fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {
 
 /// `paicha run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let (registry, cfg) = processing(&args.processing, &args.data)?;
+    let (registry, mut cfg) = processing(&args.processing, &args.data)?;
+    cfg.remote = storage(args.storage.as_deref())?;
+    let remote = cfg.remote.clone();
     let replay = match &args.replay {
         Some(p) => Some(
             File::open(p).with_context(|| format!("cannot open replay file {}", p.display()))?,
@@ -399,7 +408,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             gateway: gateway.clone(),
             ready: ready.clone(),
         };
-        serve_sql(&rt, &serving, &args.data, &metrics, Some(live.clone()))?;
+        serve_sql(
+            &rt,
+            &serving,
+            &args.data,
+            &metrics,
+            Some(live.clone()),
+            remote.clone(),
+        )?;
         Some(live)
     } else {
         None
@@ -700,7 +716,10 @@ fn publish_follow_ups(rows: &arrow::record_batch::RecordBatch, metrics: &Metrics
 
 /// `paicha serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
-    paicha_processors::store::Store::open(&args.data)?;
+    let remote = storage(args.storage.as_deref())?;
+    if remote.is_none() {
+        paicha_processors::store::Store::open(&args.data)?;
+    }
     let metrics = Metrics::new().context("cannot register metrics")?;
     let rt = runtime()?;
     let serving = Serving {
@@ -710,7 +729,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         gateway: None,
         ready: Arc::new(AtomicBool::new(true)),
     };
-    let ctx = serve_sql(&rt, &serving, &args.data, &metrics, None)?
+    let ctx = serve_sql(&rt, &serving, &args.data, &metrics, None, remote)?
         .context("paicha serve has nothing to serve")?;
     // The gauges come from the snapshot queries read, rebuilt by the
     // catalog only when a new checkpoint lands (a pipeline may still be

@@ -26,8 +26,13 @@ pub fn sql(args: SqlArgs) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
+            let remote = args
+                .storage
+                .as_deref()
+                .map(paicha_processors::remote::Remote::open)
+                .transpose()?;
             rt.block_on(async {
-                let ctx = paicha_query::open(&data).await?;
+                let ctx = paicha_query::open_shared(&data, None, remote).await?;
                 paicha_query::query(&ctx, &args.query).await
             })?
         }

@@ -77,12 +77,22 @@ fn simulated_days_replay_to_exact_symptom_counts() {
     assert_eq!(query_bed_occupancy(&data), beds);
     assert_eq!(query_raw_counts(&data), raw);
 
-    // A finished replay leaves one file per table and day.
+    // A finished replay leaves one file per table and day in each
+    // partition's directory.
     let files = |table: &str| -> Vec<String> {
         let mut days = Vec::new();
-        for day in std::fs::read_dir(data.join(table)).unwrap().flatten() {
-            let n = std::fs::read_dir(day.path()).unwrap().flatten().count();
-            days.push(format!("{}:{n}", day.file_name().to_string_lossy()));
+        for task in std::fs::read_dir(&data).unwrap().flatten() {
+            let name = task.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("partition=") || !task.path().join(table).is_dir() {
+                continue;
+            }
+            for day in std::fs::read_dir(task.path().join(table))
+                .unwrap()
+                .flatten()
+            {
+                let n = std::fs::read_dir(day.path()).unwrap().flatten().count();
+                days.push(format!("{name}/{}:{n}", day.file_name().to_string_lossy()));
+            }
         }
         days
     };

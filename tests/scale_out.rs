@@ -22,9 +22,13 @@ struct Instance {
     http: String,
 }
 
-fn start(brokers: &str, group: &str, data: &Path, slow_ms: u32) -> Instance {
-    let mut child = paicha()
-        .args(["run", "--brokers", brokers, "--group", group])
+fn start(brokers: &str, group: &str, data: &Path, storage: Option<&str>, slow_ms: u32) -> Instance {
+    let mut cmd = paicha();
+    cmd.args(["run", "--brokers", brokers, "--group", group]);
+    if let Some(url) = storage {
+        cmd.args(["--storage", url]);
+    }
+    let mut child = cmd
         .args(["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
         .args(["--checkpoint-interval", "300ms", "--session-timeout", "3s"])
         .args(["--idle-after", "2s", "--slow-sink-ms", &slow_ms.to_string()])
@@ -109,7 +113,7 @@ fn finish(instance: &mut Instance, total: i64) {
 /// lagging partition delivers the visit that was due (the idle rule), so
 /// which alerts were ever raised depends on arrival order, in one process
 /// as in two (docs/semantics.md).
-fn tables(data: &Path) -> Vec<(String, Vec<Vec<String>>)> {
+fn tables(place: &Place) -> Vec<(String, Vec<Vec<String>>)> {
     [
         ("symptom_counts", "SELECT * FROM symptom_counts ORDER BY 1, 2, 3"),
         ("confirmations", "SELECT * FROM confirmations ORDER BY 1, 2"),
@@ -129,15 +133,48 @@ fn tables(data: &Path) -> Vec<(String, Vec<Vec<String>>)> {
     ]
     .into_iter()
     .map(|(name, sql)| {
-        let mut rows = sql_rows(data, sql);
+        let mut rows = place.rows(sql);
         rows.sort();
         (name.to_string(), rows)
     })
     .collect()
 }
 
+/// Where a run's tables are: a data directory, or shared storage.
+enum Place<'a> {
+    Dir(&'a Path),
+    Storage(&'a str),
+}
+
+impl Place<'_> {
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        match self {
+            Place::Dir(d) => sql_rows(d, sql),
+            Place::Storage(url) => {
+                let out = ok(&["sql", "--storage", url, "--format", "csv", sql]);
+                out.lines()
+                    .skip(1)
+                    .map(|l| l.split(',').map(str::to_string).collect())
+                    .collect()
+            }
+        }
+    }
+}
+
 #[test]
 fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_dies() {
+    scale_out(false);
+}
+
+/// The same with the partitions committed to an object store (the `file://`
+/// backend of `object_store`): the instances share no directory, a task
+/// moves by way of the store, and `paicha sql --storage` reads it all.
+#[test]
+fn the_same_over_an_object_store() {
+    scale_out(true);
+}
+
+fn scale_out(object_store: bool) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
     ok(&[
@@ -181,8 +218,18 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_dies() {
     // Two instances in one group over one shared directory, slowed so the
     // kill lands mid-stream.
     let shared = dir.path().join("shared");
-    let mut a = start(&brokers, "scale", &shared, 3);
-    let mut b = start(&brokers, "scale", &shared, 3);
+    let store = format!("file://{}", dir.path().join("store").display());
+    let (storage, data_a, data_b) = if object_store {
+        (
+            Some(store.as_str()),
+            dir.path().join("a"),
+            dir.path().join("b"),
+        )
+    } else {
+        (None, shared.clone(), shared.clone())
+    };
+    let mut a = start(&brokers, "scale", &data_a, storage, 3);
+    let mut b = start(&brokers, "scale", &data_b, storage, 3);
     wait_for(
         "both instances run partition tasks",
         Duration::from_secs(60),
@@ -225,12 +272,17 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_dies() {
 
     // One instance alone, in its own group, over the same topics.
     let single = dir.path().join("single");
-    let mut c = start(&brokers, "single", &single, 0);
+    let mut c = start(&brokers, "single", &single, None, 0);
     finish(&mut c, total);
 
-    assert_tables_exact(&shared, &file);
     assert_tables_exact(&replayed, &file);
-    let (two, one) = (tables(&shared), tables(&single));
+    let two = if object_store {
+        tables(&Place::Storage(&store))
+    } else {
+        assert_tables_exact(&shared, &file);
+        tables(&Place::Dir(&shared))
+    };
+    let one = tables(&Place::Dir(&single));
     for ((name, rows), (_, expected)) in two.iter().zip(&one) {
         assert!(
             !expected.is_empty(),
@@ -250,8 +302,13 @@ fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_dies() {
         );
     }
     // Each partition's files sit in its own directory.
+    let root = if object_store {
+        dir.path().join("store")
+    } else {
+        shared
+    };
     for p in 0..4 {
-        assert!(shared
+        assert!(root
             .join(format!("partition={p}/_paicha/manifest.json"))
             .is_file());
     }

@@ -520,6 +520,8 @@ pub struct BatchProducer {
     producer: CountingProducer,
     counter: DeliveryCounter,
     partitions: [i32; 5],
+    /// Partitions of the dead-letter topic.
+    dead_letter_partitions: i32,
     batching: Batching,
     flow: Option<Arc<FlowControl>>,
     /// The batch being filled per source and district, with its event count.
@@ -543,10 +545,12 @@ impl BatchProducer {
         for s in Source::ALL {
             partitions[s as usize] = self::partitions(producer.client(), s.topic())?;
         }
+        let dead_letter_partitions = self::partitions(producer.client(), DEAD_LETTER_TOPIC)?;
         Ok(BatchProducer {
             producer,
             counter,
             partitions,
+            dead_letter_partitions,
             batching,
             flow,
             pending: Default::default(),
@@ -616,10 +620,15 @@ impl BatchProducer {
                     .entry(reject.reason.as_str().to_string())
                     .or_default() += 1;
                 let h = DeadLetterHeaders::for_reject(&reject, origin, None, line_no as i64, 0);
+                // A line has no key to route by; its place in the file is
+                // stable, so a rerun sends it to the same partition, where
+                // the task that recorded it recognises it.
+                let partition =
+                    partition_for(&format!("{origin}:{line_no}"), self.dead_letter_partitions);
                 send(
                     &self.producer,
                     DEAD_LETTER_TOPIC,
-                    None,
+                    Some(partition),
                     b"",
                     line,
                     Some(h.to_kafka()),

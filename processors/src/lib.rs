@@ -17,6 +17,7 @@ pub mod dedupe;
 pub mod ears;
 pub mod follow_ups;
 pub mod raw;
+pub mod remote;
 pub mod store;
 pub mod symptoms;
 pub mod tasks;
@@ -26,7 +27,6 @@ pub mod window_counts;
 pub mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,13 +83,24 @@ impl LiveView {
     /// its last checkpoint carried as open (committed counts too, only not
     /// yet final).
     pub fn from_manifest(root: &Path, m: &Manifest, registry: &Registry) -> Result<Self> {
+        Self::from_files(&|rel| read_local(root, rel), m, registry)
+    }
+
+    /// The view of a stopped pipeline's manifest `m`, reading the files it
+    /// names (relative to its directory) with `read`: from a local
+    /// directory or an object store.
+    pub fn from_files(
+        read: &dyn Fn(&str) -> Result<Vec<u8>>,
+        m: &Manifest,
+        registry: &Registry,
+    ) -> Result<Self> {
         let windows = Windows::new(m.window_micros);
         let mut beds = Beds::new(windows);
-        load_state(root, &m.beds, |f| beds.load(f))?;
+        load_state(read, &m.beds, |f| beds.load(f))?;
         beds.restore_written(m.bed_final_until, registry);
         let mut follow = FollowUps::new();
-        load_state(root, &m.follow_ups, |f| follow.load(f))?;
-        follow.restore_alerts(read_alerts(root, m)?);
+        load_state(read, &m.follow_ups, |f| follow.load(f))?;
+        follow.restore_alerts(read_alerts(read, m)?);
         follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let mut daily = DailyCounts::default();
         daily
@@ -137,25 +148,28 @@ fn closed_before(calendar: Calendar, clock: i64) -> i32 {
 }
 
 /// The alerts saved with the checkpoint of `m`.
-fn read_alerts(root: &Path, m: &Manifest) -> Result<Vec<Alert>> {
+fn read_alerts(read: &dyn Fn(&str) -> Result<Vec<u8>>, m: &Manifest) -> Result<Vec<Alert>> {
     let Some(rel) = &m.alerts else {
         return Ok(Vec::new());
     };
-    let path = root.join(rel);
-    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("{} is corrupt", path.display()))
+    serde_json::from_slice(&read(rel)?).with_context(|| format!("{rel} is corrupt"))
 }
 
-/// Reads the state files `rels` (relative to `root`) in order.
+/// A file of the data directory `root`.
+fn read_local(root: &Path, rel: &str) -> Result<Vec<u8>> {
+    let path = root.join(rel);
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Reads the state files `rels` in order.
 fn load_state(
-    root: &Path,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
     rels: &[String],
-    mut load: impl FnMut(&mut File) -> std::io::Result<()>,
+    mut load: impl FnMut(&mut &[u8]) -> std::io::Result<()>,
 ) -> Result<()> {
     for rel in rels {
-        let path = root.join(rel);
-        let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        load(&mut f).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = read(rel)?;
+        load(&mut bytes.as_slice()).with_context(|| format!("cannot read {rel}"))?;
     }
     Ok(())
 }
@@ -196,6 +210,10 @@ pub struct Config {
     /// to the writer thread, instead of once it is committed (the consumer
     /// sets this; a caller that reads the files right after keeps it off).
     pub background_writes: bool,
+    /// Shared storage the partition tasks commit to (`--storage`).
+    pub remote: Option<Arc<remote::Remote>>,
+    /// This processor's directory in that storage.
+    pub mirror: Option<Arc<remote::Mirror>>,
 }
 
 impl Config {
@@ -210,6 +228,8 @@ impl Config {
             idle_after: Duration::from_secs(10),
             calendar: Calendar::default(),
             background_writes: false,
+            remote: None,
+            mirror: None,
         }
     }
 }
@@ -295,7 +315,7 @@ impl Processor {
     /// Opens (or creates) the data directory and restores the state of its
     /// last committed checkpoint.
     pub fn open(cfg: Config, registry: Arc<Registry>) -> Result<Self> {
-        let store = Store::create(&cfg.data_dir)?;
+        let store = Store::create(&cfg.data_dir)?.mirrored(cfg.mirror.clone());
         let windows = Windows::new(cfg.window_micros);
         let mut p = Processor {
             symptoms: SymptomWindows::new(windows),
@@ -354,16 +374,17 @@ impl Processor {
         }
         self.store.remove_uncommitted(&m, &TABLES)?;
         let root = self.store.root().to_path_buf();
-        load_state(&root, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
-        load_state(&root, &m.cases, |f| self.confirmations.load(f))?;
-        load_state(&root, &m.beds, |f| self.beds.load(f))?;
+        let read = |rel: &str| read_local(&root, rel);
+        load_state(&read, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
+        load_state(&read, &m.cases, |f| self.confirmations.load(f))?;
+        load_state(&read, &m.beds, |f| self.beds.load(f))?;
         self.beds.restore_written(m.bed_final_until, &self.registry);
         let registry = self.registry.clone();
         self.daily
             .restore(&m.daily, &registry)
             .map_err(anyhow::Error::msg)?;
-        load_state(&root, &m.follow_ups, |f| self.follow_ups.load(f))?;
-        self.follow_ups.restore_alerts(read_alerts(&root, &m)?);
+        load_state(&read, &m.follow_ups, |f| self.follow_ups.load(f))?;
+        self.follow_ups.restore_alerts(read_alerts(&read, &m)?);
         self.follow_ups
             .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
         self.follow_ups.take_news();

@@ -134,6 +134,8 @@ pub struct Manifest {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Where commits go after the local directory, with `--storage`.
+    mirror: Option<std::sync::Arc<crate::remote::Mirror>>,
 }
 
 impl Store {
@@ -161,6 +163,7 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            mirror: None,
         })
     }
 
@@ -174,7 +177,15 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            mirror: None,
         })
+    }
+
+    /// Makes every commit upload to `mirror` as well: the store's manifest,
+    /// not the local one, is then the commit point.
+    pub fn mirrored(mut self, mirror: Option<std::sync::Arc<crate::remote::Mirror>>) -> Self {
+        self.mirror = mirror;
+        self
     }
 
     /// The data directory.
@@ -213,7 +224,11 @@ impl Store {
         let bytes = serde_json::to_vec(manifest)?;
         write_synced(&tmp, &bytes)?;
         fs::rename(&tmp, self.manifest_path()).context("cannot commit manifest")?;
-        sync_dir(&self.root.join(META_DIR))
+        sync_dir(&self.root.join(META_DIR))?;
+        match &self.mirror {
+            Some(mirror) => mirror.commit(&self.root, manifest, &bytes),
+            None => Ok(()),
+        }
     }
 
     /// Writes `bytes` to `rel` (relative to the data directory) by way of a

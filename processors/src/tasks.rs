@@ -20,7 +20,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use paicha_ingest::registry::Registry;
 
-use crate::store::{Manifest, Store, FORMAT};
+use crate::remote::Mirror;
+use crate::store::{Manifest, Store, FORMAT, META_DIR};
 use crate::{Config, Processor, Stats};
 
 /// The prefix of a partition task's directory under the data directory.
@@ -48,28 +49,52 @@ impl Tasks {
     pub fn open(cfg: Config, registry: Arc<Registry>) -> Result<Self> {
         let root = cfg.data_dir.clone();
         let store = Store::create(&root)?;
-        match store.manifest()? {
+        let marker = match &cfg.remote {
+            // With shared storage the local directory is a working copy; the
+            // store's root says what the data is.
+            Some(remote) => remote.manifest("")?.map(|(m, _)| m),
+            None => store.manifest()?,
+        };
+        let place = match &cfg.remote {
+            Some(remote) => remote.url().to_string(),
+            None => root.display().to_string(),
+        };
+        match marker {
             Some(m) if m.checkpoint > 0 || !m.tables.is_empty() => bail!(
-                "{} holds data written before partition tasks (one directory per partition); replay it into a new data directory",
-                root.display()
+                "{place} holds data written before partition tasks (one directory per partition); replay it into a new data directory"
             ),
             Some(m) if m.window_micros != cfg.window_micros => bail!(
-                "{} was built with {}-second windows, not {}; use a new data directory to change the window",
-                root.display(),
+                "{place} was built with {}-second windows, not {}; use a new data directory to change the window",
                 m.window_micros / 1_000_000,
                 cfg.window_micros / 1_000_000
             ),
             Some(_) => {}
-            None => store.commit(&Manifest {
-                format: FORMAT.into(),
-                window_micros: cfg.window_micros,
-                time_zone: cfg.calendar.name().into(),
-                ..Default::default()
-            })?,
+            None => {
+                let m = Manifest {
+                    format: FORMAT.into(),
+                    window_micros: cfg.window_micros,
+                    time_zone: cfg.calendar.name().into(),
+                    ..Default::default()
+                };
+                if let Some(remote) = &cfg.remote {
+                    remote.put(
+                        &format!("{META_DIR}/manifest.json"),
+                        serde_json::to_vec(&m)?.into(),
+                    )?;
+                }
+                if store.manifest()?.is_none() {
+                    store.commit(&m)?;
+                }
+            }
         }
         let (districts, hospitals) = registry.to_csv();
-        store.write_file("_paicha/registry/districts.csv", districts.as_bytes())?;
-        store.write_file("_paicha/registry/hospitals.csv", hospitals.as_bytes())?;
+        for (name, csv) in [("districts.csv", districts), ("hospitals.csv", hospitals)] {
+            let rel = format!("{META_DIR}/registry/{name}");
+            store.write_file(&rel, csv.as_bytes())?;
+            if let Some(remote) = &cfg.remote {
+                remote.put(&rel, csv.into_bytes().into())?;
+            }
+        }
         Ok(Tasks {
             template: cfg,
             registry,
@@ -88,6 +113,11 @@ impl Tasks {
         if !self.open.contains_key(&partition) {
             let mut cfg = self.template.clone();
             cfg.data_dir = task_dir(&self.template.data_dir, partition);
+            if let Some(remote) = &cfg.remote {
+                // The task as the store last committed it, by whichever
+                // instance ran it.
+                cfg.mirror = Some(Arc::new(Mirror::sync(remote, partition, &cfg.data_dir)?));
+            }
             let p = Processor::open(cfg, self.registry.clone())?;
             self.open.insert(partition, p);
         }
@@ -97,10 +127,21 @@ impl Tasks {
         }
     }
 
-    /// Commits a last checkpoint of `partition`, waits for it, and stops
-    /// running it: another instance may open it from then on.
-    pub fn stop(&mut self, partition: i32) -> Result<()> {
+    /// Stops running `partition`, committing nothing more: what it counted
+    /// since its last checkpoint is counted again by whoever runs it next,
+    /// from that checkpoint's offsets. Waits for checkpoints already handed
+    /// to the writer.
+    pub fn release(&mut self, partition: i32) -> Result<()> {
         if let Some(mut p) = self.open.remove(&partition) {
+            p.settle_writes()?;
+        }
+        Ok(())
+    }
+
+    /// Commits a checkpoint of every task and waits for it: the consumer
+    /// group may give any of them to another instance once this returns.
+    pub fn commit_all(&mut self) -> Result<()> {
+        for p in self.open.values_mut() {
             p.checkpoint(false, Instant::now())?;
             p.settle_writes()?;
         }
@@ -112,10 +153,27 @@ impl Tasks {
         self.open.get_mut(&partition)
     }
 
-    /// Whether this instance runs `partition`, and the last checkpoint it
-    /// committed there.
-    pub fn committed_checkpoint(&self, partition: i32) -> Option<u64> {
-        self.open.get(&partition).map(|p| p.committed_checkpoint())
+    /// Whether this instance runs `partition` and nobody else committed to
+    /// it since its own last commit (so its state in memory is current).
+    pub fn is_current(&self, partition: i32) -> Result<bool> {
+        let Some(p) = self.open.get(&partition) else {
+            return Ok(false);
+        };
+        let committed = match &self.template.remote {
+            Some(remote) => remote
+                .manifest(&format!("{TASK_PREFIX}{partition}/"))?
+                .map(|(m, _)| m.checkpoint),
+            None => {
+                let dir = task_dir(&self.template.data_dir, partition);
+                Store::open(&dir)
+                    .ok()
+                    .map(|s| s.manifest())
+                    .transpose()?
+                    .flatten()
+                    .map(|m| m.checkpoint)
+            }
+        };
+        Ok(committed == Some(p.committed_checkpoint()))
     }
 
     /// The partitions this instance runs.

@@ -27,6 +27,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use paicha_ingest::registry::Registry;
+use paicha_processors::remote::Remote;
 use paicha_processors::store::{Store, META_DIR};
 use paicha_processors::tasks::TASK_PREFIX;
 use paicha_processors::LiveView;
@@ -44,6 +45,9 @@ pub(crate) struct Snapshots {
     data_dir: PathBuf,
     registry: Registry,
     live: Option<Live>,
+    /// Shared storage every task commits to (`--storage`), if not the data
+    /// directory.
+    remote: Option<Arc<Remote>>,
     /// Each stored task directory's view, by prefix, with the manifest stamp
     /// it was read at: rebuilt only when that task commits.
     stored: Mutex<BTreeMap<String, (Stamp, Arc<LiveView>)>>,
@@ -51,19 +55,40 @@ pub(crate) struct Snapshots {
     merged: Mutex<Option<(Vec<(String, usize)>, Arc<LiveView>)>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    modified: Option<std::time::SystemTime>,
+/// What identifies a committed manifest without reading it all: its file's
+/// metadata locally; in an object store, when it was last fetched (a task
+/// another instance runs is re-read at most every [`REMOTE_REFRESH`]) and
+/// its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stamp {
+    Local {
+        inode: u64,
+        len: u64,
+        modified: Option<std::time::SystemTime>,
+    },
+    Remote {
+        fetched: std::time::Instant,
+        bytes: bytes::Bytes,
+    },
 }
 
+/// How stale the view of a task in the object store may get: about one
+/// checkpoint interval, so the other instances' rows show up as soon as
+/// they are committed without a request per task per query.
+const REMOTE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Snapshots {
-    pub(crate) fn new(data_dir: &Path, registry: Registry, live: Option<Live>) -> Self {
+    pub(crate) fn new(
+        data_dir: &Path,
+        registry: Registry,
+        live: Option<Live>,
+        remote: Option<Arc<Remote>>,
+    ) -> Self {
         Snapshots {
             data_dir: data_dir.to_path_buf(),
             registry,
             live,
+            remote,
             stored: Mutex::new(BTreeMap::new()),
             merged: Mutex::new(None),
         }
@@ -74,6 +99,15 @@ impl Snapshots {
     /// partition tasks) and every `partition=N/`.
     fn task_dirs(&self) -> Result<Vec<(String, Option<i32>)>> {
         let mut dirs = vec![(String::new(), None)];
+        if let Some(remote) = &self.remote {
+            dirs.extend(
+                remote
+                    .tasks()?
+                    .into_iter()
+                    .map(|n| (format!("{TASK_PREFIX}{n}/"), Some(n))),
+            );
+            return Ok(dirs);
+        }
         let entries = std::fs::read_dir(&self.data_dir)
             .with_context(|| format!("cannot read {}", self.data_dir.display()))?;
         for entry in entries.flatten() {
@@ -107,25 +141,23 @@ impl Snapshots {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("the catalog cache is unavailable"))?;
             for (prefix, task) in self.task_dirs()? {
-                if let Some(view) = task.and_then(|t| live.get(&t)) {
-                    parts.push((prefix, view.clone()));
-                    continue;
-                }
                 let dir = self.data_dir.join(&prefix);
-                let Some(stamp) = stamp(&dir) else {
-                    // A task directory being created: nothing committed yet.
+                if let Some(view) = task.and_then(|t| live.get(&t)) {
+                    // This process runs the task: its files are local.
+                    parts.push((format!("{}/", dir.display()), view.clone()));
                     continue;
-                };
-                if let Some((s, view)) = stored.get(&prefix) {
-                    if *s == stamp {
-                        parts.push((prefix, view.clone()));
-                        continue;
-                    }
                 }
-                let m = Store::open(&dir)?.manifest()?.unwrap_or_default();
-                let view = Arc::new(LiveView::from_manifest(&dir, &m, &self.registry)?);
-                stored.insert(prefix.clone(), (stamp, view.clone()));
-                parts.push((prefix, view));
+                let (place, view) = match &self.remote {
+                    Some(remote) => match self.remote_view(remote, &prefix, &mut stored)? {
+                        Some(view) => (remote.url_of(&prefix), view),
+                        None => continue,
+                    },
+                    None => match self.local_view(&dir, &prefix, &mut stored)? {
+                        Some(view) => (prefix.clone(), view),
+                        None => continue,
+                    },
+                };
+                parts.push((place, view));
             }
         }
         let identity: Vec<(String, usize)> = parts
@@ -146,6 +178,71 @@ impl Snapshots {
         Ok(view)
     }
 
+    /// The committed view of the task directory `dir`, `None` while it has
+    /// no manifest (being created).
+    fn local_view(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        stored: &mut BTreeMap<String, (Stamp, Arc<LiveView>)>,
+    ) -> Result<Option<Arc<LiveView>>> {
+        let Some(stamp) = stamp(dir) else {
+            return Ok(None);
+        };
+        if let Some((s, view)) = stored.get(prefix) {
+            if *s == stamp {
+                return Ok(Some(view.clone()));
+            }
+        }
+        let m = Store::open(dir)?.manifest()?.unwrap_or_default();
+        let view = Arc::new(LiveView::from_manifest(dir, &m, &self.registry)?);
+        stored.insert(prefix.to_string(), (stamp, view.clone()));
+        Ok(Some(view))
+    }
+
+    /// The committed view of the task under `prefix` in the object store.
+    fn remote_view(
+        &self,
+        remote: &Remote,
+        prefix: &str,
+        stored: &mut BTreeMap<String, (Stamp, Arc<LiveView>)>,
+    ) -> Result<Option<Arc<LiveView>>> {
+        let cached = stored.get(prefix).and_then(|(s, view)| match s {
+            Stamp::Remote { fetched, bytes } => Some((*fetched, bytes.clone(), view.clone())),
+            Stamp::Local { .. } => None,
+        });
+        if let Some((fetched, _, view)) = &cached {
+            if fetched.elapsed() < REMOTE_REFRESH {
+                return Ok(Some(view.clone()));
+            }
+        }
+        let Some((m, bytes)) = remote.manifest(prefix)? else {
+            return Ok(None);
+        };
+        let view = match cached {
+            Some((_, old, view)) if old == bytes => view,
+            _ => {
+                let read = |rel: &str| -> Result<Vec<u8>> {
+                    remote
+                        .get(&format!("{prefix}{rel}"))?
+                        .map(|b| b.to_vec())
+                        .with_context(|| {
+                            format!("{} is missing", remote.url_of(&format!("{prefix}{rel}")))
+                        })
+                };
+                Arc::new(LiveView::from_files(&read, &m, &self.registry)?)
+            }
+        };
+        let stamp = Stamp::Remote {
+            fetched: std::time::Instant::now(),
+            bytes,
+        };
+        stored.insert(prefix.to_string(), (stamp, view.clone()));
+        Ok(Some(view))
+    }
+
+    /// Where the files of `table` are: absolute paths and URLs as the merged
+    /// manifest gives them, or paths relative to the data directory.
     fn files(&self, view: &LiveView, table: &str) -> Vec<String> {
         view.manifest
             .tables
@@ -153,7 +250,13 @@ impl Snapshots {
             .map(|files| {
                 files
                     .iter()
-                    .map(|rel| self.data_dir.join(rel).to_string_lossy().into_owned())
+                    .map(|f| {
+                        if f.contains("://") || Path::new(f).is_absolute() {
+                            f.clone()
+                        } else {
+                            self.data_dir.join(f).to_string_lossy().into_owned()
+                        }
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -167,7 +270,7 @@ fn stamp(dir: &Path) -> Option<Stamp> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(Stamp {
+    Some(Stamp::Local {
         inode,
         len: meta.len(),
         modified: meta.modified().ok(),
@@ -175,7 +278,8 @@ fn stamp(dir: &Path) -> Option<Stamp> {
 }
 
 /// One view of several tasks: their rows side by side, and one manifest
-/// listing every task's files by their path under the data directory.
+/// listing every task's files prefixed by where its directory is (relative
+/// to the data directory, an absolute path, or an object store URL).
 /// Districts never share a task, so no key appears in two parts.
 fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     let Some((_, first)) = parts.first() else {

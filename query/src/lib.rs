@@ -51,12 +51,44 @@ pub async fn open(data_dir: &Path) -> Result<SessionContext> {
 /// to live as long as the server: each scan takes the newest committed
 /// manifest and live rows.
 pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionContext> {
-    Store::open(data_dir)?;
-    let registry = read_registry(data_dir)?;
+    open_shared(data_dir, live, None).await
+}
+
+/// [`open_with`] over data whose partition tasks commit to shared storage
+/// (`remote`): the tasks this process runs are in `live`, and every other
+/// task is read from the store, Parquet included.
+pub async fn open_shared(
+    data_dir: &Path,
+    live: Option<&Live>,
+    remote: Option<Arc<paicha_processors::remote::Remote>>,
+) -> Result<SessionContext> {
+    let registry = match &remote {
+        Some(r) => {
+            if r.manifest("")?.is_none() {
+                anyhow::bail!(
+                    "{} holds no paicha data (no {META_DIR}/manifest.json)",
+                    r.url()
+                );
+            }
+            let read = |name: &str| -> Result<String> {
+                let rel = format!("{META_DIR}/registry/{name}");
+                let bytes = r
+                    .get(&rel)?
+                    .with_context(|| format!("{} is missing", r.url_of(&rel)))?;
+                String::from_utf8(bytes.to_vec()).with_context(|| format!("{rel} is not UTF-8"))
+            };
+            Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)?
+        }
+        None => {
+            Store::open(data_dir)?;
+            read_registry(data_dir)?
+        }
+    };
     let source = Arc::new(catalog::Snapshots::new(
         data_dir,
         registry.clone(),
         live.cloned(),
+        remote.clone(),
     ));
     let first = source.current()?;
     let ctx = SessionContext::new_with_config(
@@ -64,6 +96,9 @@ pub async fn open_with(data_dir: &Path, live: Option<&Live>) -> Result<SessionCo
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public"),
     );
+    if let Some(r) = &remote {
+        ctx.register_object_store(r.url(), r.object_store());
+    }
     let internal = Arc::new(MemorySchemaProvider::new());
     let catalog = ctx
         .catalog("datafusion")
