@@ -104,6 +104,12 @@ pub struct RunArgs {
     /// working copy of the partitions it runs.
     #[arg(long, env = "PAICHA_STORAGE", value_name = "URL")]
     pub storage: Option<String>,
+    /// This instance's stable name in the consumer group (Kafka static
+    /// membership, e.g. a StatefulSet pod's name): restarted under the same
+    /// name, it gets its partitions back at once instead of after a
+    /// rebalance.
+    #[arg(long, env = "PAICHA_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
     /// How long the consumer group waits for a silent instance (crashed,
     /// or cut off) before it gives that instance's partitions to the others.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_SESSION_TIMEOUT")]

@@ -50,6 +50,8 @@ pub struct ConsumerConfig {
     /// How long the group waits for a silent member before it gives that
     /// member's partitions to the others.
     pub session_timeout: Duration,
+    /// A stable member name (static membership), if given.
+    pub instance: Option<String>,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
     /// Pause after each message (a stand-in for a slow sink in tests).
@@ -284,7 +286,11 @@ pub fn consume(
         metrics: metrics.clone(),
     };
     let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
-    let consumer: BaseConsumer<Membership> = kafka::client_config(&cfg.brokers)
+    let mut client = kafka::client_config(&cfg.brokers);
+    if let Some(name) = &cfg.instance {
+        client.set("group.instance.id", name);
+    }
+    let consumer: BaseConsumer<Membership> = client
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -508,6 +508,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         // partition rather than sharing them with a group.
         subscribe: !embedded && args.replay.is_none(),
         session_timeout: args.session_timeout,
+        instance: args.instance.clone(),
         ready: ready.clone(),
         checkpoint_interval: args.checkpoint_interval,
         slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),

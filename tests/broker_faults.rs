@@ -49,6 +49,10 @@ fn start(brokers: &str, data: &Path, port: u16, err: &Path) -> Reaped {
         .args(["run", "--brokers", brokers, "--pg", "127.0.0.1:0"])
         .args(["--http", &format!("127.0.0.1:{port}")])
         .args(["--checkpoint-interval", "500ms", "--ingest-timeout", "3s"])
+        // Static membership: restarted after `kill -9`, it gets its
+        // partitions back at once (tansu is slow to expire a dead dynamic
+        // member, as Kafka is by the session timeout).
+        .args(["--instance", "paicha-0"])
         .arg("--data")
         .arg(data)
         .stdout(Stdio::piped())

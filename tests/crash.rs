@@ -51,13 +51,16 @@ fn replay_killed_and_rerun_is_exact() {
             "2",
         ];
         let mut child = paicha().args(args).spawn().expect("start paicha");
-        let manifest = data.join("_paicha/manifest.json");
         let started = std::time::Instant::now();
         while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
-            let seq = std::fs::read_to_string(&manifest)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|m| m["checkpoint"].as_u64())
+            // The most advanced partition task's committed checkpoint.
+            let seq = (0..4)
+                .filter_map(|p| {
+                    let m = data.join(format!("partition={p}/_paicha/manifest.json"));
+                    let t = std::fs::read_to_string(m).ok()?;
+                    serde_json::from_str::<serde_json::Value>(&t).ok()?["checkpoint"].as_u64()
+                })
+                .max()
                 .unwrap_or(0);
             if seq >= after_checkpoint {
                 break;
