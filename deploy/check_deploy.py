@@ -328,6 +328,18 @@ def host_path(base, svc, container_path):
     return None
 
 
+
+def mounted_config(base, name, svc, default):
+    """The repository file a service reads as its --config.file (default
+    `default`), or None after reporting that it is not bind-mounted."""
+    cfg = next((a.split("=", 1)[1] for a in as_list(svc.get("command")) if a.startswith("--config.file=")),
+               default)
+    f = host_path(base, svc, cfg)
+    if not f or not f.is_file():
+        problem(f"services.{name}: {cfg} is not bind-mounted from the repository")
+        return None
+    return f
+
 def check_compose(path):
     path = Path(path)
     base = path.resolve().parent
@@ -492,11 +504,8 @@ def check_compose(path):
     for name, svc in services.items():
         if not str(svc.get("image", "")).startswith("prom/prometheus"):
             continue
-        cfg = next((a.split("=", 1)[1] for a in as_list(svc.get("command")) if a.startswith("--config.file=")),
-                   "/etc/prometheus/prometheus.yml")
-        f = host_path(base, svc, cfg)
-        if not f or not f.is_file():
-            problem(f"services.{name}: {cfg} is not bind-mounted from the repository")
+        f = mounted_config(base, name, svc, "/etc/prometheus/prometheus.yml")
+        if f is None:
             continue
         prom = yaml.safe_load(f.read_text(encoding="utf-8"))
         jobs = {j.get("job_name"): j for j in prom.get("scrape_configs", [])}
@@ -521,11 +530,8 @@ def check_compose(path):
     for name, svc in services.items():
         image = str(svc.get("image", ""))
         if image.startswith("prom/alertmanager"):
-            cfg = next((a.split("=", 1)[1] for a in as_list(svc.get("command")) if a.startswith("--config.file=")),
-                       "/etc/alertmanager/alertmanager.yml")
-            f = host_path(base, svc, cfg)
-            if not f or not f.is_file():
-                problem(f"services.{name}: {cfg} is not bind-mounted from the repository")
+            f = mounted_config(base, name, svc, "/etc/alertmanager/alertmanager.yml")
+            if f is None:
                 continue
             am = yaml.safe_load(f.read_text(encoding="utf-8"))
             for r in am.get("receivers", []):

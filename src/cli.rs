@@ -111,7 +111,8 @@ pub struct RunArgs {
     #[arg(long, env = "PAICHA_INSTANCE", value_name = "NAME")]
     pub instance: Option<String>,
     /// How long the consumer group waits for a silent instance (crashed,
-    /// or cut off) before it gives that instance's partitions to the others.
+    /// or cut off) before it gives that instance's partitions to the others
+    /// (Kafka brokers accept 6s to 30m by default).
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PAICHA_SESSION_TIMEOUT")]
     pub session_timeout: Duration,
     /// Partitions per topic of the embedded cluster.

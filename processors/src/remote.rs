@@ -191,18 +191,8 @@ impl Remote {
 }
 
 /// Every file a manifest names, relative to its directory.
-pub fn referenced(m: &Manifest) -> BTreeSet<String> {
-    m.tables
-        .values()
-        .flatten()
-        .chain(m.dedupe.iter())
-        .chain(m.cases.iter())
-        .chain(m.beds.iter())
-        .chain(m.follow_ups.iter())
-        .chain(m.alerts.iter())
-        .chain(m.retired.iter().map(|r| &r.path))
-        .cloned()
-        .collect()
+fn referenced(m: &Manifest) -> BTreeSet<String> {
+    m.files().cloned().collect()
 }
 
 /// One partition task's directory in the store, as its local store commits
@@ -319,4 +309,89 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(seq: u64, files: &[&str]) -> Manifest {
+        let mut m = Manifest {
+            checkpoint: seq,
+            ..Default::default()
+        };
+        m.tables.insert(
+            "symptom_counts".into(),
+            files.iter().map(|f| f.to_string()).collect(),
+        );
+        m
+    }
+
+    fn commit(mirror: &Mirror, dir: &Path, m: &Manifest, contents: &[(&str, &str)]) -> Result<()> {
+        for (rel, text) in contents {
+            write_new(&dir.join(rel), text.as_bytes())?;
+        }
+        let bytes = serde_json::to_vec(m)?;
+        write_new(&dir.join(META_DIR).join("manifest.json"), &bytes)?;
+        mirror.commit(dir, m, &bytes)
+    }
+
+    #[test]
+    fn a_task_moves_through_the_store_and_a_stale_owner_is_fenced_off() {
+        let remote = Remote::open("memory://").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+        // Instance A runs task 3 and commits twice; the second commit
+        // retires the first file, which leaves the store with it.
+        let mirror_a = Mirror::sync(&remote, 3, &a).unwrap();
+        commit(
+            &mirror_a,
+            &a,
+            &manifest(1, &["x/1.parquet"]),
+            &[("x/1.parquet", "one")],
+        )
+        .unwrap();
+        commit(
+            &mirror_a,
+            &a,
+            &manifest(2, &["x/2.parquet"]),
+            &[("x/2.parquet", "two")],
+        )
+        .unwrap();
+        assert_eq!(remote.get("partition=3/x/1.parquet").unwrap(), None);
+        assert_eq!(remote.tasks().unwrap(), vec![3]);
+
+        // B takes it over: its directory becomes the store's copy, whatever
+        // it held (an old local commit the store never got is discarded).
+        write_new(&b.join("x/9.parquet"), b"uncommitted").unwrap();
+        write_new(&b.join(META_DIR).join("manifest.json"), b"{}").unwrap();
+        let mirror_b = Mirror::sync(&remote, 3, &b).unwrap();
+        assert_eq!(std::fs::read(b.join("x/2.parquet")).unwrap(), b"two");
+        assert!(!b.join("x/9.parquet").exists());
+        commit(
+            &mirror_b,
+            &b,
+            &manifest(3, &["x/3.parquet"]),
+            &[("x/3.parquet", "three")],
+        )
+        .unwrap();
+
+        // A, still believing it runs the task, may not overwrite B's commit.
+        let err = commit(
+            &mirror_a,
+            &a,
+            &manifest(3, &["x/3.parquet"]),
+            &[("x/3.parquet", "stale")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("committed by another instance"), "{err}");
+        assert_eq!(
+            remote.get("partition=3/x/3.parquet").unwrap().as_deref(),
+            Some(&b"three"[..])
+        );
+        let (m, _) = remote.manifest("partition=3/").unwrap().unwrap();
+        assert_eq!(m.checkpoint, 3);
+    }
 }

@@ -130,6 +130,22 @@ pub struct Manifest {
     pub retired: Vec<Retired>,
 }
 
+impl Manifest {
+    /// Every file the manifest names (tables, state, alerts, and retired
+    /// files still in their grace period), relative to its directory.
+    pub fn files(&self) -> impl Iterator<Item = &String> {
+        self.tables
+            .values()
+            .flatten()
+            .chain(self.dedupe.iter())
+            .chain(self.cases.iter())
+            .chain(self.beds.iter())
+            .chain(self.follow_ups.iter())
+            .chain(self.alerts.iter())
+            .chain(self.retired.iter().map(|r| &r.path))
+    }
+}
+
 /// A paicha data directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -295,18 +311,7 @@ impl Store {
     /// `manifest` does not list, and everything in `_paicha/tmp`: the
     /// leftovers of a checkpoint that never committed. Returns how many.
     pub fn remove_uncommitted(&self, manifest: &Manifest, tables: &[&str]) -> Result<usize> {
-        let keep: BTreeSet<PathBuf> = manifest
-            .tables
-            .values()
-            .flatten()
-            .chain(manifest.dedupe.iter())
-            .chain(manifest.cases.iter())
-            .chain(manifest.beds.iter())
-            .chain(manifest.follow_ups.iter())
-            .chain(manifest.alerts.iter())
-            .chain(manifest.retired.iter().map(|r| &r.path))
-            .map(|rel| self.root.join(rel))
-            .collect();
+        let keep: BTreeSet<PathBuf> = manifest.files().map(|rel| self.root.join(rel)).collect();
         let mut removed = 0;
         let mut dirs: Vec<PathBuf> = tables.iter().map(|t| self.root.join(t)).collect();
         dirs.push(self.root.join(META_DIR).join("state"));

@@ -102,11 +102,6 @@ impl Tasks {
         })
     }
 
-    /// The data directory.
-    pub fn root(&self) -> &Path {
-        &self.template.data_dir
-    }
-
     /// The processor of `partition`, opened (and its state restored from its
     /// last committed checkpoint) if this instance does not run it yet.
     pub fn start(&mut self, partition: i32) -> Result<&mut Processor> {
@@ -184,11 +179,6 @@ impl Tasks {
     /// Every task this instance runs, by partition.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&i32, &mut Processor)> {
         self.open.iter_mut()
-    }
-
-    /// Every task this instance runs, by partition.
-    pub fn iter(&self) -> impl Iterator<Item = (&i32, &Processor)> {
-        self.open.iter()
     }
 
     /// The next offset to consume of every topic partition of every task.

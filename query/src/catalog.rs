@@ -52,8 +52,12 @@ pub(crate) struct Snapshots {
     /// it was read at: rebuilt only when that task commits.
     stored: Mutex<BTreeMap<String, (Stamp, Arc<LiveView>)>>,
     /// The last merged view and the identity of every part it came from.
-    merged: Mutex<Option<(Vec<(String, usize)>, Arc<LiveView>)>>,
+    merged: Mutex<Option<(Identity, Arc<LiveView>)>>,
 }
+
+/// The parts a merged view was built from: each task's prefix and the
+/// address of its view (a new view is a new `Arc`).
+type Identity = Vec<(String, usize)>;
 
 /// What identifies a committed manifest without reading it all: its file's
 /// metadata locally; in an object store, when it was last fetched (a task
@@ -144,7 +148,7 @@ impl Snapshots {
                 let dir = self.data_dir.join(&prefix);
                 if let Some(view) = task.and_then(|t| live.get(&t)) {
                     // This process runs the task: its files are local.
-                    parts.push((format!("{}/", dir.display()), view.clone()));
+                    parts.push((prefix, view.clone()));
                     continue;
                 }
                 let (place, view) = match &self.remote {
@@ -160,7 +164,7 @@ impl Snapshots {
                 parts.push((place, view));
             }
         }
-        let identity: Vec<(String, usize)> = parts
+        let identity: Identity = parts
             .iter()
             .map(|(p, v)| (p.clone(), Arc::as_ptr(v) as usize))
             .collect();
