@@ -236,7 +236,11 @@ impl Store {
     /// Commits `manifest` atomically: the files it lists must already be in
     /// place.
     pub fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let tmp = self.root.join(META_DIR).join("tmp").join("manifest.json");
+        let tmp = self
+            .root
+            .join(META_DIR)
+            .join("tmp")
+            .join(format!("manifest.json.{}", std::process::id()));
         let bytes = serde_json::to_vec(manifest)?;
         write_synced(&tmp, &bytes)?;
         fs::rename(&tmp, self.manifest_path()).context("cannot commit manifest")?;
@@ -292,11 +296,14 @@ impl Store {
         self.place(&tmp, rel)
     }
 
+    /// Where `rel` is written before its rename. Named by process too:
+    /// instances starting together on one shared directory write its
+    /// registries and first manifest at the same time.
     fn tmp_path(&self, rel: &str) -> PathBuf {
         self.root
             .join(META_DIR)
             .join("tmp")
-            .join(rel.replace('/', "__"))
+            .join(format!("{}.{}", rel.replace('/', "__"), std::process::id()))
     }
 
     fn place(&self, tmp: &Path, rel: &str) -> Result<()> {
