@@ -300,10 +300,11 @@ impl Store {
     /// instances starting together on one shared directory write its
     /// registries and first manifest at the same time.
     fn tmp_path(&self, rel: &str) -> PathBuf {
-        self.root
-            .join(META_DIR)
-            .join("tmp")
-            .join(format!("{}.{}", rel.replace('/', "__"), std::process::id()))
+        self.root.join(META_DIR).join("tmp").join(format!(
+            "{}.{}",
+            rel.replace('/', "__"),
+            std::process::id()
+        ))
     }
 
     fn place(&self, tmp: &Path, rel: &str) -> Result<()> {
