@@ -14,8 +14,9 @@ What it does
    each time with a new group and a new empty shared data directory: starts
    k instances (`--instance i0`, `i1`, ...; `--checkpoint-interval 500ms`),
    each as soon as the one before has opened the shared directory (printed
-   its SQL address, ~0.1 s; started at the same moment they race on
-   `_paicha/` files, see `--simultaneous`), and records
+   its SQL address, ~0.1 s; binaries before 55517a7 started at the same
+   moment raced on `_paicha/` files and one exited; `--simultaneous`
+   starts them together), and records
      t_start     just before the first process is started;
      t_first     when a first instance runs partitions (`paicha_partition_tasks`
                  > 0; /metrics polled every 50 ms): consumption starts;
@@ -281,10 +282,10 @@ def one_run(a, paicha, env, broker, brokers, k, group, data, logs, expected, end
             cpus = a.cpus[i % len(a.cpus)] if a.cpus else None
             procs.append(start(cmd, os.path.join(logs, f"{group}-i{i}.log"), env, cpus))
             if not a.simultaneous:
-                # Instances opening one shared directory at the same moment
-                # race on the fixed temporary names of its _paicha/ files
-                # (manifest, registries): the loser exits with "cannot
-                # commit manifest" or "cannot move file into
+                # Before 55517a7, instances opening one shared directory at
+                # the same moment raced on the fixed temporary names of its
+                # _paicha/ files (manifest, registries): the loser exited
+                # with "cannot commit manifest" or "cannot move file into
                 # …/registry/districts.csv". So each starts once the one
                 # before has opened it (it prints its SQL address after).
                 addrs.append(wait_for_line(procs[-1], SQL_LINE).group(1))
