@@ -242,17 +242,8 @@ fn co_partitioned(
 ) -> Result<i32> {
     let mut counts: Vec<(&str, i32)> = Vec::new();
     for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
-        let n = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        if n == 0 {
-            anyhow::bail!("topic {topic} does not exist on {brokers}");
-        }
+        let n = kafka::partitions(consumer.client(), topic)
+            .with_context(|| format!("Kafka at {brokers}"))?;
         counts.push((topic, n));
     }
     let n = counts[0].1;

@@ -224,10 +224,7 @@ impl Mirror {
                 let same = std::fs::read(&local_manifest).is_ok_and(|l| l == bytes.as_ref());
                 let files = referenced(&m);
                 if !same {
-                    if dir.exists() {
-                        std::fs::remove_dir_all(dir)
-                            .with_context(|| format!("cannot clear {}", dir.display()))?;
-                    }
+                    clear(dir)?;
                     for rel in &files {
                         let bytes = remote.get(&format!("{prefix}{rel}"))?.with_context(|| {
                             format!("{} names {rel}, which is missing", remote.url_of(&prefix))
@@ -240,10 +237,7 @@ impl Mirror {
             }
             None => {
                 // Nothing committed in the store: whatever is here never was.
-                if dir.exists() {
-                    std::fs::remove_dir_all(dir)
-                        .with_context(|| format!("cannot clear {}", dir.display()))?;
-                }
+                clear(dir)?;
                 BTreeSet::new()
             }
         };
@@ -302,6 +296,14 @@ impl Mirror {
         }
         Ok(())
     }
+}
+
+/// Removes the local directory `dir` and everything in it, if it exists.
+fn clear(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
