@@ -262,7 +262,7 @@ fn overdue_follow_up_reaches_the_webhook() {
     let paicha = start_serve(&mut children, &data, &logs);
     // The gauges are set from the first snapshot just after the port opens.
     let overdue = r#"paicha_follow_ups_overdue{days_missed="4+",district="500103"} 1"#;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + DEADLINE;
     let metrics = loop {
         let metrics = ureq::get(&format!("{paicha}/metrics"))
             .call()

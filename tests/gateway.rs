@@ -299,8 +299,17 @@ fn gateway_answers_each_event_tables_are_exact_and_no_output_holds_a_raw_id() {
         metric_sum(&scraped, "paicha_gateway_events_total{outcome=\"accepted\"") as usize,
         accepted
     );
-    // Checkpoint positions trail consumption; let the last ones land.
-    std::thread::sleep(Duration::from_secs(2));
+    // The gateway's dead letters go through Kafka too.
+    wait_for(
+        "paicha has consumed every gateway dead letter",
+        Duration::from_secs(120),
+        || {
+            http_count(
+                &run.url,
+                "SELECT COUNT(*) FROM dead_letters WHERE topic LIKE 'gateway:%'",
+            ) == Some(rejected as i64)
+        },
+    );
     let sql_out = std::process::Command::new(env!("CARGO_BIN_EXE_paicha"))
         .args(["sql", "--url", &run.url, "--format", "csv"])
         .arg("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")

@@ -1,17 +1,19 @@
 //! Scale-out: several `paicha run --brokers` processes in one consumer
 //! group against one broker (a librdkafka mock cluster owned by this test
-//! process), sharing one data directory. One is killed with SIGKILL
-//! mid-stream; the other takes its partitions over from their last
-//! checkpoints. Once it has caught up, every table equals that of one
-//! instance that consumed the same topics alone, and the counting tables
-//! equal independent folds over the input.
+//! process), sharing one data directory. The input arrives in three parts;
+//! one instance is killed with SIGKILL while it consumes the second, and the
+//! other takes its partitions over from their last checkpoints and consumes
+//! the third. Once it has caught up, every table equals that of one instance
+//! that consumed the same topics alone, and the counting tables equal
+//! independent folds over the input. Every step waits for a state the
+//! system guarantees, never for a time.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rdkafka::mocking::MockCluster;
@@ -72,38 +74,47 @@ fn raw_total(http: &str) -> i64 {
         "SELECT (SELECT COUNT(*) FROM checkpoint_events) + (SELECT COUNT(*) FROM pharmacy_events) \
                + (SELECT COUNT(*) FROM door_visits) + (SELECT COUNT(*) FROM case_events) \
                + (SELECT COUNT(*) FROM bed_events) AS n";
-    let Ok(resp) = ureq::post(&format!("http://{http}/sql"))
-        .set("Accept", "text/csv")
-        .send_string(sql)
-    else {
-        return -1;
+    http_count(http, sql).unwrap_or(-1)
+}
+
+/// The allowed lateness these runs use (`--lateness`, default 1 h), µs.
+const LATENESS: i64 = 3_600_000_000;
+
+/// Whether the partition task committed in `task` stands at its final
+/// clock: every partition of it idle, so its watermark is its highest
+/// event time minus the lateness (and the follow-up clock moved with it at
+/// the same checkpoint). Only then are its windows as final as a lone
+/// instance's will be.
+fn settled(task: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(task.join("_paicha/manifest.json")) else {
+        return false;
     };
-    let text = resp.into_string().unwrap_or_default();
-    text.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(-1)
+    let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let high = m["offsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["max_event_time"].as_i64())
+        .max();
+    matches!((high, m["watermark"].as_i64()), (Some(h), Some(w)) if w == h - LATENESS)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until `instance` has every event and its partitions have gone
-/// idle (so each task's clock stands at its highest event time minus the
-/// lateness), then stops it as an operator does.
-fn finish(instance: &mut Instance, total: i64) {
+/// Waits until `instance` has every event and has committed every task
+/// (under `root`, where its manifests are) at its final clock, then stops
+/// it as an operator does.
+fn finish(instance: &mut Instance, root: &Path, total: i64) {
     wait_for(
         "the survivor has every event",
         Duration::from_secs(120),
         || raw_total(&instance.http) == total,
     );
-    // Idle after 2 s, then a checkpoint every 300 ms.
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for(
+        "every partition task has committed its final clock",
+        Duration::from_secs(120),
+        || (0..4).all(|p| settled(&root.join(format!("partition={p}")))),
+    );
     sigterm(&mut instance.child.0);
 }
 
@@ -192,41 +203,62 @@ fn scale_out(object_store: bool) {
     // input must fit whole, since three groups read it after it is written.
     assert!(std::fs::metadata(&file).unwrap().len() < 4 * (4 << 20));
 
+    // The input in three parts, produced one after another while the
+    // instances run, so that each step waits for a state rather than a time.
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let cuts = [0, lines.len() * 2 / 5, lines.len() * 7 / 10, lines.len()];
+    let parts: Vec<_> = (0..3)
+        .map(|i| {
+            let part = dir.path().join(format!("part-{i}.jsonl"));
+            std::fs::write(&part, lines[cuts[i]..cuts[i + 1]].join("\n") + "\n").unwrap();
+            part
+        })
+        .collect();
+    let total: i64 = fold_raw_counts(&file).values().sum::<usize>() as i64;
+    assert!(total > 10_000, "the scenario is not trivial: {total}");
+    let first: i64 = fold_raw_counts(&parts[0]).values().sum::<usize>() as i64;
+
     let cluster = MockCluster::new(1).unwrap();
     for t in TOPICS {
         cluster.create_topic(t, 4, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-
-    // A replay into the cluster writes the topics (and checks them itself,
-    // as one process that takes every partition).
+    // A replay writes a part into the topics (and checks them itself, as
+    // one process that takes every partition, resuming where the previous
+    // part ended).
     let replayed = dir.path().join("replayed");
-    ok(&[
-        "run",
-        "--brokers",
-        &brokers,
-        "--group",
-        "replay",
-        "--replay",
-        file.to_str().unwrap(),
-        "--data",
-        replayed.to_str().unwrap(),
-    ]);
-    let total: i64 = fold_raw_counts(&file).values().sum::<usize>() as i64;
-    assert!(total > 10_000, "the scenario is not trivial: {total}");
+    let produce = |part: &Path| {
+        ok(&[
+            "run",
+            "--brokers",
+            &brokers,
+            "--group",
+            "replay",
+            "--replay",
+            part.to_str().unwrap(),
+            "--data",
+            replayed.to_str().unwrap(),
+        ]);
+    };
 
-    // Two instances in one group over one shared directory, slowed so the
-    // kill lands mid-stream.
+    // Two instances in one group, over one shared directory or one object
+    // store, slowed so that the second part takes a while to consume.
     let shared = dir.path().join("shared");
-    let store = format!("file://{}", dir.path().join("store").display());
-    let (storage, data_a, data_b) = if object_store {
+    let store_dir = dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    let (storage, data_a, data_b, root) = if object_store {
         (
             Some(store.as_str()),
             dir.path().join("a"),
             dir.path().join("b"),
+            store_dir.clone(),
         )
     } else {
-        (None, shared.clone(), shared.clone())
+        (None, shared.clone(), shared.clone(), shared.clone())
     };
     let mut a = start(&brokers, "scale", &data_a, storage, 3);
     let mut b = start(&brokers, "scale", &data_b, storage, 3);
@@ -234,46 +266,56 @@ fn scale_out(object_store: bool) {
         "both instances run partition tasks",
         Duration::from_secs(60),
         || {
-            metric(&a.http, "paicha_partition_tasks") >= 1.0
-                && metric(&b.http, "paicha_partition_tasks") >= 1.0
-                && metric(&a.http, "paicha_partition_tasks")
-                    + metric(&b.http, "paicha_partition_tasks")
-                    == 4.0
+            let (na, nb) = (
+                metric(&a.http, "paicha_partition_tasks"),
+                metric(&b.http, "paicha_partition_tasks"),
+            );
+            na >= 1.0 && nb >= 1.0 && na + nb == 4.0
         },
     );
-    // Both consume, and each one's SQL sees the other's committed rows.
+
+    // Both consume the first part, and each one's SQL sees the other's
+    // committed rows: B shows every event of the part, though it accepted
+    // only those of its own partitions.
+    produce(&parts[0]);
     wait_for(
-        "both instances have committed events",
-        Duration::from_secs(60),
-        || {
-            metric(&a.http, "paicha_events_accepted_total") > 0.0
-                && metric(&b.http, "paicha_events_accepted_total") > 0.0
-                && metric(&a.http, "paicha_checkpoints_total") > 2.0
-        },
+        "both instances' SQL shows every event of the first part",
+        Duration::from_secs(120),
+        || raw_total(&a.http) == first && raw_total(&b.http) == first,
     );
-    let seen_by_b = raw_total(&b.http);
-    assert!(
-        seen_by_b > metric(&b.http, "paicha_events_accepted_total") as i64,
-        "B's SQL sees A's committed rows too ({seen_by_b})"
+    let (accepted_a, accepted_b) = (
+        metric(&a.http, "paicha_events_accepted_total") as i64,
+        metric(&b.http, "paicha_events_accepted_total") as i64,
     );
     assert!(
-        seen_by_b < total,
-        "the kill lands mid-stream ({seen_by_b} of {total})"
+        accepted_a > 0 && accepted_b > 0 && accepted_b < first,
+        "both consume, and B's SQL sees A's committed rows ({accepted_a} and {accepted_b} of {first})"
+    );
+
+    // A is killed with SIGKILL while it consumes the second part; the third
+    // is produced after its death, so the survivor has work left on A's
+    // partitions whatever the speed of the machine.
+    produce(&parts[1]);
+    wait_for(
+        "A consumes the second part",
+        Duration::from_secs(120),
+        || metric(&a.http, "paicha_events_accepted_total") as i64 > accepted_a,
     );
     a.child.kill().unwrap();
     a.child.wait().unwrap();
+    produce(&parts[2]);
 
     wait_for(
         "the survivor runs every partition",
         Duration::from_secs(60),
         || metric(&b.http, "paicha_partition_tasks") == 4.0,
     );
-    finish(&mut b, total);
+    finish(&mut b, &root, total);
 
     // One instance alone, in its own group, over the same topics.
     let single = dir.path().join("single");
     let mut c = start(&brokers, "single", &single, None, 0);
-    finish(&mut c, total);
+    finish(&mut c, &single, total);
 
     assert_tables_exact(&replayed, &file);
     let two = if object_store {
@@ -302,11 +344,6 @@ fn scale_out(object_store: bool) {
         );
     }
     // Each partition's files sit in its own directory.
-    let root = if object_store {
-        dir.path().join("store")
-    } else {
-        shared
-    };
     for p in 0..4 {
         assert!(root
             .join(format!("partition={p}/_paicha/manifest.json"))

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{fold_symptom_counts, ok, paicha};
+use common::{fold_symptom_counts, ok, paicha, wait_for};
 
 const FIXTURE: &str = "tests/slt/events.jsonl";
 
@@ -424,10 +424,17 @@ fn http_limits_rows_time_and_concurrency() {
     let slow = "SELECT COUNT(*) FROM generate_series(1, 100000000000)";
     let h = http.clone();
     let long = std::thread::spawn(move || post(&h, None, slow));
-    std::thread::sleep(Duration::from_millis(500));
-    match post(&http, None, "SELECT 1") {
-        Err((503, body)) => assert!(body.contains("concurrent"), "{body}"),
-        other => panic!("a second query beside the limit: {other:?}"),
+    // Until the long query has reached the server a second one may pass;
+    // once it holds the slot (for its 2 s), the second is refused.
+    loop {
+        match post(&http, None, "SELECT 1") {
+            Err((503, body)) => {
+                assert!(body.contains("concurrent"), "{body}");
+                break;
+            }
+            Ok(_) if !long.is_finished() => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("a second query beside the limit: {other:?}"),
+        }
     }
     match long.join().expect("thread") {
         Err((504, body)) => assert!(body.contains("timeout"), "{body}"),
@@ -460,16 +467,13 @@ fn repeated_queries_follow_new_checkpoints_and_volatile_ones_are_never_reused() 
         first.is_some_and(|f| seen.last().is_some_and(|l| l > f))
     };
     let mut seen = Vec::new();
-    for _ in 0..80 {
-        seen.push(scalar(&server, count).parse::<i64>().expect("a count"));
-        if moved(&seen) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    assert!(
-        moved(&seen),
-        "the same query did not follow the pipeline: {seen:?}"
+    wait_for(
+        "the same query follows the pipeline's commits",
+        Duration::from_secs(120),
+        || {
+            seen.push(scalar(&server, count).parse::<i64>().expect("a count"));
+            moved(&seen)
+        },
     );
     let a = scalar(&server, "SELECT random()");
     let b = scalar(&server, "SELECT random()");

@@ -83,6 +83,38 @@ pub fn serving(args: &[&str]) -> Serving {
     }
 }
 
+/// Waits until `done` holds, checking every 100 ms, and fails with what it
+/// waited for once `timeout` has passed. Tests wait for states the system
+/// guarantees, never for a fixed time: give a deadline generous enough for a
+/// busy machine, since only a failure waits it out.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The number a one-cell query answers over HTTP at `http` (`ADDR` or
+/// `http://ADDR`), `None` while it cannot answer.
+pub fn http_count(http: &str, sql: &str) -> Option<i64> {
+    let base = if http.starts_with("http://") {
+        http.to_string()
+    } else {
+        format!("http://{http}")
+    };
+    let text = ureq::post(&format!("{base}/sql"))
+        .set("Accept", "text/csv")
+        .send_string(sql)
+        .ok()?
+        .into_string()
+        .ok()?;
+    text.lines().nth(1)?.trim().parse().ok()
+}
+
 /// Every topic paicha uses.
 pub const TOPICS: [&str; 7] = [
     "screening.checkpoint",

@@ -68,7 +68,7 @@ pub const TOPICS: [(&str, i32); 7] = [
 
 /// How long a start or restart may take before the test fails (tansu is
 /// normally ready in well under a second).
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tansu binary: `$PAICHA_TANSU` if set (and nothing else then, so a
 /// wrong path is not silently replaced), else `tansu` on `PATH`, else
