@@ -394,8 +394,10 @@ fn http_limits_rows_time_and_concurrency() {
     let server = serve(&[
         "--max-rows",
         "5",
+        // Long enough that the second query surely arrives while the long
+        // one still holds the slot.
         "--query-timeout",
-        "2s",
+        "5s",
         "--max-concurrent-queries",
         "1",
     ]);
@@ -424,17 +426,20 @@ fn http_limits_rows_time_and_concurrency() {
     let slow = "SELECT COUNT(*) FROM generate_series(1, 100000000000)";
     let h = http.clone();
     let long = std::thread::spawn(move || post(&h, None, slow));
-    // Until the long query has reached the server a second one may pass;
-    // once it holds the slot (for its 2 s), the second is refused.
-    loop {
-        match post(&http, None, "SELECT 1") {
-            Err((503, body)) => {
-                assert!(body.contains("concurrent"), "{body}");
-                break;
-            }
-            Ok(_) if !long.is_finished() => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("a second query beside the limit: {other:?}"),
-        }
+    wait_for(
+        "the long query holds the only slot",
+        Duration::from_secs(60),
+        || {
+            ureq::get(&format!("{http}/metrics"))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .is_some_and(|m| m.lines().any(|l| l == "paicha_sql_queries_running 1"))
+        },
+    );
+    match post(&http, None, "SELECT 1") {
+        Err((503, body)) => assert!(body.contains("concurrent"), "{body}"),
+        other => panic!("a second query beside the limit: {other:?}"),
     }
     match long.join().expect("thread") {
         Err((504, body)) => assert!(body.contains("timeout"), "{body}"),

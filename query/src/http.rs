@@ -78,6 +78,8 @@ pub struct HttpState {
 struct Shared {
     state: HttpState,
     running: Arc<Semaphore>,
+    /// `paicha_sql_queries_running`, read off `running` at each scrape.
+    queries_running: prometheus::IntGauge,
 }
 
 /// The router of the HTTP port.
@@ -89,7 +91,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Shared { state, running }));
+        .with_state(Arc::new(Shared {
+            state,
+            running,
+            queries_running: prometheus::IntGauge::new(
+                "paicha_sql_queries_running",
+                "SQL queries over HTTP holding one of the --max-concurrent-queries slots",
+            )
+            .expect("a valid metric name"),
+        }));
     match extra {
         Some(extra) => router.merge(extra),
         None => router,
@@ -383,8 +393,15 @@ impl Encoding {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let max = shared.state.limits.max_concurrent.max(1);
+    let free = shared.running.available_permits();
+    shared.queries_running.set(max.saturating_sub(free) as i64);
+    let mut families = shared.state.metrics.gather();
+    families.extend(prometheus::core::Collector::collect(
+        &shared.queries_running,
+    ));
     let mut buf = Vec::new();
-    match TextEncoder::new().encode(&shared.state.metrics.gather(), &mut buf) {
+    match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
