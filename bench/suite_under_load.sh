@@ -22,8 +22,8 @@ run() {
   rc=$?
   ended=$(date +%s)
   local passed fails
-  passed=$(grep -Eo '[0-9]+ passed' "$logs/$name.log" | awk '{s+=$1} END {print s+0}')
-  fails=$(grep -Eo '[0-9]+ failed' "$logs/$name.log" | awk '{s+=$1} END {print s+0}')
+  passed=$(grep '^test result:' "$logs/$name.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  fails=$(grep '^test result:' "$logs/$name.log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
   printf '%-8s exit %d  %5d s  %d tests passed, %d failed\n' "$name" "$rc" $((ended - started)) "$passed" "$fails"
   [ "$rc" -eq 0 ] || failed=1
 }
