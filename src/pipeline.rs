@@ -94,6 +94,8 @@ pub struct RunSummary {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Dead-letter rows recorded in the table.
     pub dead_letters: u64,
+    /// Valid events on another partition than their district's.
+    pub misplaced: u64,
 }
 
 fn micros_now() -> i64 {
@@ -306,6 +308,13 @@ pub fn consume(
     let mut topics: Vec<&str> = Source::ALL.iter().map(|s| s.topic()).collect();
     topics.push(DEAD_LETTER_TOPIC);
     let partitions = co_partitioned(&consumer, &topics, &cfg.brokers)?;
+    // The partition each district belongs on, by registry index.
+    let homes: Vec<i32> = decoder
+        .registry()
+        .districts()
+        .iter()
+        .map(|d| kafka::partition_for(&d.district, partitions))
+        .collect();
     if cfg.subscribe {
         consumer
             .subscribe(&topics)
@@ -347,7 +356,16 @@ pub fn consume(
             Some(Ok(msg)) => {
                 // Only a partition with its task open is ever assigned.
                 if let Some(processor) = guard.get_mut(msg.partition()) {
-                    handle(&msg, decoder, processor, metrics, &dlq, &flow, &mut summary)?;
+                    handle(
+                        &msg,
+                        decoder,
+                        &homes,
+                        processor,
+                        metrics,
+                        &dlq,
+                        &flow,
+                        &mut summary,
+                    )?;
                 }
                 if !cfg.slow_sink.is_zero() {
                     std::thread::sleep(cfg.slow_sink);
@@ -617,6 +635,7 @@ fn micros_to_rfc3339(t: i64) -> String {
 fn handle(
     msg: &BorrowedMessage<'_>,
     decoder: &Decoder,
+    homes: &[i32],
     processor: &mut Processor,
     metrics: &Metrics,
     dlq: &kafka::CountingProducer,
@@ -717,7 +736,7 @@ fn handle(
             field: None,
         }),
     };
-    let (mut valid, mut accepted) = (0u64, 0u64);
+    let (mut valid, mut accepted, mut misplaced) = (0u64, 0u64, 0u64);
     let mut high_mark = processor.high_mark(topic, partition);
     for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -728,6 +747,7 @@ fn handle(
         match decoded {
             Ok(e) => {
                 valid += 1;
+                misplaced += u64::from(homes.get(usize::from(e.district)) != Some(&partition));
                 max_time = Some(max_time.map_or(e.event_time, |m| m.max(e.event_time)));
                 high_mark = high_mark.max(max_time);
                 match processor.event(&e, processor.horizon(high_mark)) {
@@ -764,11 +784,40 @@ fn handle(
         .events_duplicate
         .with_label_values(&label)
         .inc_by(valid - accepted);
+    if misplaced > 0 {
+        events_misplaced(metrics, summary, source, topic, partition, misplaced);
+    }
     processor.consumed(topic, partition, offset, max_time, now);
     if let Some(f) = flow {
         f.processed(source, partition, payload.len());
     }
     Ok(())
+}
+
+/// Events that a producer put on another partition than murmur2 gives
+/// their district: counted, but kept apart from their district's follow-up,
+/// first-report and EARS state (docs/semantics.md, Replays). One warning per
+/// run says so; the metric counts every one.
+fn events_misplaced(
+    metrics: &Metrics,
+    summary: &mut RunSummary,
+    source: Source,
+    topic: &str,
+    partition: i32,
+    n: u64,
+) {
+    if summary.misplaced == 0 {
+        tracing::warn!(
+            topic,
+            partition,
+            "events arrive on another partition than their district's: a producer does not partition by Kafka's murmur2 of the district; they are counted, but their follow-up state is kept apart from their district's (paicha_events_misplaced_total)"
+        );
+    }
+    summary.misplaced += n;
+    metrics
+        .events_misplaced
+        .with_label_values(&[source.as_str()])
+        .inc_by(n);
 }
 
 /// Logs what a run did.
@@ -779,6 +828,7 @@ pub fn log_summary(s: &RunSummary) {
         accepted = s.accepted,
         duplicates = s.duplicates,
         dead_letters = s.dead_letters,
+        misplaced = s.misplaced,
         "consumer finished"
     );
 }

@@ -444,13 +444,20 @@ pub fn run(args: RunArgs) -> Result<()> {
             ..SimConfig::default()
         };
         let rate = args.rate;
+        // Replayed batches reorder an input in time order by less than the
+        // allowed lateness, so it never yields `too_late`.
+        let batching = Batching {
+            max_span_micros: i64::try_from(args.processing.lateness.as_micros())
+                .unwrap_or(i64::MAX),
+            ..Batching::default()
+        };
         let pseudonymizer = decoder.pseudonymizer().clone();
         std::thread::Builder::new()
             .name("producer".into())
             .spawn(move || -> Result<Option<kafka::ProduceSummary>> {
                 let result = (|| {
                     if let Some(file) = replay {
-                        let mut p = BatchProducer::new(&brokers, Batching::default(), flow)?
+                        let mut p = BatchProducer::new(&brokers, batching, flow)?
                             .pseudonymizing(pseudonymizer);
                         p.produce_reader(BufReader::with_capacity(1 << 20, file), &origin)?;
                         let summary = p.finish()?;

@@ -110,3 +110,180 @@ fn a_message_on_the_wrong_topic_is_a_dead_letter_and_the_rest_counts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PAICHA_HMAC_KEY"), "{err}");
 }
+
+/// kafka-python (a Kafka client not built on librdkafka), with its default
+/// partitioner, as a field system sending door visits.
+const KAFKA_PYTHON_PRODUCER: &str = r#"
+import json, sys
+from kafka import KafkaProducer
+brokers, path = sys.argv[1], sys.argv[2]
+p = KafkaProducer(bootstrap_servers=brokers)
+parts = {}
+with open(path, "rb") as f:
+    for line in f:
+        district = json.loads(line)["district"].encode()
+        r = p.send("screening.door_visit", key=district, value=line.rstrip(b"\n")).get(timeout=30)
+        parts.setdefault(district.decode(), set()).add(r.partition)
+p.flush()
+for d, ps in sorted(parts.items()):
+    print(d, *sorted(ps))
+"#;
+
+/// Issue #16, case 1: one field system writes door visits with kafka-python
+/// and its default partitioner, keyed by district as the contract asks;
+/// paicha's replay writes the rest. Both place a district on the same
+/// partition (Kafka's murmur2), so each district's visits meet its cases in
+/// one task: the tables equal those of paicha producing everything.
+#[test]
+fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    ok(&[
+        "simulate",
+        "--out",
+        file.to_str().unwrap(),
+        "--days",
+        "10",
+        "--seed",
+        "16",
+        "--scale",
+        "0.05",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Door visits the field system can key; every other line (malformed
+    // ones too) goes through paicha's replay.
+    let (visits, rest): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["source"] == "door_visit" && v["district"].as_str().is_some())
+    });
+    let visits_file = dir.path().join("visits.jsonl");
+    let rest_file = dir.path().join("rest.jsonl");
+    std::fs::write(&visits_file, visits.join("\n") + "\n").unwrap();
+    std::fs::write(&rest_file, rest.join("\n") + "\n").unwrap();
+
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        cluster.create_topic(t, 4, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let out = std::process::Command::new("python3")
+        .args(["-c", KAFKA_PYTHON_PRODUCER, &brokers])
+        .arg(&visits_file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "kafka-python failed (pip install 'kafka-python==2.2.15'): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each district on one partition, and the one murmur2 gives (500103:
+    // partition 3 of 4, as in the unit test of `partition_for`).
+    let placed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(placed.lines().count() > 10, "{placed}");
+    assert!(
+        placed.lines().all(|l| l.split(' ').count() == 2),
+        "{placed}"
+    );
+    assert!(placed.lines().any(|l| l == "500103 3"), "{placed}");
+
+    let mixed = dir.path().join("mixed");
+    let args = [
+        "run",
+        "--brokers",
+        &brokers,
+        "--replay",
+        rest_file.to_str().unwrap(),
+        "--data",
+        mixed.to_str().unwrap(),
+    ];
+    let run = paicha().args(args).output().expect("run paicha");
+    assert_success(&run, &args);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !log.contains("another partition than their district's"),
+        "{log}"
+    );
+    let alone = dir.path().join("alone");
+    ok(&[
+        "run",
+        "--replay",
+        file.to_str().unwrap(),
+        "--data",
+        alone.to_str().unwrap(),
+    ]);
+    assert_tables_exact(&mixed, &file);
+    let statuses = "SELECT status, COUNT(*) FROM follow_ups GROUP BY 1 ORDER BY 1";
+    let want = sql_rows(&alone, statuses);
+    assert!(
+        want.iter().any(|r| r[0] == "confirmed"),
+        "the scenario confirms persons under observation: {want:?}"
+    );
+    assert_eq!(sql_rows(&mixed, statuses), want);
+    let episodes = "SELECT person_key, started_at, status FROM follow_ups ORDER BY 1, 2";
+    assert_eq!(sql_rows(&mixed, episodes), sql_rows(&alone, episodes));
+}
+
+/// A producer with librdkafka's default partitioner (`consistent_random`,
+/// CRC32 of the key) puts most districts on other partitions than murmur2:
+/// every event still counts once, and paicha says so in one warning and in
+/// `paicha_events_misplaced_total` rather than silently.
+#[test]
+fn events_on_another_partition_than_their_districts_are_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = simulate_into(dir.path(), 1, 4);
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        cluster.create_topic(t, 4, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let checks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(r#""source":"checkpoint""#))
+        .take(3000)
+        .collect();
+    for line in &checks {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let district = v["district"].as_str().unwrap();
+        loop {
+            match producer.send(
+                BaseRecord::to("screening.checkpoint")
+                    .key(district)
+                    .payload(*line),
+            ) {
+                Ok(()) => break,
+                Err((_, _)) => producer.poll(Duration::from_millis(10)),
+            };
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let only = dir.path().join("checks.jsonl");
+    std::fs::write(&only, checks.join("\n") + "\n").unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "run",
+        "--brokers",
+        &brokers,
+        "--replay",
+        empty.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    let run = paicha().args(args).output().expect("run paicha");
+    assert_success(&run, &args);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        log.matches("another partition than their district's")
+            .count(),
+        1,
+        "one warning: {log}"
+    );
+    assert_eq!(query_raw_counts(&data), fold_raw_counts(&only));
+    assert_same_counts(&query_symptom_counts(&data), &fold_symptom_counts(&only));
+}

@@ -47,6 +47,28 @@ fn data_directory_that_is_not_paichas() {
     assert!(err.contains("not a paicha data directory"), "{err}");
 }
 
+/// A directory written when paicha placed districts with FNV-1a holds each
+/// district's state in another partition's task than murmur2 gives: refused
+/// with one line that says what to do, not resumed into split state.
+#[test]
+fn data_placed_by_the_earlier_partitioner_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let file = dir.path().join("empty.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let (f, d) = (file.to_str().unwrap(), data.to_str().unwrap());
+    ok(&["run", "--replay", f, "--data", d]);
+    let marker = data.join("_paicha/manifest.json");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    assert!(text.contains(r#""partitioner":"murmur2""#), "{text}");
+    std::fs::write(&marker, text.replace(r#","partitioner":"murmur2""#, "")).unwrap();
+    let err = fails(&["run", "--replay", f, "--data", d]);
+    assert!(
+        err.contains("murmur2") && err.contains("new data directory"),
+        "{err}"
+    );
+}
+
 #[test]
 fn sql_errors_and_refused_statements() {
     let dir = tempfile::tempdir().unwrap();

@@ -609,6 +609,9 @@ pub struct Route {
     pub source: Source,
     /// The district code as given (validated later by the consumer).
     pub district: String,
+    /// The event time, µs, if it reads as one (validated later by the
+    /// consumer): producers bound how far they reorder by it.
+    pub event_time: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -617,6 +620,8 @@ struct RouteWire<'a> {
     source: Option<&'a RawValue>,
     #[serde(borrow)]
     district: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_time: Option<&'a RawValue>,
 }
 
 /// Reads only `source` and `district` of a line, for routing it to a topic.
@@ -625,15 +630,28 @@ struct RouteWire<'a> {
 pub fn route(line: &[u8]) -> Result<Route, Reject> {
     let text = as_text(line)?;
     let wire: RouteWire = serde_json::from_str(text).map_err(classify)?;
-    route_of(wire.source, wire.district)
+    route_of(wire.source, wire.district, wire.event_time)
 }
 
-fn route_of(source: Field<'_>, district: Field<'_>) -> Result<Route, Reject> {
+fn route_of(
+    source: Field<'_>,
+    district: Field<'_>,
+    event_time: Field<'_>,
+) -> Result<Route, Reject> {
     let source = string_field(source, "source")?;
     let source =
         Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
     let district = string_field(district, "district")?.into_owned();
-    Ok(Route { source, district })
+    let event_time = string_field(event_time, "event_time").ok().and_then(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .ok()
+            .map(|t| t.timestamp_micros())
+    });
+    Ok(Route {
+        source,
+        district,
+        event_time,
+    })
 }
 
 /// [`route`] and [`pseudonymize`] from one parse of the line, for the
@@ -649,6 +667,8 @@ pub fn route_and_pseudonymize(
         #[serde(borrow)]
         district: Option<&'a RawValue>,
         #[serde(borrow)]
+        event_time: Option<&'a RawValue>,
+        #[serde(borrow)]
         person_id: Option<&'a RawValue>,
         #[serde(borrow)]
         household_id: Option<&'a RawValue>,
@@ -657,7 +677,7 @@ pub fn route_and_pseudonymize(
     }
     let text = as_text(line)?;
     let w: RouteIds = serde_json::from_str(text).map_err(classify)?;
-    let route = route_of(w.source, w.district)?;
+    let route = route_of(w.source, w.district, w.event_time)?;
     let hashed = splice_ids(
         text,
         [w.person_id, w.household_id, w.vehicle_id],

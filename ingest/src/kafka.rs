@@ -467,13 +467,35 @@ pub fn partitions<C: ClientContext>(
     Ok(n)
 }
 
-/// The partition a district's events go to: a stable hash of the code, so
-/// every producer paicha runs agrees and a district stays in one partition.
+/// The partition a district's events go to: Kafka's standard partitioner
+/// for keyed messages (the Java client's default, librdkafka's
+/// `murmur2_random`, kafkajs's default), so other clients keyed by district
+/// put a district where paicha does (events.md, Topics and keys).
 pub fn partition_for(district: &str, partitions: i32) -> i32 {
-    let h = district.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
-    (h % partitions.max(1) as u32) as i32
+    ((murmur2(district.as_bytes()) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        let mut k = u32::from_le_bytes([w[0], w[1], w[2], w[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
 }
 
 /// How the batching producer groups lines into messages.
@@ -486,6 +508,13 @@ pub struct Batching {
     /// Every this many input lines, all pending batches are sent, so no
     /// event waits long behind a slow district (it would arrive late).
     pub flush_every_lines: u64,
+    /// Most event time, µs, between the earliest and the latest event
+    /// waiting in batches: beyond it every batch is sent first. Batches go
+    /// out by district, so without this bound one district's batch could
+    /// carry its partition's clock weeks past the next district's events in
+    /// a sparse input. Keep it at most the allowed lateness, and an input in
+    /// event-time order reaches the processors reordered by less than that.
+    pub max_span_micros: i64,
 }
 
 impl Default for Batching {
@@ -494,6 +523,8 @@ impl Default for Batching {
             max_events: 500,
             max_bytes: 512 * 1024,
             flush_every_lines: 2000,
+            // The default allowed lateness (`--lateness`).
+            max_span_micros: 3_600_000_000,
         }
     }
 }
@@ -526,6 +557,8 @@ pub struct BatchProducer {
     flow: Option<Arc<FlowControl>>,
     /// The batch being filled per source and district, with its event count.
     pending: [BTreeMap<String, (Vec<u8>, usize)>; 5],
+    /// The earliest and latest event time waiting in `pending`.
+    pending_span: Option<(i64, i64)>,
     /// Hashes identifiers before a line is batched; its fingerprint goes in
     /// each message's [`pseudonym::HEADER`].
     pseudonymizer: Option<(Pseudonymizer, String)>,
@@ -554,6 +587,7 @@ impl BatchProducer {
             batching,
             flow,
             pending: Default::default(),
+            pending_span: None,
             pseudonymizer: None,
             rate: None,
             stop: None,
@@ -592,6 +626,17 @@ impl BatchProducer {
         };
         match routed {
             Ok((r, hashed)) => {
+                if let Some(t) = r.event_time {
+                    let (lo, hi) = self
+                        .pending_span
+                        .map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t)));
+                    if hi.saturating_sub(lo) > self.batching.max_span_micros {
+                        self.flush_batches()?;
+                        self.pending_span = Some((t, t));
+                    } else {
+                        self.pending_span = Some((lo, hi));
+                    }
+                }
                 let line = hashed.as_deref().unwrap_or(line);
                 let pending = &mut self.pending[r.source as usize];
                 // Looked up by &str: the district is copied only for a new batch.
@@ -696,6 +741,7 @@ impl BatchProducer {
 
     /// Sends every pending batch.
     pub fn flush_batches(&mut self) -> Result<()> {
+        self.pending_span = None;
         for source in Source::ALL {
             let pending = std::mem::take(&mut self.pending[source as usize]);
             for (district, (buf, _)) in pending {
@@ -745,6 +791,29 @@ impl BatchProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_test_vectors() {
+        // Kafka's UtilsTest.testMurmur2 (the Java client), as signed ints;
+        // kafka-python's murmur2 gives the same.
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, want, "{key}");
+        }
+        // kafkajs, kafka-python and the Java client put 500103 in
+        // partition 3 of 4: (murmur2 & 0x7fffffff) % 4.
+        assert_eq!(partition_for("500103", 4), 3);
+        assert_eq!(partition_for("", 4), 1);
+    }
 
     #[test]
     fn partitioning_is_stable_and_in_range() {

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub events_accepted: IntCounterVec,
     /// Events whose id was already counted, by source.
     pub events_duplicate: IntCounterVec,
+    /// Valid events that arrived on another partition than the one murmur2
+    /// gives their district, by source.
+    pub events_misplaced: IntCounterVec,
     /// Events refused, by source topic and reason.
     pub events_rejected: IntCounterVec,
     /// Messages written to the dead-letter topic by the consumer.
@@ -92,6 +95,11 @@ impl Metrics {
             events_duplicate: counter_vec(
                 "paicha_events_duplicate_total",
                 "Events whose event_id was already counted, by source.",
+                &["source"],
+            )?,
+            events_misplaced: counter_vec(
+                "paicha_events_misplaced_total",
+                "Valid events that arrived on another partition than the one Kafka's murmur2 gives their district (a producer with another partitioner), by source.",
                 &["source"],
             )?,
             events_rejected: counter_vec(

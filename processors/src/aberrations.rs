@@ -5,8 +5,13 @@
 //! saved with checkpoints. The table is recomputed from them whenever it is
 //! asked for, so a late event that changes a closed day re-evaluates that
 //! day and every later day whose baseline holds it, with no bookkeeping.
-//! Series start on the first day any counted event fell on, so every series
-//! has the same days; days without events count 0. `minSigma` is 1
+//! A district's series start on the first day a counted event of that
+//! district fell on, whatever its source, so its sources share their days;
+//! days without events count 0, and a district without any counted event
+//! has no rows. Each partition task evaluates only the districts whose
+//! events it holds, so across tasks a (day, district, source, method) has
+//! exactly one row, and the rows do not depend on how districts share
+//! partitions. `minSigma` is 1
 //! ([`ears::DEFAULT_MIN_SIGMA`]) for all three methods.
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +34,8 @@ use crate::symptoms::counted;
 pub struct DailyCounts {
     /// (district index, source) → day → suspicious events.
     series: HashMap<(u16, Source), BTreeMap<i32, i64>>,
-    first_day: Option<i32>,
+    /// District index → the first day of its series.
+    first_day: BTreeMap<u16, i32>,
     changed: bool,
 }
 
@@ -55,9 +61,7 @@ impl DailyCounts {
         if !counted(source) {
             return;
         }
-        if self.first_day.is_none_or(|d| day < d) {
-            self.first_day = Some(day);
-        }
+        self.starts_on(district, day);
         let days = self.series.entry((district, source)).or_default();
         *days.entry(day).or_default() += suspicious as i64;
         self.changed = true;
@@ -93,11 +97,14 @@ impl DailyCounts {
                 .entry((d, s))
                 .or_default()
                 .insert(r.day, r.suspicious);
-            if self.first_day.is_none_or(|f| r.day < f) {
-                self.first_day = Some(r.day);
-            }
+            self.starts_on(d, r.day);
         }
         Ok(())
+    }
+
+    fn starts_on(&mut self, district: u16, day: i32) {
+        let first = self.first_day.entry(district).or_insert(day);
+        *first = (*first).min(day);
     }
 
     /// Whether counts changed since the last call.
@@ -105,19 +112,18 @@ impl DailyCounts {
         std::mem::replace(&mut self.changed, false)
     }
 
-    /// Every (district, source) series of every district in the registry
-    /// and counted source, evaluated for the days before `closed_before`.
+    /// Every (district, source) series of every district with counted
+    /// events and every counted source, evaluated for the days before
+    /// `closed_before`.
     pub fn evaluate(&self, registry: &Registry, closed_before: i32) -> Vec<Row> {
-        let Some(first) = self.first_day.filter(|f| *f < closed_before) else {
-            return Vec::new();
-        };
-        let len = (i64::from(closed_before) - i64::from(first)) as usize;
         let empty = BTreeMap::new();
         let mut rows = Vec::new();
-        let mut counts = vec![0i64; len];
-        for (i, d) in registry.districts().iter().enumerate() {
+        for (&i, &first) in self.first_day.iter().filter(|(_, f)| **f < closed_before) {
+            let district = &registry.district(i).district;
+            let len = (i64::from(closed_before) - i64::from(first)) as usize;
+            let mut counts = vec![0i64; len];
             for source in Source::ALL.into_iter().filter(|s| counted(*s)) {
-                let days = self.series.get(&(i as u16, source)).unwrap_or(&empty);
+                let days = self.series.get(&(i, source)).unwrap_or(&empty);
                 counts.iter_mut().for_each(|c| *c = 0);
                 for (day, n) in days.range(first..closed_before) {
                     counts[(day - first) as usize] = *n;
@@ -127,7 +133,7 @@ impl DailyCounts {
                         if let Some(a) = ears::evaluate(&counts, t, m, ears::DEFAULT_MIN_SIGMA) {
                             rows.push((
                                 first + t as i32,
-                                d.district.clone(),
+                                district.clone(),
                                 source.as_str().to_string(),
                                 a,
                             ));
@@ -233,6 +239,9 @@ mod tests {
         // Day 11's baseline now holds day 10: its mean rose from 1 to 17/7.
         let day11 = c1(&after, 11).unwrap();
         assert!((day11.baseline_mean.unwrap() - 17.0 / 7.0).abs() < 1e-12);
+        // Only the district with events has rows: across partition tasks
+        // each district is evaluated by the one task holding its events.
+        assert!(after.iter().all(|(_, dist, _, _)| dist == "500101"));
         // Saved and restored, the counts evaluate the same.
         let mut again = DailyCounts::default();
         again.restore(&d.save(&reg), &reg).unwrap();

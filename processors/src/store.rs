@@ -39,6 +39,11 @@ use serde::{Deserialize, Serialize};
 
 /// The manifest's format marker.
 pub const FORMAT: &str = "paicha/1";
+
+/// The partitioner paicha's producers place districts with: Kafka's murmur2.
+/// A district's state lives in the task of its partition, so data placed by
+/// another partitioner cannot be resumed.
+pub const PARTITIONER: &str = "murmur2";
 /// Directory of paicha's own files inside the data directory.
 pub const META_DIR: &str = "_paicha";
 
@@ -128,6 +133,11 @@ pub struct Manifest {
     /// Files merged away by compaction, deleted after a grace period.
     #[serde(default)]
     pub retired: Vec<Retired>,
+    /// How producers placed districts on partitions when the data was
+    /// written ([`PARTITIONER`]); only the root manifest says it. Absent in
+    /// a directory written before paicha partitioned with murmur2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<String>,
 }
 
 impl Manifest {

@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use paicha_ingest::registry::Registry;
 
 use crate::remote::Mirror;
-use crate::store::{Manifest, Store, FORMAT, META_DIR};
+use crate::store::{Manifest, Store, FORMAT, META_DIR, PARTITIONER};
 use crate::{Config, Processor, Stats};
 
 /// The prefix of a partition task's directory under the data directory.
@@ -63,6 +63,9 @@ impl Tasks {
             Some(m) if m.checkpoint > 0 || !m.tables.is_empty() => bail!(
                 "{place} holds data written before partition tasks (one directory per partition); replay it into a new data directory"
             ),
+            Some(m) if m.partitioner.as_deref() != Some(PARTITIONER) => bail!(
+                "{place} holds data that an earlier paicha placed on partitions with FNV-1a, not Kafka's murmur2; replay its input into a new data directory"
+            ),
             Some(m) if m.window_micros != cfg.window_micros => bail!(
                 "{place} was built with {}-second windows, not {}; use a new data directory to change the window",
                 m.window_micros / 1_000_000,
@@ -74,6 +77,7 @@ impl Tasks {
                     format: FORMAT.into(),
                     window_micros: cfg.window_micros,
                     time_zone: cfg.calendar.name().into(),
+                    partitioner: Some(PARTITIONER.into()),
                     ..Default::default()
                 };
                 if let Some(remote) = &cfg.remote {
