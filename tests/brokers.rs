@@ -137,18 +137,7 @@ for d, ps in sorted(parts.items()):
 #[test]
 fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("events.jsonl");
-    ok(&[
-        "simulate",
-        "--out",
-        file.to_str().unwrap(),
-        "--days",
-        "10",
-        "--seed",
-        "16",
-        "--scale",
-        "0.05",
-    ]);
+    let file = simulate_with(dir.path(), 10, 16, &["--scale", "0.05"]);
     let text = std::fs::read_to_string(&file).unwrap();
     // Door visits the field system can key; every other line (malformed
     // ones too) goes through paicha's replay.
@@ -187,7 +176,7 @@ fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
     assert!(placed.lines().any(|l| l == "500103 3"), "{placed}");
 
     let mixed = dir.path().join("mixed");
-    let args = [
+    let run = ok_output(&[
         "run",
         "--brokers",
         &brokers,
@@ -195,9 +184,7 @@ fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
         rest_file.to_str().unwrap(),
         "--data",
         mixed.to_str().unwrap(),
-    ];
-    let run = paicha().args(args).output().expect("run paicha");
-    assert_success(&run, &args);
+    ]);
     let log = String::from_utf8_lossy(&run.stderr);
     assert!(
         !log.contains("another partition than their district's"),
@@ -266,7 +253,7 @@ fn events_on_another_partition_than_their_districts_are_counted_and_reported() {
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let data = dir.path().join("data");
-    let args = [
+    let run = ok_output(&[
         "run",
         "--brokers",
         &brokers,
@@ -274,9 +261,7 @@ fn events_on_another_partition_than_their_districts_are_counted_and_reported() {
         empty.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
-    ];
-    let run = paicha().args(args).output().expect("run paicha");
-    assert_success(&run, &args);
+    ]);
     let log = String::from_utf8_lossy(&run.stderr);
     assert_eq!(
         log.matches("another partition than their district's")

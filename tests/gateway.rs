@@ -506,8 +506,12 @@ fn gateway_refuses_bad_requests_and_answers_503_when_kafka_is_gone() {
 
 #[test]
 fn an_open_gateway_refuses_a_network_address() {
+    // Its own data directory: the default (`./data`) may hold anything.
+    let dir = tempfile::tempdir().unwrap();
     let out = paicha()
         .args(["run", "--brokers", "127.0.0.1:1", "--http", "0.0.0.0:0"])
+        .arg("--data")
+        .arg(dir.path().join("data"))
         .args(["--http-token", "t", "--pg", "127.0.0.1:0"])
         .output()
         .unwrap();

@@ -187,18 +187,7 @@ fn the_same_over_an_object_store() {
 
 fn scale_out(object_store: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("events.jsonl");
-    ok(&[
-        "simulate",
-        "--out",
-        file.to_str().unwrap(),
-        "--days",
-        "10",
-        "--seed",
-        "9",
-        "--scale",
-        "0.05",
-    ]);
+    let file = simulate_with(dir.path(), 10, 9, &["--scale", "0.05"]);
     // The mock cluster keeps only the newest 5 MiB of a partition: the
     // input must fit whole, since three groups read it after it is written.
     assert!(std::fs::metadata(&file).unwrap().len() < 4 * (4 << 20));

@@ -121,11 +121,16 @@ impl Remote {
 
     /// Runs `fut` on the storage runtime and waits for it, from any thread
     /// (also one of another runtime's, where `block_on` would panic).
+    /// Unconstrained: on a thread of another runtime, a task that has used
+    /// up tokio's cooperative budget (128 operations, here 128 files read
+    /// for one query) would see every poll of the handle answer "pending"
+    /// at once, and `block_on` would spin forever without reaching the end
+    /// of that task's budget.
     fn run<T: Send + 'static>(
         &self,
         fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
     ) -> Result<T> {
-        futures::executor::block_on(self.rt.spawn(fut))
+        futures::executor::block_on(tokio::task::unconstrained(self.rt.spawn(fut)))
             .map_err(|e| anyhow!("storage task failed: {e}"))?
             .map_err(anyhow::Error::from)
     }
@@ -336,6 +341,38 @@ mod tests {
         let bytes = serde_json::to_vec(m)?;
         write_new(&dir.join(META_DIR).join("manifest.json"), &bytes)?;
         mirror.commit(dir, m, &bytes)
+    }
+
+    /// A query reads many files of another instance's task from inside a
+    /// task of DataFusion's runtime: past tokio's cooperative budget every
+    /// read must still finish (it spun forever at the 129th).
+    #[test]
+    fn many_reads_from_inside_another_runtime_finish() {
+        let remote = Remote::open("memory://").unwrap();
+        remote.put("f", Bytes::from_static(b"x")).unwrap();
+        // The last handle is dropped here, outside any runtime.
+        let reader = remote.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap();
+            let n = rt.block_on(async move {
+                tokio::spawn(async move {
+                    (0..1000)
+                        .filter(|_| reader.get("f").ok().flatten().is_some())
+                        .count()
+                })
+                .await
+                .unwrap()
+            });
+            let _ = done.send(n);
+        });
+        let n = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("1000 reads did not finish within 60 s");
+        assert_eq!(n, 1000);
     }
 
     #[test]

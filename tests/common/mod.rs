@@ -128,16 +128,24 @@ pub const TOPICS: [&str; 7] = [
 
 /// Writes `paicha simulate --days DAYS --seed SEED` to `DIR/events.jsonl`.
 pub fn simulate_into(dir: &Path, days: u32, seed: u64) -> std::path::PathBuf {
+    simulate_with(dir, days, seed, &[])
+}
+
+/// [`simulate_into`] with more flags (`--scale 0.05`, say).
+pub fn simulate_with(dir: &Path, days: u32, seed: u64, extra: &[&str]) -> std::path::PathBuf {
     let file = dir.join("events.jsonl");
-    ok(&[
+    let (days, seed) = (days.to_string(), seed.to_string());
+    let mut args = vec![
         "simulate",
         "--out",
         file.to_str().expect("utf-8 path"),
         "--days",
-        &days.to_string(),
+        &days,
         "--seed",
-        &seed.to_string(),
-    ]);
+        &seed,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
     file
 }
 
@@ -186,9 +194,14 @@ pub fn assert_tables_exact(data: &Path, file: &Path) {
 
 /// Runs `paicha` with `args`, panicking with its output unless it succeeds.
 pub fn ok(args: &[&str]) -> String {
+    String::from_utf8(ok_output(args).stdout).expect("utf-8 stdout")
+}
+
+/// [`ok`], keeping stderr too.
+pub fn ok_output(args: &[&str]) -> Output {
     let out = paicha().args(args).output().expect("run paicha");
     assert_success(&out, args);
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
+    out
 }
 
 pub fn assert_success(out: &Output, args: &[&str]) {
