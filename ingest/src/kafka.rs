@@ -630,12 +630,12 @@ impl BatchProducer {
                     let (lo, hi) = self
                         .pending_span
                         .map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t)));
-                    if hi.saturating_sub(lo) > self.batching.max_span_micros {
+                    self.pending_span = if hi.saturating_sub(lo) > self.batching.max_span_micros {
                         self.flush_batches()?;
-                        self.pending_span = Some((t, t));
+                        Some((t, t))
                     } else {
-                        self.pending_span = Some((lo, hi));
-                    }
+                        Some((lo, hi))
+                    };
                 }
                 let line = hashed.as_deref().unwrap_or(line);
                 let pending = &mut self.pending[r.source as usize];
