@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// for a slow sink.
     #[arg(long, hide = true, default_value_t = 0)]
     pub slow_sink_ms: u64,
+    /// Test and benchmark knob: the replay sends this share (0–1) of its
+    /// batches to another partition than murmur2 gives their district, as
+    /// a producer with another partitioner would.
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    pub misroute: f64,
     /// File holding the HMAC key for pseudonyms (else PAICHA_HMAC_KEY).
     #[arg(long, env = "PAICHA_HMAC_KEY_FILE")]
     pub hmac_key_file: Option<PathBuf>,

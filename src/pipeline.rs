@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use paicha_ingest::event::{
-    Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+    route_and_pseudonymize, Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC, REPARTITION_TOPIC,
 };
-use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl};
+use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl, Origin};
 use paicha_ingest::metrics::Metrics;
 use paicha_ingest::pseudonym;
 use paicha_processors::dead_letters::DeadLetter;
@@ -94,8 +95,9 @@ pub struct RunSummary {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Dead-letter rows recorded in the table.
     pub dead_letters: u64,
-    /// Valid events on another partition than their district's.
-    pub misplaced: u64,
+    /// Valid events that arrived on another partition than their
+    /// district's and were forwarded to it through `screening.repartition`.
+    pub rerouted: u64,
 }
 
 fn micros_now() -> i64 {
@@ -116,6 +118,9 @@ struct Membership {
     failure: Mutex<Option<anyhow::Error>>,
     ready: Arc<AtomicBool>,
     metrics: Metrics,
+    /// Writes forwarded events; everything it holds must be delivered
+    /// before a task commits the offsets they came from.
+    forward: Arc<(kafka::CountingProducer, kafka::DeliveryCounter)>,
 }
 
 impl Membership {
@@ -176,6 +181,7 @@ impl Membership {
     /// Commits every task's work so far: the group may give any of them to
     /// another member once this returns.
     fn revoke(&self) -> Result<()> {
+        kafka::finish(&self.forward.0, &self.forward.1)?;
         self.lock()?.commit_all()
     }
 
@@ -270,6 +276,7 @@ pub fn consume(
     end: Option<Arc<ReplayEnd>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
+    let forward = Arc::new(kafka::producer(&cfg.brokers)?);
     let membership = Membership {
         health: kafka::KafkaHealth::new("consumer", metrics),
         tasks: tasks.clone(),
@@ -277,6 +284,7 @@ pub fn consume(
         failure: Mutex::new(None),
         ready: cfg.ready.clone(),
         metrics: metrics.clone(),
+        forward: forward.clone(),
     };
     let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
     let mut client = kafka::client_config(&cfg.brokers);
@@ -303,11 +311,15 @@ pub fn consume(
         .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
         .create_with_context(membership)
         .context("cannot create Kafka consumer")?;
-    let (dlq, dlq_counter) = kafka::producer(&cfg.brokers)?;
+    let (dlq, dlq_counter) = &kafka::producer(&cfg.brokers)?;
+    let (forwarder, forwarded) = (&forward.0, &forward.1);
 
     let mut topics: Vec<&str> = Source::ALL.iter().map(|s| s.topic()).collect();
     topics.push(DEAD_LETTER_TOPIC);
     let partitions = co_partitioned(&consumer, &topics, &cfg.brokers)?;
+    kafka::ensure_topic(&cfg.brokers, REPARTITION_TOPIC, partitions)?;
+    topics.push(REPARTITION_TOPIC);
+    co_partitioned(&consumer, &topics, &cfg.brokers)?;
     // The partition each district belongs on, by registry index.
     let homes: Vec<i32> = decoder
         .registry()
@@ -336,7 +348,8 @@ pub fn consume(
     let mut lag_checked: Option<Instant> = None;
     let mut last_publish = Instant::now();
     let mut end_checked = Instant::now();
-    let mut dlq_ends: Option<BTreeMap<(String, i32), i64>> = None;
+    let mut stage_ends: Option<(&str, BTreeMap<(String, i32), i64>)> = None;
+    let mut failed_forwards = 0;
     loop {
         if shutdown.load(Ordering::Acquire) {
             break;
@@ -362,7 +375,8 @@ pub fn consume(
                         &homes,
                         processor,
                         metrics,
-                        &dlq,
+                        dlq,
+                        forwarder,
                         &flow,
                         &mut summary,
                     )?;
@@ -375,9 +389,12 @@ pub fn consume(
             None => {}
         }
         dlq.poll(Duration::ZERO);
-        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
+        forwarder.poll(Duration::ZERO);
+        if last_checkpoint.elapsed() >= cfg.checkpoint_interval
+            && delivered(forwarder, forwarded, &mut failed_forwards)?
+        {
             checkpoint(&mut guard, metrics, false)?;
-            observe(&mut guard, metrics, &consumer, &dlq, &mut lag_checked)?;
+            observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
             last_checkpoint = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
@@ -390,25 +407,34 @@ pub fn consume(
             }
             end_checked = Instant::now();
             let positions = guard.positions();
-            if dlq_ends.is_none() {
-                let ends = end.source_ends.lock().ok().and_then(|e| e.clone());
-                if let Some(ends) = ends {
-                    if reached(&positions, &ends) {
-                        // Every source message is processed; the dead letters
-                        // produced for them must land in the table too.
-                        kafka::finish(&dlq, &dlq_counter)?;
-                        dlq_ends = Some(high_watermarks(&consumer, DEAD_LETTER_TOPIC, partitions)?);
+            // A replay is processed once its source messages are, then the
+            // events they forwarded, then the dead letters of both.
+            let stage = match &stage_ends {
+                None => end.source_ends.lock().ok().and_then(|e| e.clone()),
+                Some((_, ends)) => Some(ends.clone()),
+            };
+            if let Some(ends) = stage {
+                if reached(&positions, &ends) {
+                    kafka::finish(forwarder, forwarded)?;
+                    kafka::finish(dlq, dlq_counter)?;
+                    let next = match stage_ends.as_ref().map(|(t, _)| *t) {
+                        None => Some(REPARTITION_TOPIC),
+                        Some(REPARTITION_TOPIC) => Some(DEAD_LETTER_TOPIC),
+                        Some(_) => None,
+                    };
+                    match next {
+                        Some(topic) => {
+                            let ends = high_watermarks(&consumer, topic, partitions)?;
+                            stage_ends = Some((topic, ends));
+                        }
+                        None => break,
                     }
-                }
-            }
-            if let Some(ends) = &dlq_ends {
-                if reached(&positions, ends) {
-                    break;
                 }
             }
         }
     }
-    kafka::finish(&dlq, &dlq_counter)?;
+    kafka::finish(forwarder, forwarded)?;
+    kafka::finish(dlq, dlq_counter)?;
     let mut guard = lock(&tasks)?;
     if end.is_some() {
         // The end of a replay: every task's clock stands at the highest
@@ -422,8 +448,8 @@ pub fn consume(
     for (_, task) in guard.iter_mut() {
         task.settle_writes()?;
     }
-    observe(&mut guard, metrics, &consumer, &dlq, &mut lag_checked)?;
-    kafka::finish(&dlq, &dlq_counter)?;
+    observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
+    kafka::finish(dlq, dlq_counter)?;
     if end.is_some() {
         // A finished replay leaves one file per table per day.
         for (_, task) in guard.iter_mut() {
@@ -440,6 +466,31 @@ pub fn consume(
     // nothing new: every task has just checkpointed).
     drop(consumer);
     Ok(summary)
+}
+
+/// Whether every event forwarded so far is in Kafka: a checkpoint commits
+/// the offsets they came from only then, so it
+/// waits (a broker that is slow or away postpones checkpoints, not
+/// consumption, until librdkafka's queue fills). A delivery that failed
+/// for good would lose what the committed offsets skip: an error, and the
+/// restart resumes from the last checkpoint.
+fn delivered(
+    producer: &kafka::CountingProducer,
+    counter: &kafka::DeliveryCounter,
+    failed_before: &mut u64,
+) -> Result<bool> {
+    use rdkafka::producer::Producer as _;
+    if producer.in_flight_count() > 0 {
+        let _ = producer.flush(Duration::from_millis(200));
+    }
+    if counter.failed() > *failed_before {
+        *failed_before = counter.failed();
+        anyhow::bail!(
+            "Kafka refused an event forwarded to screening.repartition ({}); stopping before a checkpoint could skip it",
+            counter.first_error().unwrap_or_default()
+        );
+    }
+    Ok(producer.in_flight_count() == 0)
 }
 
 fn lock(tasks: &Mutex<Tasks>) -> Result<std::sync::MutexGuard<'_, Tasks>> {
@@ -639,6 +690,7 @@ fn handle(
     processor: &mut Processor,
     metrics: &Metrics,
     dlq: &kafka::CountingProducer,
+    forwarder: &kafka::CountingProducer,
     flow: &Option<Arc<FlowControl>>,
     summary: &mut RunSummary,
 ) -> Result<()> {
@@ -684,11 +736,30 @@ fn handle(
         return Ok(());
     }
 
-    let Some(source) = Source::from_topic(topic) else {
+    // A forwarded message carries its source topic and where it first
+    // arrived; its events are home now, so they are never forwarded again.
+    let origin = if topic == REPARTITION_TOPIC {
+        msg.headers().and_then(|h| Origin::from_kafka(h.iter()))
+    } else {
+        Some(Origin {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        })
+    };
+    let Some(source) = origin.as_ref().and_then(|o| Source::from_topic(&o.topic)) else {
         processor.consumed(topic, partition, offset, None, now);
         return Ok(());
     };
-    summary.messages += 1;
+    let origin = origin.unwrap_or_else(|| Origin {
+        topic: topic.to_string(),
+        partition,
+        offset,
+    });
+    let forwarded = topic == REPARTITION_TOPIC;
+    if !forwarded {
+        summary.messages += 1;
+    }
     let wall = micros_now();
     let mut max_time: Option<i64> = None;
     let mut reject = |line: &[u8], index: i32, r: Reject| -> Result<()> {
@@ -697,7 +768,13 @@ fn handle(
             .with_label_values(&[source.as_str(), r.reason.as_str()])
             .inc();
         *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
-        let h = DeadLetterHeaders::for_reject(&r, topic, Some(partition), offset, index);
+        let h = DeadLetterHeaders::for_reject(
+            &r,
+            &origin.topic,
+            Some(origin.partition),
+            origin.offset,
+            index,
+        );
         // Into the same partition number: the task that refused it records
         // it, and a rerun's copy meets the first one there.
         kafka::send(
@@ -736,7 +813,9 @@ fn handle(
             field: None,
         }),
     };
-    let (mut valid, mut accepted, mut misplaced) = (0u64, 0u64, 0u64);
+    let (mut valid, mut accepted, mut rerouted) = (0u64, 0u64, 0u64);
+    // Lines for other partitions, by partition, pseudonymized.
+    let mut away: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
     let mut high_mark = processor.high_mark(topic, partition);
     for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -746,10 +825,46 @@ fn handle(
         let decoded = ids.and_then(|ids| decoder.decode_with(line, Some(source), wall, ids));
         match decoded {
             Ok(e) => {
-                valid += 1;
-                misplaced += u64::from(homes.get(usize::from(e.district)) != Some(&partition));
                 max_time = Some(max_time.map_or(e.event_time, |m| m.max(e.event_time)));
                 high_mark = high_mark.max(max_time);
+                let home = homes.get(usize::from(e.district)).copied();
+                if let Some(home) = home.filter(|h| *h != partition && !forwarded) {
+                    let hashed;
+                    let line = match ids {
+                        Ok(Ids::Pseudonymized) => line,
+                        _ => match route_and_pseudonymize(line, decoder.pseudonymizer()) {
+                            Ok((_, h)) => {
+                                hashed = h;
+                                &hashed
+                            }
+                            Err(r) => {
+                                reject(line, index as i32, r)?;
+                                continue;
+                            }
+                        },
+                    };
+                    let buf = away.entry(home).or_default();
+                    if !buf.is_empty() {
+                        buf.push(b'\n');
+                    }
+                    buf.extend_from_slice(line);
+                    rerouted += 1;
+                    // Pseudonyms are longer than most raw ids: a forwarded
+                    // message stays well under the broker's size limit.
+                    if buf.len() >= FORWARD_BYTES {
+                        kafka::send(
+                            forwarder,
+                            REPARTITION_TOPIC,
+                            Some(home),
+                            msg.key().unwrap_or_default(),
+                            buf,
+                            Some(origin.to_kafka(decoder.fingerprint())),
+                        )?;
+                        buf.clear();
+                    }
+                    continue;
+                }
+                valid += 1;
                 match processor.event(&e, processor.horizon(high_mark)) {
                     Accepted::Counted => accepted += 1,
                     Accepted::Duplicate => {}
@@ -769,6 +884,16 @@ fn handle(
             Err(r) => reject(line, index as i32, r)?,
         }
     }
+    for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
+        kafka::send(
+            forwarder,
+            REPARTITION_TOPIC,
+            Some(home),
+            msg.key().unwrap_or_default(),
+            &lines,
+            Some(origin.to_kafka(decoder.fingerprint())),
+        )?;
+    }
     // Metrics per message, not per event: the counts come out the same.
     summary.valid += valid;
     let label = [source.as_str()];
@@ -784,21 +909,24 @@ fn handle(
         .events_duplicate
         .with_label_values(&label)
         .inc_by(valid - accepted);
-    if misplaced > 0 {
-        events_misplaced(metrics, summary, source, topic, partition, misplaced);
+    if rerouted > 0 {
+        events_rerouted(metrics, summary, source, topic, partition, rerouted);
     }
     processor.consumed(topic, partition, offset, max_time, now);
-    if let Some(f) = flow {
+    if let (Some(f), false) = (flow, forwarded) {
         f.processed(source, partition, payload.len());
     }
     Ok(())
 }
 
-/// Events that a producer put on another partition than murmur2 gives
-/// their district: counted, but kept apart from their district's follow-up,
-/// first-report and EARS state (docs/semantics.md, Replays). One warning per
-/// run says so; the metric counts every one.
-fn events_misplaced(
+/// The most bytes of events forwarded in one message.
+const FORWARD_BYTES: usize = 512 * 1024;
+
+/// Events that a producer put on another partition than Kafka's murmur2
+/// gives their district: forwarded to it through `screening.repartition`,
+/// where they count once and join their district's state. One warning per
+/// run says so; the metric counts every one (docs/semantics.md, Replays).
+fn events_rerouted(
     metrics: &Metrics,
     summary: &mut RunSummary,
     source: Source,
@@ -806,16 +934,16 @@ fn events_misplaced(
     partition: i32,
     n: u64,
 ) {
-    if summary.misplaced == 0 {
+    if summary.rerouted == 0 {
         tracing::warn!(
             topic,
             partition,
-            "events arrive on another partition than their district's: a producer does not partition by Kafka's murmur2 of the district; they are counted, but their follow-up state is kept apart from their district's (paicha_events_misplaced_total)"
+            "events arrive on another partition than their district's: a producer does not partition by Kafka's murmur2 of the district; paicha forwards them to their district's partition through screening.repartition (paicha_events_rerouted_total)"
         );
     }
-    summary.misplaced += n;
+    summary.rerouted += n;
     metrics
-        .events_misplaced
+        .events_rerouted
         .with_label_values(&[source.as_str()])
         .inc_by(n);
 }
@@ -828,7 +956,7 @@ pub fn log_summary(s: &RunSummary) {
         accepted = s.accepted,
         duplicates = s.duplicates,
         dead_letters = s.dead_letters,
-        misplaced = s.misplaced,
+        rerouted = s.rerouted,
         "consumer finished"
     );
 }

@@ -449,6 +449,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let batching = Batching {
             max_span_micros: i64::try_from(args.processing.lateness.as_micros())
                 .unwrap_or(i64::MAX),
+            misroute: args.misroute.clamp(0.0, 1.0),
             ..Batching::default()
         };
         let pseudonymizer = decoder.pseudonymizer().clone();
@@ -560,7 +561,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         say!(
-            "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}; data in {}",
+            "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}{}; data in {}",
             p.lines,
             path.display(),
             p.lines as f64 / secs.max(1e-9),
@@ -568,6 +569,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             summary.duplicates,
             rejected,
             if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+            if summary.rerouted == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", {} forwarded to their district's partition",
+                    summary.rerouted
+                )
+            },
             args.data.display()
         );
     }

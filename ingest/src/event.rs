@@ -85,6 +85,10 @@ impl fmt::Display for Source {
 
 /// The topic paicha writes every rejected message to.
 pub const DEAD_LETTER_TOPIC: &str = "screening.dead_letter";
+/// paicha's internal topic: events that arrived on another partition than
+/// their district's, forwarded to it (pseudonymized), as Kafka Streams does
+/// with repartition topics. Same partition count as the source topics.
+pub const REPARTITION_TOPIC: &str = "screening.repartition";
 /// The topic paicha publishes alerts to.
 pub const ALERTS_TOPIC: &str = "screening.alerts";
 

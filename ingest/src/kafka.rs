@@ -24,6 +24,7 @@ use rdkafka::ClientContext;
 
 use crate::event::{
     route, route_and_pseudonymize, Reject, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+    REPARTITION_TOPIC,
 };
 use crate::pseudonym::{self, Pseudonymizer};
 
@@ -31,8 +32,115 @@ use crate::pseudonym::{self, Pseudonymizer};
 pub fn all_topics() -> Vec<&'static str> {
     let mut t: Vec<&'static str> = Source::ALL.iter().map(|s| s.topic()).collect();
     t.push(DEAD_LETTER_TOPIC);
+    t.push(REPARTITION_TOPIC);
     t.push(ALERTS_TOPIC);
     t
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists: paicha
+/// owns its internal topic, as Kafka Streams owns its repartition topics,
+/// so a deployment need not create it.
+pub fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(brokers)
+        // Asking for the topic must not create it with the broker's default
+        // partition count.
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let exists = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("cannot reach Kafka at {brokers}"))?
+        .topics()
+        .first()
+        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for the Kafka admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = rt
+        .block_on(admin.create_topics([&new], &opts))
+        .with_context(|| format!("cannot create topic {topic}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, e)) => bail!("cannot create topic {topic} at {brokers}: {e}"),
+        }
+    }
+    // Metadata of a new topic reaches every broker a moment later.
+    for _ in 0..100 {
+        if self::partitions(admin.inner(), topic).is_ok_and(|n| n == partitions) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("topic {topic} was created but has not appeared at {brokers}")
+}
+
+/// Where a forwarded event was first consumed: carried in headers of
+/// [`REPARTITION_TOPIC`] messages, so its dead letters name the original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The source topic.
+    pub topic: String,
+    /// The partition it arrived on.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+impl Origin {
+    const TOPIC: &'static str = "paicha-origin-topic";
+    const PARTITION: &'static str = "paicha-origin-partition";
+    const OFFSET: &'static str = "paicha-origin-offset";
+
+    /// As Kafka headers, with the pseudonym fingerprint the ids are under.
+    pub fn to_kafka(&self, fingerprint: &str) -> OwnedHeaders {
+        let partition = self.partition.to_string();
+        let offset = self.offset.to_string();
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: Self::TOPIC,
+                value: Some(self.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: Self::PARTITION,
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: Self::OFFSET,
+                value: Some(offset.as_bytes()),
+            })
+            .insert(Header {
+                key: pseudonym::HEADER,
+                value: Some(fingerprint.as_bytes()),
+            })
+    }
+
+    /// Reads the origin headers; `None` if any is missing.
+    pub fn from_kafka<'a>(headers: impl Iterator<Item = Header<'a, &'a [u8]>>) -> Option<Self> {
+        let (mut topic, mut partition, mut offset) = (None, None, None);
+        for h in headers {
+            let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
+            match h.key {
+                Self::TOPIC => topic = v.map(str::to_string),
+                Self::PARTITION => partition = v.and_then(|v| v.parse().ok()),
+                Self::OFFSET => offset = v.and_then(|v| v.parse().ok()),
+                _ => {}
+            }
+        }
+        Some(Origin {
+            topic: topic?,
+            partition: partition?,
+            offset: offset?,
+        })
+    }
 }
 
 /// librdkafka's in-process mock cluster with paicha's topics.
@@ -515,6 +623,9 @@ pub struct Batching {
     /// a sparse input. Keep it at most the allowed lateness, and an input in
     /// event-time order reaches the processors reordered by less than that.
     pub max_span_micros: i64,
+    /// The share of batches sent to the partition after their district's,
+    /// to test and measure what another producer's partitioner costs.
+    pub misroute: f64,
 }
 
 impl Default for Batching {
@@ -525,6 +636,7 @@ impl Default for Batching {
             flush_every_lines: 2000,
             // The default allowed lateness (`--lateness`).
             max_span_micros: 3_600_000_000,
+            misroute: 0.0,
         }
     }
 }
@@ -691,7 +803,14 @@ impl BatchProducer {
     }
 
     fn send_batch(&mut self, source: Source, district: &str, buf: &[u8]) -> Result<()> {
-        let partition = partition_for(district, self.partitions[source as usize]);
+        let n = self.partitions[source as usize];
+        let mut partition = partition_for(district, n);
+        // Every batch whose count crosses a whole multiple of 1/share.
+        let m = self.summary.messages as f64;
+        let share = self.batching.misroute;
+        if ((m + 1.0) * share).floor() > (m * share).floor() {
+            partition = (partition + 1) % n.max(1);
+        }
         if let Some(flow) = &self.flow {
             while !flow.has_room(source, partition, buf.len()) {
                 if flow.is_closed() {

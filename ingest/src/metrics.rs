@@ -20,7 +20,7 @@ pub struct Metrics {
     pub events_duplicate: IntCounterVec,
     /// Valid events that arrived on another partition than the one murmur2
     /// gives their district, by source.
-    pub events_misplaced: IntCounterVec,
+    pub events_rerouted: IntCounterVec,
     /// Events refused, by source topic and reason.
     pub events_rejected: IntCounterVec,
     /// Messages written to the dead-letter topic by the consumer.
@@ -97,9 +97,9 @@ impl Metrics {
                 "Events whose event_id was already counted, by source.",
                 &["source"],
             )?,
-            events_misplaced: counter_vec(
-                "paicha_events_misplaced_total",
-                "Valid events that arrived on another partition than the one Kafka's murmur2 gives their district (a producer with another partitioner), by source.",
+            events_rerouted: counter_vec(
+                "paicha_events_rerouted_total",
+                "Valid events that arrived on another partition than the one Kafka's murmur2 gives their district (a producer with another partitioner) and were forwarded to it through screening.repartition, by source.",
                 &["source"],
             )?,
             events_rejected: counter_vec(

@@ -12,8 +12,9 @@
 //! first time, a correction row after a late event — and the view sums them.
 //!
 //! Rules (documented in `docs/semantics.md`):
-//! - events of a hospital are applied in event-time order, ties in arrival
-//!   order (one hospital's events share a district, hence a partition);
+//! - events of a hospital are applied in event-time order; at the same
+//!   instant `capacity` first, then admissions, then discharges, then by a
+//!   hash of the event id, so arrival order never matters;
 //! - `beds_total` is the latest `capacity` before the window's end, or the
 //!   registry's `beds_total` before any;
 //! - rows are dense: one per window from the hospital's first bed event to
@@ -64,9 +65,21 @@ enum Act {
     Capacity(i64),
 }
 
+/// The order of bed events at the same instant: by action, then by a hash
+/// of the event id (data directories written before kept an arrival number
+/// here, which orders the same way within one run).
+fn tie(act: Act, event_id: &str) -> u64 {
+    let rank: u64 = match act {
+        Act::Capacity(_) => 0,
+        Act::Admit(_) => 1,
+        Act::Discharge(_) => 2,
+    };
+    (rank << 62) | (xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()) >> 2)
+}
+
 #[derive(Debug, Default)]
 struct Hospital {
-    /// Bed events by (event time, arrival sequence).
+    /// Bed events by (event time, [`tie`]).
     events: BTreeMap<(i64, u64), Act>,
     /// The row of each window as written so far (sum of rows written).
     written: BTreeMap<i64, State>,
@@ -77,7 +90,6 @@ struct Hospital {
 pub struct Beds {
     windows: Windows,
     hospitals: BTreeMap<u16, Hospital>,
-    seq: u64,
     pending: Vec<(i64, u64, u16, Act)>,
     final_until: i64,
 }
@@ -88,7 +100,6 @@ impl Beds {
         Beds {
             windows,
             hospitals: BTreeMap::new(),
-            seq: 0,
             pending: Vec::new(),
             final_until: i64::MIN,
         }
@@ -111,8 +122,11 @@ impl Beds {
             BedAction::Discharge => Act::Discharge(person()),
             BedAction::Capacity => Act::Capacity(beds_total.unwrap_or(0)),
         };
-        let seq = self.seq;
-        self.seq += 1;
+        let mut seq = tie(act, &e.event_id);
+        let events = &self.hospitals.entry(*hospital).or_default().events;
+        while events.contains_key(&(e.event_time, seq)) {
+            seq = seq.wrapping_add(1);
+        }
         self.insert(e.event_time, seq, *hospital, act);
         self.pending.push((e.event_time, seq, *hospital, act));
     }
@@ -196,28 +210,41 @@ impl Beds {
             .collect()
     }
 
-    /// If hospital `id`'s utilization is above `share` at the last window
-    /// ending by `until`: the start of the run of windows above it (the
-    /// condition's stable identity) and the utilization now.
-    pub fn above_since(
+    /// Every run of consecutive windows in which hospital `id`'s
+    /// utilization at the window's end is above `share`, through the last
+    /// window ending by `until`: (the run's first window start, the instant
+    /// it was first above, the instant it was first back at or below or
+    /// `None` if it still is, the utilization when first above). A function
+    /// of the bed events, so a late one moves a run rather than depending on
+    /// when it arrived.
+    pub fn runs_above(
         &self,
         id: u16,
         share: f64,
         until: i64,
         registry: &Registry,
-    ) -> Option<(i64, f64)> {
-        let h = self.hospitals.get(&id)?;
-        let states = self.sweep(h, registry.hospital(id).beds_total as i64, until);
+    ) -> Vec<(i64, i64, Option<i64>, f64)> {
+        let Some(h) = self.hospitals.get(&id) else {
+            return Vec::new();
+        };
         let util = |s: &State| (s[0] > 0).then(|| s[1] as f64 / s[0] as f64);
-        let (_, last) = states.last()?;
-        let now = util(last).filter(|u| *u > share)?;
-        let start = states
-            .iter()
-            .rev()
-            .take_while(|(_, s)| util(s).is_some_and(|u| u > share))
-            .last()
-            .map(|(start, _)| *start)?;
-        Some((start, now))
+        let mut runs = Vec::new();
+        let mut open: Option<(i64, i64, f64)> = None;
+        for (start, s) in self.sweep(h, registry.hospital(id).beds_total as i64, until) {
+            let end = self.windows.end(start);
+            match (util(&s).filter(|u| *u > share), open) {
+                (Some(u), None) => open = Some((start, end, u)),
+                (None, Some((first, at, u))) => {
+                    runs.push((first, at, Some(end), u));
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some((first, at, u)) = open {
+            runs.push((first, at, None, u));
+        }
+        runs
     }
 
     /// Rows for every window that has ended by `until`, marked as written.
@@ -295,7 +322,6 @@ impl Beds {
                 2 => Act::Capacity(value as i64),
                 _ => return Err(invalid("unknown bed action in bed file")),
             };
-            self.seq = self.seq.max(seq + 1);
             self.insert(time, seq, hospital, act);
         }
         Ok(())

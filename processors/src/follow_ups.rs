@@ -83,6 +83,8 @@ struct Episode {
     observation: Observation,
     started_at: i64,
     last_seen_at: Option<i64>,
+    /// Every `seen` visit in the episode, in time order.
+    seen: Vec<i64>,
     /// Released or confirmed, and when.
     closed: Option<(i64, Status)>,
     /// What the counts currently count it as: status and days missed.
@@ -163,7 +165,7 @@ pub struct Alert {
 }
 
 /// A change to follow-up state, as logged for restarts.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
     Open(Observation),
     Seen,
@@ -171,15 +173,150 @@ enum Change {
     Confirm,
 }
 
+impl Change {
+    /// Order of changes at the same instant: a visit that opens an episode
+    /// is its first sighting too, so open, then see, then close.
+    fn rank(self) -> (u8, u8) {
+        match self {
+            Change::Open(o) => (0, observation_code(o)),
+            Change::Seen => (1, 0),
+            Change::Release => (2, 0),
+            Change::Confirm => (3, 0),
+        }
+    }
+}
+
+/// One change of a person, at event time `t`, from a district's event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    t: i64,
+    district: u16,
+    change: Change,
+}
+
+impl Entry {
+    /// The total order the fold applies changes in: event time, then a
+    /// fixed rank, never arrival.
+    fn key(&self) -> (i64, (u8, u8), u16) {
+        (self.t, self.change.rank(), self.district)
+    }
+}
+
+/// A person's changes and the episodes they give at the clock.
+#[derive(Debug, Default)]
+struct Person {
+    /// Every change, in [`Entry::key`] order.
+    changes: Vec<Entry>,
+    /// The fold of the changes up to the clock.
+    episodes: Vec<Episode>,
+    /// Indices into `FollowUps::alerts` of this person's overdue alerts.
+    alerts: Vec<usize>,
+}
+
 /// Bytes of one logged change.
 const RECORD: usize = 8 + 16 + 2 + 1 + 1;
+
+/// An overdue alert an episode's history implies at a clock.
+struct Overdue {
+    started: i64,
+    due: i64,
+    district: u16,
+    severity: &'static str,
+    days: i64,
+    raised_at: i64,
+    resolved_at: Option<i64>,
+}
+
+/// The episodes a person's changes give, applied in [`Entry::key`] order.
+fn fold(changes: &[Entry]) -> Vec<Episode> {
+    let mut episodes: Vec<Episode> = Vec::new();
+    for e in changes {
+        // Changes come in time order, so only the newest episode can cover t.
+        let open = episodes.last_mut().filter(|ep| ep.covers(e.t));
+        match (e.change, open) {
+            (Change::Open(o), Some(ep)) => ep.observation = o,
+            (Change::Open(o), None) => episodes.push(Episode {
+                district: e.district,
+                observation: o,
+                started_at: e.t,
+                last_seen_at: None,
+                seen: Vec::new(),
+                closed: None,
+                counted: (Status::Active, 0),
+            }),
+            (Change::Seen, Some(ep)) => {
+                ep.last_seen_at = Some(e.t);
+                ep.seen.push(e.t);
+            }
+            (Change::Release, Some(ep)) => ep.closed = Some((e.t, Status::Released)),
+            (Change::Confirm, Some(ep)) => ep.closed = Some((e.t, Status::Confirmed)),
+            (_, None) => {}
+        }
+    }
+    episodes
+}
+
+/// The overdue alerts of an episode's whole history up to `clock`: for each
+/// due time, `warning` from the first instant one day is missed and
+/// `critical` from three, resolved by the visit, the closing or the end of
+/// the 14 days that ended the wait. A function of the events and the clock,
+/// so a late event gives the alerts an in-order run would have raised.
+fn overdue_alerts(ep: &Episode, clock: i64, out: &mut Vec<Overdue>) {
+    let stop = ep.closed.map_or(ep.ends_at(), |(c, _)| c.min(ep.ends_at()));
+    let mut due = ep.started_at + DUE_EVERY_MICROS;
+    let mut waits: Vec<(i64, i64)> = Vec::with_capacity(ep.seen.len() + 1);
+    for &s in &ep.seen {
+        waits.push((due, s));
+        due = s + DUE_EVERY_MICROS;
+    }
+    waits.push((due, stop));
+    for (due, end) in waits {
+        let end = end.min(stop);
+        for (severity, days) in [("warning", 1), ("critical", CRITICAL_DAYS)] {
+            let from = due + (days - 1) * DUE_EVERY_MICROS + 1;
+            if from < end && from <= clock {
+                out.push(Overdue {
+                    started: ep.started_at,
+                    due,
+                    district: ep.district,
+                    severity,
+                    days,
+                    raised_at: from,
+                    resolved_at: (end <= clock).then_some(end),
+                });
+            }
+        }
+    }
+}
+
+/// Adds `by` to the counts an episode state is in.
+fn count(
+    by_status: &mut HashMap<(u16, Status), i64>,
+    by_days: &mut HashMap<(u16, i64), i64>,
+    district: u16,
+    (status, days): (Status, i64),
+    by: i64,
+) {
+    *by_status.entry((district, status)).or_default() += by;
+    if status == Status::Overdue {
+        *by_days.entry((district, days.min(4))).or_default() += by;
+    }
+}
+
+/// Where an alert's detail says that later events show it was not true;
+/// the reason follows.
+pub const WITHDRAWN: &str = "; withdrawn: ";
+
+/// Why a follow-up alert is withdrawn.
+const NOT_MISSED: &str = "events that arrived later show this visit was not missed";
 
 /// Every episode, the queue of their next changes, counts, and alerts.
 #[derive(Debug, Default)]
 pub struct FollowUps {
-    persons: HashMap<u128, Vec<Episode>>,
-    /// (instant, person, episode index) of the next state change.
-    queue: BTreeSet<(i64, u128, u32)>,
+    persons: HashMap<u128, Person>,
+    /// (instant, person) at which a person's state changes next: a change
+    /// the clock reaches, a due time passed, the end of an episode.
+    queue: BTreeSet<(i64, u128)>,
     clock: i64,
     /// Episodes per (district, status).
     by_status: HashMap<(u16, Status), i64>,
@@ -187,32 +324,23 @@ pub struct FollowUps {
     by_days: HashMap<(u16, i64), i64>,
     alerts: Vec<Alert>,
     alert_index: HashMap<String, usize>,
-    /// Overdue alerts of each episode (person, started_at), by index, so a
-    /// visit finds its episode's alerts without looking at all of them.
-    episode_alerts: HashMap<(u128, i64), Vec<(usize, i64)>>,
     /// Alerts raised or resolved since last taken, for the alerts topic.
     news: Vec<Alert>,
-    /// Changes not yet applied, by (event time, arrival): applied in
-    /// event-time order as the clock reaches them, so a confirmation and a
-    /// visit from different topics take effect in the order they happened.
-    buffer: std::collections::BTreeMap<(i64, u64), (u128, u16, Change)>,
-    seq: u64,
-    pending: Vec<(i64, u128, u16, Change)>,
+    pending: Vec<Logged>,
     alerts_changed: bool,
+    /// How far behind the clock an event can still count (retention plus
+    /// lateness): changes of persons never under observation older than
+    /// that can no longer join an episode, so they are forgotten.
+    keep_micros: i64,
+    /// The day (of the clock) the last forgetting ran.
+    forgot_on: i64,
 }
+
+/// A change as logged: (event time, person, district, change).
+type Logged = (i64, u128, u16, Change);
 
 fn person_of(key: &str) -> u128 {
     u128::from_str_radix(key, 16).unwrap_or_else(|_| xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
-}
-
-/// (person, started_at, due) of a follow-up alert id
-/// `follow_up_overdue:SEVERITY:PERSON:STARTED:DUE`.
-fn episode_of(id: &str) -> Option<(u128, i64, i64)> {
-    let mut parts = id.split(':').skip(2);
-    let person = u128::from_str_radix(parts.next()?, 16).ok()?;
-    let started = parts.next()?.parse().ok()?;
-    let due = parts.next()?.parse().ok()?;
-    Some((person, started, due))
 }
 
 fn observation_code(o: Observation) -> u8 {
@@ -224,13 +352,44 @@ impl FollowUps {
     pub fn new() -> Self {
         FollowUps {
             clock: i64::MIN,
+            keep_micros: i64::MAX,
+            forgot_on: i64::MIN,
             ..Default::default()
         }
     }
 
+    /// Forgets, once per day of the clock, the changes of persons with no
+    /// episode that are older than `keep_micros` behind it: an isolation
+    /// order that could take them in would be `too_late` itself.
+    pub fn keeping(mut self, keep_micros: i64) -> Self {
+        self.keep_micros = keep_micros;
+        self
+    }
+
+    fn forget_old(&mut self) {
+        let day = self.clock.div_euclid(DAY_MICROS);
+        if day == self.forgot_on || self.keep_micros == i64::MAX {
+            return;
+        }
+        self.forgot_on = day;
+        let before = self.clock.saturating_sub(self.keep_micros);
+        self.persons.retain(|_, person| {
+            if !person.episodes.is_empty()
+                || person
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c.change, Change::Open(_)))
+            {
+                return true;
+            }
+            person.changes.retain(|c| c.t >= before);
+            !person.changes.is_empty() || !person.alerts.is_empty()
+        });
+    }
+
     /// Takes one (deduplicated) event if it concerns follow-ups. It takes
-    /// effect when the clock reaches its event time (at once if the clock
-    /// has passed it already: a late event).
+    /// effect when the clock reaches its event time; a late one re-folds
+    /// its person's history at once, as if it had arrived in order.
     pub fn add(&mut self, e: &Event, registry: &Registry) {
         let t = e.event_time;
         let d = e.district;
@@ -242,8 +401,6 @@ impl FollowUps {
                 ..
             } => {
                 let p = person_of(person_key);
-                // The visit that opens an episode is its first sighting too:
-                // open first, then see.
                 if matches!(
                     observation,
                     Observation::HomeIsolation
@@ -281,180 +438,195 @@ impl FollowUps {
 
     fn submit(&mut self, t: i64, p: u128, district: u16, change: Change, registry: &Registry) {
         self.pending.push((t, p, district, change));
+        self.insert(t, p, district, change);
         if t <= self.clock {
-            self.apply(t, p, district, change, registry);
-        } else {
-            self.buffer.insert((t, self.seq), (p, district, change));
-            self.seq += 1;
+            self.recompute(p, registry);
         }
     }
 
-    fn apply(&mut self, t: i64, p: u128, district: u16, change: Change, registry: &Registry) {
-        let episodes = self.persons.get(&p);
-        let open = episodes.and_then(|eps| eps.iter().rposition(|ep| ep.covers(t)));
-        // Only changes that touch an episode are kept (and logged): a seen
-        // visit of someone never observed is not follow-up state.
-        match (change, open) {
-            (Change::Open(o), Some(i)) => {
-                if let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) {
-                    ep.observation = o;
-                }
-            }
-            (Change::Open(o), None) => {
-                let counted = (Status::Active, 0);
-                let eps = self.persons.entry(p).or_default();
-                eps.push(Episode {
-                    district,
-                    observation: o,
-                    started_at: t,
-                    last_seen_at: None,
-                    closed: None,
-                    counted,
-                });
-                *self
-                    .by_status
-                    .entry((district, Status::Active))
-                    .or_default() += 1;
-                let i = eps.len() - 1;
-                self.refresh(p, i, registry);
-            }
-            (Change::Seen, Some(i)) => {
-                let mut due = None;
-                if let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) {
-                    ep.last_seen_at = Some(ep.last_seen_at.map_or(t, |s| s.max(t)));
-                    due = Some(ep.next_due_at());
-                }
-                // Alerts about a due time this visit moved past are over;
-                // a visit that changes nothing resolves nothing.
-                if let Some(due) = due {
-                    self.resolve_overdue(p, i, due);
-                }
-                self.refresh(p, i, registry);
-            }
-            (Change::Release | Change::Confirm, Some(i)) => {
-                let status = if change == Change::Release {
-                    Status::Released
-                } else {
-                    Status::Confirmed
-                };
-                if let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) {
-                    ep.closed = Some((t, status));
-                }
-                self.resolve_overdue(p, i, i64::MAX);
-                self.refresh(p, i, registry);
-            }
-            (_, None) => {}
+    /// Files a change under its person, in order, and wakes the person when
+    /// the clock reaches it.
+    fn insert(&mut self, t: i64, p: u128, district: u16, change: Change) {
+        let entry = Entry {
+            t,
+            district,
+            change,
+        };
+        let person = self.persons.entry(p).or_default();
+        let at = person.changes.partition_point(|c| c.key() <= entry.key());
+        person.changes.insert(at, entry);
+        if t > self.clock {
+            self.queue.insert((t, p));
         }
     }
 
-    /// Recounts episode `i` of `p` at the clock, raises its alerts, and
-    /// queues its next change.
-    fn refresh(&mut self, p: u128, i: usize, registry: &Registry) {
+    /// Re-folds person `p` at the clock: episodes, the counts they are in,
+    /// their alerts, and when to look at them next.
+    fn recompute(&mut self, p: u128, registry: &Registry) {
         let clock = self.clock;
-        let Some(ep) = self.persons.get_mut(&p).and_then(|e| e.get_mut(i)) else {
+        let Some(person) = self.persons.get_mut(&p) else {
             return;
         };
-        let now = ep.state(clock);
-        let before = ep.counted;
-        ep.counted = now;
-        let (district, started, due) = (ep.district, ep.started_at, ep.next_due_at());
-        if let Some(next) = ep.next_change(clock) {
-            self.queue.insert((next, p, i as u32));
+        let reached = person.changes.partition_point(|c| c.t <= clock);
+        let mut episodes = fold(&person.changes[..reached]);
+        if let Some(next) = person.changes.get(reached) {
+            self.queue.insert((next.t, p));
         }
-        if now.0 == Status::Completed && before.0 != Status::Completed {
-            self.resolve_overdue(p, i, i64::MAX);
+        for ep in &person.episodes {
+            count(
+                &mut self.by_status,
+                &mut self.by_days,
+                ep.district,
+                ep.counted,
+                -1,
+            );
         }
-        if before != now {
-            *self.by_status.entry((district, before.0)).or_default() -= 1;
-            *self.by_status.entry((district, now.0)).or_default() += 1;
-            if before.0 == Status::Overdue {
-                *self.by_days.entry((district, before.1.min(4))).or_default() -= 1;
+        let mut expected = Vec::new();
+        for ep in &mut episodes {
+            ep.counted = ep.state(clock);
+            count(
+                &mut self.by_status,
+                &mut self.by_days,
+                ep.district,
+                ep.counted,
+                1,
+            );
+            if let Some(next) = ep.next_change(clock) {
+                self.queue.insert((next, p));
             }
-            if now.0 == Status::Overdue {
-                *self.by_days.entry((district, now.1.min(4))).or_default() += 1;
-            }
+            overdue_alerts(ep, clock, &mut expected);
         }
-        if now.0 == Status::Overdue {
-            let code = &registry.district(district).district;
-            let person = format!("{p:032x}");
-            for (severity, days) in [("warning", 1), ("critical", CRITICAL_DAYS)] {
-                if now.1 < days {
-                    continue;
-                }
-                let id = format!("follow_up_overdue:{severity}:{person}:{started}:{due}");
-                if self.alert_index.contains_key(&id) {
-                    continue;
-                }
-                let alert = Alert {
-                    alert_id: id.clone(),
-                    raised_at: clock,
-                    kind: "follow_up_overdue".into(),
-                    severity: severity.into(),
-                    district: code.clone(),
-                    hospital_id: None,
-                    person_key: Some(person.clone()),
-                    detail: format!(
-                        "follow-up of a person under observation in {} ({code}) missed for {} day(s)",
-                        registry.district(district).name,
-                        now.1
-                    ),
-                    resolved_at: None,
-                };
-                self.push_alert(alert, Some((p, started, due)));
-            }
-        }
+        person.episodes = episodes;
+        let known = person.alerts.clone();
+        self.settle_alerts(p, known, expected, registry);
     }
 
-    /// Resolves the open overdue alerts of an episode about a due time
-    /// before `due_before` (a visit moved it, or the episode ended).
-    fn resolve_overdue(&mut self, p: u128, i: usize, due_before: i64) {
-        let Some(ep) = self.persons.get(&p).and_then(|e| e.get(i)) else {
-            return;
-        };
-        let Some(ids) = self.episode_alerts.get(&(p, ep.started_at)) else {
-            return;
-        };
-        let clock = self.clock;
-        for &(k, due) in ids {
-            let Some(a) = self.alerts.get_mut(k) else {
+    /// Makes the person's overdue alerts those its history implies: raises
+    /// the new, corrects the resolution of the known, and withdraws (as
+    /// resolved, saying why) those later events show were never true.
+    fn settle_alerts(
+        &mut self,
+        p: u128,
+        known: Vec<usize>,
+        expected: Vec<Overdue>,
+        registry: &Registry,
+    ) {
+        let person = format!("{p:032x}");
+        let mut implied = std::collections::HashSet::new();
+        for o in expected {
+            let id = format!(
+                "follow_up_overdue:{}:{person}:{}:{}",
+                o.severity, o.started, o.due
+            );
+            if let Some(k) = self.alert_index.get(&id).copied() {
+                implied.insert(k);
+                self.settle(k, o.resolved_at);
                 continue;
+            }
+            let district = registry.district(o.district);
+            let alert = Alert {
+                alert_id: id,
+                raised_at: o.raised_at,
+                kind: "follow_up_overdue".into(),
+                severity: o.severity.into(),
+                district: district.district.clone(),
+                hospital_id: None,
+                person_key: Some(person.clone()),
+                detail: format!(
+                    "follow-up of a person under observation in {} ({}) missed for {} day(s)",
+                    district.name, district.district, o.days
+                ),
+                resolved_at: o.resolved_at,
             };
-            if a.resolved_at.is_none() && due < due_before {
-                a.resolved_at = Some(a.raised_at.max(clock));
-                self.news.push(a.clone());
-                self.alerts_changed = true;
+            let k = self.push_alert(alert);
+            implied.insert(k);
+            if let Some(person) = self.persons.get_mut(&p) {
+                person.alerts.push(k);
+            }
+        }
+        for k in known {
+            if !implied.contains(&k) {
+                self.withdraw_at(k, NOT_MISSED);
             }
         }
     }
 
-    /// Moves the clock to `clock` (never backwards): applies the changes it
-    /// has reached and updates the episodes whose state changes by then, all
-    /// in event-time order, so each alert is raised at the instant its
-    /// condition became true.
+    /// Makes the known alert `k` stand with resolution `resolved_at`,
+    /// undoing a withdrawal if later events show it true after all.
+    fn settle(&mut self, k: usize, resolved_at: Option<i64>) {
+        let Some(a) = self.alerts.get_mut(k) else {
+            return;
+        };
+        let withdrawn = a.detail.find(WITHDRAWN);
+        if a.resolved_at != resolved_at || withdrawn.is_some() {
+            if let Some(at) = withdrawn {
+                a.detail.truncate(at);
+            }
+            a.resolved_at = resolved_at;
+            self.news.push(a.clone());
+            self.alerts_changed = true;
+        }
+    }
+
+    /// Raises `alert`, or makes the one of its id stand with its resolution:
+    /// for alerts whose instants come from the events, so the latest view
+    /// of them wins.
+    pub fn raise_or_settle(&mut self, alert: Alert) {
+        match self.alert_index.get(&alert.alert_id).copied() {
+            Some(k) => self.settle(k, alert.resolved_at),
+            None => {
+                self.push_alert(alert);
+            }
+        }
+    }
+
+    /// Withdraws alert `k`: later events show it was never true. It stays
+    /// (it was published), resolved at the clock if it was open, its detail
+    /// saying why.
+    fn withdraw_at(&mut self, k: usize, why: &str) {
+        let clock = self.clock;
+        let Some(a) = self.alerts.get_mut(k) else {
+            return;
+        };
+        if a.detail.contains(WITHDRAWN) {
+            return;
+        }
+        a.resolved_at = Some(a.resolved_at.unwrap_or(a.raised_at.max(clock)));
+        a.detail.push_str(WITHDRAWN);
+        a.detail.push_str(why);
+        self.news.push(a.clone());
+        self.alerts_changed = true;
+    }
+
+    /// Withdraws the alert `id` if it was raised (see `withdraw_at`).
+    pub fn withdraw(&mut self, id: &str, why: &str) {
+        if let Some(k) = self.alert_index.get(id).copied() {
+            self.withdraw_at(k, why);
+        }
+    }
+
+    /// Moves the clock to `clock` (never backwards) and re-folds every
+    /// person whose state changes by then. The fold depends only on the
+    /// events and the clock, so one step or many give the same state.
     pub fn advance(&mut self, clock: i64, registry: &Registry) {
         if clock <= self.clock {
             return;
         }
-        loop {
-            let change = self.buffer.first_key_value().map(|(k, _)| k.0);
-            let wake = self.queue.first().map(|w| w.0);
-            match (change, wake) {
-                (Some(t), w) if t <= clock && w.is_none_or(|w| t <= w) => {
-                    if let Some(((t, _), (p, d, c))) = self.buffer.pop_first() {
-                        self.clock = self.clock.max(t);
-                        self.apply(t, p, d, c, registry);
-                    }
-                }
-                (_, Some(w)) if w <= clock => {
-                    if let Some((w, p, i)) = self.queue.pop_first() {
-                        self.clock = self.clock.max(w);
-                        self.refresh(p, i as usize, registry);
-                    }
-                }
-                _ => break,
-            }
-        }
         self.clock = clock;
+        let mut due = Vec::new();
+        while let Some(&(w, p)) = self.queue.first() {
+            if w > clock {
+                break;
+            }
+            self.queue.pop_first();
+            due.push(p);
+        }
+        due.sort_unstable();
+        due.dedup();
+        for p in due {
+            self.recompute(p, registry);
+        }
+        self.forget_old();
     }
 
     /// The clock.
@@ -482,25 +654,18 @@ impl FollowUps {
         if self.alert_index.contains_key(&alert.alert_id) {
             return false;
         }
-        self.push_alert(alert, None);
+        self.push_alert(alert);
         true
     }
 
-    /// Records a new alert; a follow-up alert also under its episode
-    /// (person, started_at) with the due time it is about, so a visit finds
-    /// the alerts it ends without looking at all of them.
-    fn push_alert(&mut self, alert: Alert, episode: Option<(u128, i64, i64)>) {
+    /// Records a new alert and returns its index.
+    fn push_alert(&mut self, alert: Alert) -> usize {
         let k = self.alerts.len();
-        if let Some((p, started, due)) = episode {
-            self.episode_alerts
-                .entry((p, started))
-                .or_default()
-                .push((k, due));
-        }
         self.alert_index.insert(alert.alert_id.clone(), k);
         self.news.push(alert.clone());
         self.alerts.push(alert);
         self.alerts_changed = true;
+        k
     }
 
     /// Resolves the alert `id` at the clock if it is open.
@@ -534,16 +699,11 @@ impl FollowUps {
         !self.pending.is_empty()
     }
 
-    /// Writes the changes applied since the last call.
+    /// Writes the changes taken since the last call.
     pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD);
         for (t, p, d, c) in self.pending.drain(..) {
-            let (kind, obs) = match c {
-                Change::Open(o) => (0u8, observation_code(o)),
-                Change::Seen => (1, 0),
-                Change::Release => (2, 0),
-                Change::Confirm => (3, 0),
-            };
+            let (kind, obs) = c.rank();
             buf.extend_from_slice(&t.to_le_bytes());
             buf.extend_from_slice(&p.to_le_bytes());
             buf.extend_from_slice(&d.to_le_bytes());
@@ -555,7 +715,7 @@ impl FollowUps {
 
     /// Takes back changes written by [`FollowUps::write_pending`]. Alerts are
     /// not raised again: the caller restores them and then advances the
-    /// clock.
+    /// clock, which folds every person.
     pub fn load(&mut self, input: &mut impl Read) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
@@ -583,13 +743,12 @@ impl FollowUps {
                 2 => Change::Release,
                 _ => Change::Confirm,
             };
-            // Back into the queue of changes: the caller advances the clock
-            // to the checkpoint's, which applies them in event-time order.
-            self.buffer.insert(
-                (i64::from_le_bytes(t), self.seq),
-                (u128::from_le_bytes(p), u16::from_le_bytes(d), change),
+            self.insert(
+                i64::from_le_bytes(t),
+                u128::from_le_bytes(p),
+                u16::from_le_bytes(d),
+                change,
             );
-            self.seq += 1;
         }
         Ok(())
     }
@@ -599,12 +758,17 @@ impl FollowUps {
     pub fn restore_alerts(&mut self, alerts: Vec<Alert>) {
         self.alerts.clear();
         self.alert_index.clear();
-        self.episode_alerts.clear();
+        for person in self.persons.values_mut() {
+            person.alerts.clear();
+        }
         for a in alerts {
-            let episode = (a.kind == "follow_up_overdue")
-                .then(|| episode_of(&a.alert_id))
+            let person = (a.kind == "follow_up_overdue")
+                .then(|| a.person_key.as_deref().map(person_of))
                 .flatten();
-            self.push_alert(a, episode);
+            let k = self.push_alert(a);
+            if let Some(p) = person {
+                self.persons.entry(p).or_default().alerts.push(k);
+            }
         }
         self.news.clear();
         self.alerts_changed = false;
@@ -612,7 +776,7 @@ impl FollowUps {
 
     /// The `follow_ups` rows at the clock.
     pub fn batch(&self, registry: &Registry) -> arrow::error::Result<RecordBatch> {
-        let n: usize = self.persons.values().map(Vec::len).sum();
+        let n: usize = self.persons.values().map(|p| p.episodes.len()).sum();
         let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let (mut started, mut ends, mut seen, mut due) = (ts(), ts(), ts(), ts());
         let mut person = StringBuilder::with_capacity(n, n * 32);
@@ -624,7 +788,7 @@ impl FollowUps {
         let mut rows: Vec<(u128, &Episode)> = self
             .persons
             .iter()
-            .flat_map(|(p, eps)| eps.iter().map(move |e| (*p, e)))
+            .flat_map(|(p, person)| person.episodes.iter().map(move |e| (*p, e)))
             .collect();
         rows.sort_unstable_by_key(|(p, e)| (e.started_at, *p));
         for (p, e) in rows {
@@ -792,5 +956,143 @@ mod tests {
         again.advance(14 * 24 * H, &reg);
         assert_eq!(again.by_status()[&(3, Status::Completed)], 1);
         assert_eq!(again.batch(&reg).unwrap().num_rows(), 1);
+    }
+    fn case(t: i64, status: CaseStatus) -> Event {
+        Event {
+            event_id: format!("c{t}"),
+            event_time: t,
+            district: 3,
+            body: Body::Case {
+                person_key: P.into(),
+                status,
+                hospital: None,
+            },
+        }
+    }
+
+    /// The rows and the alerts that stand (not withdrawn), comparable.
+    fn outcome(f: &FollowUps, reg: &Registry) -> (RecordBatch, Vec<Alert>) {
+        let rows = f.batch(reg).unwrap();
+        let mut alerts: Vec<Alert> = f
+            .alerts()
+            .iter()
+            .filter(|a| !a.detail.contains(WITHDRAWN))
+            .cloned()
+            .collect();
+        alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        (rows, alerts)
+    }
+
+    #[test]
+    fn a_screening_visit_synced_days_late_opens_the_one_episode() {
+        let reg = Registry::builtin().unwrap();
+        let opening = visit(0, Outcome::Seen, Observation::HomeIsolation);
+        let later: Vec<Event> = (1..=4)
+            .map(|d| visit(d * 24 * H - H, Outcome::Seen, Observation::HomeIsolation))
+            .collect();
+        let clock = 4 * 24 * H;
+
+        let mut in_order = FollowUps::new();
+        for e in std::iter::once(&opening).chain(&later) {
+            in_order.add(e, &reg);
+        }
+        in_order.advance(clock, &reg);
+
+        // Live: the follow-up visits first (each opens an episode of its own
+        // then), the screening visit three days late.
+        let mut live = FollowUps::new();
+        for e in &later {
+            live.add(e, &reg);
+            live.advance(e.event_time, &reg);
+        }
+        live.advance(clock, &reg);
+        live.add(&opening, &reg);
+
+        assert_eq!(live.batch(&reg).unwrap().num_rows(), 1);
+        assert_eq!(live.by_status()[&(3, Status::Active)], 1);
+        assert_eq!(outcome(&live, &reg), outcome(&in_order, &reg));
+
+        // A restart from the logged changes agrees with the live view.
+        let mut log = Vec::new();
+        live.write_pending(&mut log).unwrap();
+        let mut again = FollowUps::new();
+        again.load(&mut log.as_slice()).unwrap();
+        again.restore_alerts(live.alerts().to_vec());
+        again.advance(clock, &reg);
+        assert_eq!(outcome(&again, &reg), outcome(&live, &reg));
+        assert!(again.take_news().is_empty());
+    }
+
+    #[test]
+    fn an_alert_a_late_visit_disproves_is_withdrawn_with_the_reason() {
+        let reg = Registry::builtin().unwrap();
+        let mut f = FollowUps::new();
+        f.add(&visit(0, Outcome::Seen, Observation::HomeIsolation), &reg);
+        f.advance(3 * 24 * H + 1, &reg);
+        assert_eq!(f.alerts().len(), 2);
+        // The visits of day 1 and day 2 were made; they arrive now.
+        f.add(&visit(20 * H, Outcome::Seen, Observation::None), &reg);
+        f.add(&visit(40 * H, Outcome::Seen, Observation::None), &reg);
+        // The first two alerts, and the one the first late visit implied
+        // until the second arrived, are withdrawn; one wait stands: the
+        // one after the visit of hour 40.
+        let (withdrawn, standing): (Vec<&Alert>, Vec<&Alert>) = f
+            .alerts()
+            .iter()
+            .partition(|a| a.detail.contains(WITHDRAWN));
+        assert_eq!(withdrawn.len(), 3, "{:#?}", f.alerts());
+        assert!(withdrawn.iter().all(|a| a.resolved_at.is_some()));
+        assert!(withdrawn[0].detail.ends_with(NOT_MISSED));
+        assert_eq!(standing.len(), 1, "{standing:#?}");
+        assert!(standing[0].alert_id.ends_with(&format!(":{}", 64 * H)));
+        assert_eq!(standing[0].raised_at, 64 * H + 1);
+        // Only the wait after the last visit is overdue.
+        assert_eq!(f.by_days()[&(3, 1)], 1);
+    }
+
+    /// Every order of one person's history, with the clock moving between
+    /// arrivals, gives the in-order rows and standing alerts.
+    #[test]
+    fn any_arrival_order_gives_the_in_order_result() {
+        let reg = Registry::builtin().unwrap();
+        let events = vec![
+            visit(0, Outcome::Seen, Observation::HomeIsolation),
+            visit(30 * H, Outcome::Seen, Observation::None),
+            visit(100 * H, Outcome::NotHome, Observation::None),
+            visit(130 * H, Outcome::Seen, Observation::HomeIsolation),
+            case(200 * H, CaseStatus::Confirmed),
+            visit(220 * H, Outcome::Seen, Observation::MedicalObservation),
+            visit(300 * H, Outcome::Seen, Observation::None),
+            visit(400 * H, Outcome::Seen, Observation::Released),
+            visit(500 * H, Outcome::Seen, Observation::HomeIsolation),
+        ];
+        let clock = 900 * H;
+        let mut in_order = FollowUps::new();
+        for e in &events {
+            in_order.add(e, &reg);
+            in_order.advance(e.event_time, &reg);
+        }
+        in_order.advance(clock, &reg);
+        let want = outcome(&in_order, &reg);
+        assert_eq!(in_order.batch(&reg).unwrap().num_rows(), 3);
+
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            let mut order = events.clone();
+            for i in (1..order.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                order.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+            let mut f = FollowUps::new();
+            for e in &order {
+                f.add(e, &reg);
+                // The clock runs ahead of late events, as live.
+                f.advance(e.event_time + 50 * H, &reg);
+            }
+            f.advance(clock, &reg);
+            assert_eq!(outcome(&f, &reg), want);
+        }
     }
 }

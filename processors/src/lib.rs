@@ -322,7 +322,8 @@ impl Processor {
             confirmations: Confirmations::new(windows),
             beds: Beds::new(windows),
             raw: RawEvents::new(cfg.calendar),
-            follow_ups: FollowUps::new(),
+            follow_ups: FollowUps::new()
+                .keeping(cfg.retention_micros.saturating_add(cfg.lateness_micros)),
             follow_up_rows: None,
             daily: DailyCounts::default(),
             aberrations: None,
@@ -641,10 +642,11 @@ impl Processor {
         self.aberrations.as_ref().map_or(&[], |(_, r)| r.as_slice())
     }
 
-    /// Raises and resolves the `ears_*` and `bed_utilization` alerts for
-    /// the state at the clock.
+    /// Raises, resolves and withdraws the `ears_*` and `bed_utilization`
+    /// alerts for the state at the clock. Their instants come from event
+    /// time (the end of the day evaluated, the end of the window found above
+    /// the threshold), so they do not depend on when the events arrived.
     fn detect(&mut self) {
-        let clock = self.follow_ups.clock();
         self.evaluate_days();
         // EARS alerts change only when the evaluation does.
         let evaluated = if std::mem::take(&mut self.ears_unchecked) {
@@ -656,15 +658,18 @@ impl Processor {
             let day = chrono::NaiveDate::default() + chrono::Days::new(*day as u64);
             let kind = format!("ears_{}", a.method.as_str().to_lowercase());
             // One alert per detector, series and day: a late event that takes
-            // the day below its threshold resolves it.
+            // the day below its threshold shows it was never true.
             let id = format!("{kind}:{district}:{source}:{day}");
             if !a.alarm {
-                self.follow_ups.resolve(&id);
+                self.follow_ups.withdraw(
+                    &id,
+                    "events that arrived later took the day below the threshold",
+                );
                 continue;
             }
             self.follow_ups.raise(Alert {
                 alert_id: id,
-                raised_at: clock,
+                raised_at: self.cfg.calendar.day_end(day),
                 kind,
                 severity: if a.method == ears::Method::C3 {
                     "critical"
@@ -693,48 +698,45 @@ impl Processor {
             if !h.designated() {
                 continue;
             }
-            let open: Vec<String> = self
+            let runs = self.beds.runs_above(i as u16, share, until, &self.registry);
+            let ids: Vec<String> = runs
+                .iter()
+                .map(|(first, ..)| format!("bed_utilization:{}:{first}", h.hospital_id))
+                .collect();
+            let gone: Vec<String> = self
                 .follow_ups
                 .alerts()
                 .iter()
                 .filter(|a| {
                     a.kind == "bed_utilization"
-                        && a.resolved_at.is_none()
                         && a.hospital_id.as_deref() == Some(h.hospital_id.as_str())
+                        && !ids.contains(&a.alert_id)
                 })
                 .map(|a| a.alert_id.clone())
                 .collect();
-            match self
-                .beds
-                .above_since(i as u16, share, until, &self.registry)
-            {
-                Some((since, util)) => {
-                    let id = format!("bed_utilization:{}:{since}", h.hospital_id);
-                    for other in open.iter().filter(|o| **o != id) {
-                        self.follow_ups.resolve(other);
-                    }
-                    self.follow_ups.raise(Alert {
-                        alert_id: id,
-                        raised_at: clock,
-                        kind: "bed_utilization".into(),
-                        severity: if util >= 0.95 { "critical" } else { "warning" }.into(),
-                        district: h.district.clone(),
-                        hospital_id: Some(h.hospital_id.clone()),
-                        person_key: None,
-                        detail: format!(
-                            "{} at {:.0}% of its beds (alert above {:.0}%)",
-                            h.name,
-                            util * 100.0,
-                            share * 100.0
-                        ),
-                        resolved_at: None,
-                    });
-                }
-                None => {
-                    for o in &open {
-                        self.follow_ups.resolve(o);
-                    }
-                }
+            for id in gone {
+                self.follow_ups.withdraw(
+                    &id,
+                    "bed events that arrived later show the hospital was not above the threshold then",
+                );
+            }
+            for ((_, raised_at, resolved_at, util), id) in runs.into_iter().zip(ids) {
+                self.follow_ups.raise_or_settle(Alert {
+                    alert_id: id,
+                    raised_at,
+                    kind: "bed_utilization".into(),
+                    severity: if util >= 0.95 { "critical" } else { "warning" }.into(),
+                    district: h.district.clone(),
+                    hospital_id: Some(h.hospital_id.clone()),
+                    person_key: None,
+                    detail: format!(
+                        "{} at {:.0}% of its beds (alert above {:.0}%)",
+                        h.name,
+                        util * 100.0,
+                        share * 100.0
+                    ),
+                    resolved_at,
+                });
             }
         }
     }

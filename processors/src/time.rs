@@ -83,6 +83,22 @@ impl Calendar {
         (start, end, day)
     }
 
+    /// The instant `day` ends: the next local midnight, in µs (or, where
+    /// clocks skip midnight, the first instant of the next day).
+    pub fn day_end(self, day: NaiveDate) -> i64 {
+        let next = day.succ_opt().unwrap_or(day);
+        let midnight = next.and_hms_opt(0, 0, 0).unwrap_or_default();
+        self.tz
+            .from_local_datetime(&midnight)
+            .earliest()
+            .or_else(|| {
+                self.tz
+                    .from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                    .earliest()
+            })
+            .map_or(i64::MAX, |x| x.timestamp_micros())
+    }
+
     /// The time zone's name.
     pub fn name(self) -> &'static str {
         self.tz.name()

@@ -679,3 +679,137 @@ pub fn query_raw_counts(data: &Path) -> BTreeMap<String, usize> {
         })
         .collect()
 }
+
+/// Every table of tables.md and `bed_occupancy_now`, whole rows. `alerts`
+/// without those withdrawn: which transient alerts a run raised before a
+/// late event disproved them depends on arrival (docs/semantics.md).
+pub const TABLES: [(&str, &str); 13] = [
+    ("symptom_counts", "SELECT * FROM symptom_counts"),
+    ("confirmations", "SELECT * FROM confirmations"),
+    ("bed_occupancy", "SELECT * FROM bed_occupancy"),
+    ("bed_occupancy_now", "SELECT * FROM bed_occupancy_now"),
+    ("follow_ups", "SELECT * FROM follow_ups"),
+    ("aberrations", "SELECT * FROM aberrations"),
+    ("checkpoint_events", "SELECT * FROM checkpoint_events"),
+    ("pharmacy_events", "SELECT * FROM pharmacy_events"),
+    ("door_visits", "SELECT * FROM door_visits"),
+    ("case_events", "SELECT * FROM case_events"),
+    ("bed_events", "SELECT * FROM bed_events"),
+    (
+        "dead_letters",
+        "SELECT reason, field, COUNT(*) FROM dead_letters GROUP BY 1, 2",
+    ),
+    (
+        "alerts",
+        "SELECT * FROM alerts WHERE detail NOT LIKE '%withdrawn%'",
+    ),
+];
+
+/// The rows of every table in [`TABLES`], each sorted.
+pub fn all_tables(data: &Path) -> Vec<Vec<Vec<String>>> {
+    TABLES
+        .iter()
+        .map(|(_, q)| {
+            let mut rows = sql_rows(data, q);
+            rows.sort();
+            rows
+        })
+        .collect()
+}
+
+/// Fails unless every table has rows: a comparison of empty tables proves
+/// nothing.
+pub fn assert_none_empty(tables: &[Vec<Vec<String>>]) {
+    for ((name, _), rows) in TABLES.iter().zip(tables) {
+        assert!(
+            !rows.is_empty(),
+            "{name} is empty: the comparison would prove nothing"
+        );
+    }
+}
+
+/// Fails at the first table of `got` that differs from `want`, naming it.
+pub fn assert_same_tables(path: &str, got: &[Vec<Vec<String>>], want: &[Vec<Vec<String>>]) {
+    for ((table, _), (got, want)) in TABLES.iter().zip(got.iter().zip(want)) {
+        let first = got.iter().zip(want).find(|(a, b)| a != b);
+        assert!(
+            got.len() == want.len() && first.is_none(),
+            "{path}: {table} differs ({} rows against {}); first difference: {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The sum of the end offsets of every partition of `topic` at `brokers`.
+pub fn end_offsets(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return 0;
+    };
+    let n = md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    (0..n)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+/// Next offsets a running paicha (`ADDR` or `http://ADDR`) has committed
+/// to consume, summed per topic; empty while it does not answer.
+pub fn positions(http: &str) -> BTreeMap<String, i64> {
+    let base = if http.starts_with("http://") {
+        http.to_string()
+    } else {
+        format!("http://{http}")
+    };
+    let mut out = BTreeMap::new();
+    let Ok(resp) = ureq::get(&format!("{base}/metrics")).call() else {
+        return out;
+    };
+    for line in resp.into_string().unwrap_or_default().lines() {
+        let Some(rest) = line.strip_prefix("paicha_kafka_consumer_position{") else {
+            continue;
+        };
+        let topic = rest
+            .split("topic=\"")
+            .nth(1)
+            .and_then(|t| t.split('"').next());
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<i64>().ok());
+        if let (Some(t), Some(v)) = (topic, value) {
+            *out.entry(t.to_string()).or_default() += v;
+        }
+    }
+    out
+}
+
+/// Waits until a running paicha has consumed every message of the source
+/// topics, then every event it forwarded, then every dead letter (each may
+/// add to the next).
+pub fn caught_up(brokers: &str, http: &str, timeout: Duration) {
+    for topic in [
+        "screening.checkpoint",
+        "screening.pharmacy",
+        "screening.door_visit",
+        "screening.case",
+        "screening.bed",
+        "screening.repartition",
+        "screening.dead_letter",
+    ] {
+        let end = end_offsets(brokers, topic);
+        wait_for(
+            &format!("paicha consumed {topic} to offset {end}"),
+            timeout,
+            || positions(http).get(topic).copied().unwrap_or(0) >= end,
+        );
+    }
+}
