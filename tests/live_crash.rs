@@ -64,6 +64,7 @@ fn live_mode_killed_and_restarted_is_exact() {
             .unwrap();
     }
     cluster.create_topic("screening.dead_letter", 2, 1).unwrap();
+    cluster.create_topic("screening.repartition", 2, 1).unwrap();
     cluster.create_topic("screening.alerts", 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
 

@@ -66,11 +66,17 @@ pub fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = rt
         .block_on(admin.create_topics([&new], &opts))
-        .with_context(|| format!("cannot create topic {topic}"))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot create paicha's internal topic {topic} at {brokers} ({e}): create it with {partitions} partitions, like the source topics"
+            )
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, e)) => bail!("cannot create topic {topic} at {brokers}: {e}"),
+            Err((_, e)) => bail!(
+                "cannot create paicha's internal topic {topic} at {brokers} ({e}): create it with {partitions} partitions, like the source topics"
+            ),
         }
     }
     // Metadata of a new topic reaches every broker a moment later.
