@@ -3,8 +3,13 @@
 //! simulator at a steady rate) is busy.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example freshness -- [RATE] [PROBES]
+//! cargo build --release && cargo run --release --example freshness -- [RATE] [PROBES] [PARTITIONER]
 //! ```
+//!
+//! `PAICHA_BIN` names another paicha binary to measure (an older build, for
+//! a before/after ratio). PARTITIONER is the probe producer's librdkafka
+//! `partitioner`: `murmur2_random` (default) puts the probes where paicha
+//! does, `consistent_random` elsewhere, so paicha forwards them home first.
 //!
 //! Starts `target/release/paicha run --rate RATE` (default 20,000 events/s)
 //! with HTTP on a free port, waits 10 s, then sends PROBES (default 200)
@@ -36,11 +41,17 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let rate: u32 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let probes: usize = args.next().map_or(Ok(200), |a| a.parse())?;
-    let bin = std::env::current_exe()?
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("paicha"))
-        .context("cannot find the paicha binary next to this example")?;
+    // murmur2_random puts the probes where paicha does; consistent_random
+    // (librdkafka's default) elsewhere, so they are forwarded home first.
+    let partitioner = args.next().unwrap_or_else(|| "murmur2_random".into());
+    let bin = match std::env::var_os("PAICHA_BIN") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("paicha"))
+            .context("cannot find the paicha binary next to this example")?,
+    };
     let data = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -82,6 +93,7 @@ fn main() -> Result<()> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "0")
+        .set("partitioner", &partitioner)
         .create()?;
     std::thread::sleep(Duration::from_secs(10));
     let sql = format!("http://{http}/sql");
@@ -121,7 +133,7 @@ fn main() -> Result<()> {
     took.sort();
     let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
     println!(
-        "freshness over {probes} probes at {rate} events/s offered ({achieved:.0} consumed/s): \
+        "freshness over {probes} probes ({partitioner}) at {rate} events/s offered ({achieved:.0} consumed/s): \
          p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
         pct(0.5),
         pct(0.9),

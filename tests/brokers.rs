@@ -129,6 +129,22 @@ for d, ps in sorted(parts.items()):
     print(d, *sorted(ps))
 "#;
 
+/// Produces the door visits of `file` with kafka-python; returns what it
+/// printed: each district and the partitions its visits went to.
+fn kafka_python_produce(brokers: &str, file: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", KAFKA_PYTHON_PRODUCER, brokers])
+        .arg(file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "kafka-python failed (pip install 'kafka-python==2.2.15'): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Issue #16, case 1: one field system writes door visits with kafka-python
 /// and its default partitioner, keyed by district as the contract asks;
 /// paicha's replay writes the rest. Both place a district on the same
@@ -155,19 +171,9 @@ fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
         cluster.create_topic(t, 4, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let out = std::process::Command::new("python3")
-        .args(["-c", KAFKA_PYTHON_PRODUCER, &brokers])
-        .arg(&visits_file)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "kafka-python failed (pip install 'kafka-python==2.2.15'): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let placed = kafka_python_produce(&brokers, &visits_file);
     // Each district on one partition, and the one murmur2 gives (500103:
     // partition 3 of 4, as in the unit test of `partition_for`).
-    let placed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(placed.lines().count() > 10, "{placed}");
     assert!(
         placed.lines().all(|l| l.split(' ').count() == 2),
@@ -250,33 +256,14 @@ fn events_on_another_partition_than_their_districts_join_their_district() {
         cluster.create_topic(t, 4, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let out = std::process::Command::new("python3")
-        .args(["-c", KAFKA_PYTHON_PRODUCER, &brokers])
-        .arg(&visits_file)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "kafka-python failed (pip install 'kafka-python==2.2.15'): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kafka_python_produce(&brokers, &visits_file);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("partitioner", "consistent_random")
         .create()
         .unwrap();
     for (source, district, line) in &others {
-        let topic = format!("screening.{source}");
-        let mut record = BaseRecord::to(&topic).key(district).payload(*line);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            };
-        }
+        send_keyed(&producer, &format!("screening.{source}"), district, line);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
 

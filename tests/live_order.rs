@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 
 /// Rows of a query over HTTP at `http`, as CSV fields (header dropped).
@@ -132,16 +132,7 @@ fn live_in_chunks_with_late_visits_and_a_kill_equals_a_restart_and_the_replay() 
             } else {
                 &crc
             };
-            let mut record = BaseRecord::to(&topic).key(&key).payload(line.as_str());
-            loop {
-                match p.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        p.poll(Duration::from_millis(10));
-                    }
-                }
-            }
+            send_keyed(p, &topic, &key, line);
         }
         murmur.flush(Duration::from_secs(30)).unwrap();
         crc.flush(Duration::from_secs(30)).unwrap();

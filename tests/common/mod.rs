@@ -817,3 +817,23 @@ pub fn caught_up(brokers: &str, http: &str, timeout: Duration) {
         );
     }
 }
+
+/// Produces one keyed record, waiting while librdkafka's queue is full.
+pub fn send_keyed(
+    producer: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    key: &str,
+    payload: &str,
+) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
