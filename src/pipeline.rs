@@ -348,7 +348,7 @@ pub fn consume(
     let mut lag_checked: Option<Instant> = None;
     let mut last_publish = Instant::now();
     let mut end_checked = Instant::now();
-    let mut stage_ends: Option<(&str, BTreeMap<(String, i32), i64>)> = None;
+    let mut stage_ends: Option<(&str, Ends)> = None;
     let mut failed_forwards = 0;
     loop {
         if shutdown.load(Ordering::Acquire) {
@@ -499,7 +499,10 @@ fn lock(tasks: &Mutex<Tasks>) -> Result<std::sync::MutexGuard<'_, Tasks>> {
         .map_err(|_| anyhow::anyhow!("the partition tasks are unavailable"))
 }
 
-fn reached(positions: &BTreeMap<(String, i32), i64>, ends: &BTreeMap<(String, i32), i64>) -> bool {
+/// The next offset to reach in each (topic, partition).
+type Ends = BTreeMap<(String, i32), i64>;
+
+fn reached(positions: &BTreeMap<(String, i32), i64>, ends: &Ends) -> bool {
     ends.iter()
         .all(|(k, end)| *end <= 0 || positions.get(k).is_some_and(|p| p >= end))
 }

@@ -825,7 +825,7 @@ pub fn send_keyed(
     key: &str,
     payload: &str,
 ) {
-    use rdkafka::producer::{BaseRecord, Producer};
+    use rdkafka::producer::BaseRecord;
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match producer.send(record) {
