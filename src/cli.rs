@@ -61,6 +61,10 @@ pub struct ProcessingArgs {
     /// Reporting time zone for calendar days.
     #[arg(long, default_value = "Asia/Shanghai", env = "PAICHA_TIME_ZONE")]
     pub time_zone: String,
+    /// The earliest event time accepted (RFC 3339); earlier events go to
+    /// dead letters as `early_timestamp`.
+    #[arg(long, default_value = "2000-01-01T00:00:00Z", value_parser = parse_instant, env = "PAICHA_EARLIEST")]
+    pub earliest: i64,
     /// District registry CSV (default: the shipped Chongqing registry).
     #[arg(long, env = "PAICHA_DISTRICTS")]
     pub districts: Option<PathBuf>,
@@ -346,6 +350,13 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An RFC 3339 instant as µs since the epoch.
+pub fn parse_instant(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| format!("`{s}` is not an RFC 3339 time like 2000-01-01T00:00:00Z"))
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (or plain seconds).

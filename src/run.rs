@@ -375,7 +375,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let embedded = cluster.is_some();
     let key = hmac_key(&args, embedded)?;
-    let decoder = Decoder::new(registry.clone(), Pseudonymizer::new(&key));
+    let decoder = Decoder::new(registry.clone(), Pseudonymizer::new(&key))
+        .with_earliest(args.processing.earliest);
 
     let rt = runtime()?;
     let (http, pg) = match &args.replay {

@@ -433,8 +433,11 @@ pub enum RejectReason {
     BadEventId,
     /// `event_time` not RFC 3339 with an offset.
     BadTimestamp,
-    /// `event_time` more than a day ahead of the wall clock.
+    /// `event_time` more than 5 minutes ahead of the receiving clock.
     FutureTimestamp,
+    /// `event_time` before the earliest bound (2000-01-01T00:00:00Z unless
+    /// configured).
+    EarlyTimestamp,
     /// `district` not in the registry.
     UnknownDistrict,
     /// `hospital_id` not in the registry.
@@ -454,7 +457,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for metrics that must show zeros.
-    pub const ALL: [RejectReason; 20] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::NotJson,
         RejectReason::NotUtf8,
         RejectReason::NotObject,
@@ -468,6 +471,7 @@ impl RejectReason {
         RejectReason::BadEventId,
         RejectReason::BadTimestamp,
         RejectReason::FutureTimestamp,
+        RejectReason::EarlyTimestamp,
         RejectReason::UnknownDistrict,
         RejectReason::UnknownHospital,
         RejectReason::UnknownSource,
@@ -493,6 +497,7 @@ impl RejectReason {
             RejectReason::BadEventId => "bad_event_id",
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::EarlyTimestamp => "early_timestamp",
             RejectReason::UnknownDistrict => "unknown_district",
             RejectReason::UnknownHospital => "unknown_hospital",
             RejectReason::UnknownSource => "unknown_source",
@@ -647,7 +652,7 @@ fn route_of(
         Source::parse(&source).ok_or(Reject::new(RejectReason::UnknownSource, "source"))?;
     let district = string_field(district, "district")?.into_owned();
     // No wall clock here: only the consumer refuses a future time.
-    let event_time = self::event_time(event_time, i64::MAX).ok();
+    let event_time = self::event_time(event_time, i64::MAX, i64::MIN).ok();
     Ok(Route {
         source,
         district,
@@ -902,11 +907,16 @@ fn event_id(raw: Field<'_>) -> Result<String, Reject> {
     Ok(s.into_owned())
 }
 
-/// How far ahead of the wall clock an event time may be (clock skew of field
-/// devices); beyond it the event is refused as `future_timestamp`.
-pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// How far ahead of the receiving clock an event time may be (clock skew of
+/// field devices, contract 1.1); beyond it the event is refused as
+/// `future_timestamp`.
+pub const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
 
-fn event_time(raw: Field<'_>, now_micros: i64) -> Result<i64, Reject> {
+/// The earliest event time accepted by default, 2000-01-01T00:00:00Z
+/// (contract 1.1): before it an event is refused as `early_timestamp`.
+pub const EARLIEST_MICROS: i64 = 946_684_800_000_000;
+
+fn event_time(raw: Field<'_>, now_micros: i64, earliest: i64) -> Result<i64, Reject> {
     let s = string_field(raw, "event_time")?;
     // chrono also takes U+2212 as an offset sign; RFC 3339 is ASCII only.
     if !s.is_ascii() {
@@ -917,6 +927,9 @@ fn event_time(raw: Field<'_>, now_micros: i64) -> Result<i64, Reject> {
         .timestamp_micros();
     if t > now_micros.saturating_add(MAX_FUTURE_MICROS) {
         return Err(Reject::new(RejectReason::FutureTimestamp, "event_time"));
+    }
+    if t < earliest {
+        return Err(Reject::new(RejectReason::EarlyTimestamp, "event_time"));
     }
     Ok(t)
 }
@@ -1004,6 +1017,8 @@ pub struct Decoder {
     registry: std::sync::Arc<Registry>,
     pseudonymizer: Pseudonymizer,
     fingerprint: String,
+    /// The earliest event time accepted, µs.
+    earliest: i64,
 }
 
 impl Decoder {
@@ -1013,7 +1028,14 @@ impl Decoder {
             registry,
             fingerprint: pseudonymizer.fingerprint(),
             pseudonymizer,
+            earliest: EARLIEST_MICROS,
         }
+    }
+
+    /// Refuses event times before `earliest` (µs) instead of 2000-01-01.
+    pub fn with_earliest(mut self, earliest: i64) -> Self {
+        self.earliest = earliest;
+        self
     }
 
     /// The registry events are validated against.
@@ -1098,7 +1120,7 @@ impl Decoder {
             return Err(Reject::new(RejectReason::SourceMismatch, "source"));
         }
         let event_id = event_id(w.event_id)?;
-        let event_time = event_time(w.event_time, now_micros)?;
+        let event_time = event_time(w.event_time, now_micros, self.earliest)?;
         let district = string_field(w.district, "district")?;
         let district = self
             .registry
@@ -1207,6 +1229,22 @@ mod tests {
         decoder()
             .decode(line.as_bytes(), Some(Source::Checkpoint), NOW)
             .unwrap_err()
+    }
+
+    /// Contract 1.1: not more than 5 minutes ahead of the receiving clock,
+    /// not before 2000-01-01 unless configured otherwise.
+    #[test]
+    fn event_times_are_bounded_by_the_clock_and_the_earliest_bound() {
+        let at = |t: &str| checkpoint("").replace("2020-01-27T09:15:00+08:00", t);
+        let now = 1_580_087_700_000_000; // 2020-01-27T01:15:00Z
+        let d = decoder();
+        let ok = |line: String, d: &Decoder| d.decode(line.as_bytes(), None, now).is_ok();
+        assert!(ok(at("2020-01-27T01:20:00Z"), &d));
+        assert!(!ok(at("2020-01-27T01:20:01Z"), &d));
+        assert!(ok(at("2000-01-01T00:00:00Z"), &d));
+        let d = decoder().with_earliest(1_577_836_800_000_000); // 2020-01-01
+        assert!(!ok(at("2019-12-31T23:59:59Z"), &d));
+        assert!(ok(at("2020-01-01T00:00:00Z"), &d));
     }
 
     #[test]
@@ -1337,6 +1375,14 @@ mod tests {
             (
                 checkpoint("").replace("2020-01-27", "2120-01-27"),
                 FutureTimestamp,
+            ),
+            (
+                checkpoint("").replace("2020-01-27T09:15:00+08:00", "1969-12-31T23:59:59Z"),
+                EarlyTimestamp,
+            ),
+            (
+                checkpoint("").replace("2020-01-27T09:15:00+08:00", "1999-12-31T23:59:59Z"),
+                EarlyTimestamp,
             ),
             (
                 checkpoint("").replace(r#""500101""#, r#""999999""#),
