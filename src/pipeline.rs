@@ -817,6 +817,7 @@ fn handle(
         }),
     };
     let (mut valid, mut accepted, mut rerouted) = (0u64, 0u64, 0u64);
+    let mut forwarded_bytes = 0usize;
     // Lines for other partitions, by partition, pseudonymized.
     let mut away: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
     let mut high_mark = processor.high_mark(topic, partition);
@@ -855,6 +856,7 @@ fn handle(
                     // Pseudonyms are longer than most raw ids: a forwarded
                     // message stays well under the broker's size limit.
                     if buf.len() >= FORWARD_BYTES {
+                        forwarded_bytes += buf.len();
                         kafka::send(
                             forwarder,
                             REPARTITION_TOPIC,
@@ -888,6 +890,7 @@ fn handle(
         }
     }
     for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
+        forwarded_bytes += lines.len();
         kafka::send(
             forwarder,
             REPARTITION_TOPIC,
@@ -916,8 +919,19 @@ fn handle(
         events_rerouted(metrics, summary, source, topic, partition, rerouted);
     }
     processor.consumed(topic, partition, offset, max_time, now);
-    if let (Some(f), false) = (flow, forwarded) {
-        f.processed(source, partition, payload.len());
+    if let Some(f) = flow {
+        // The embedded cluster drops old data: bytes forwarded stay in
+        // flight for the producer's partition until their home has
+        // processed them too, so the repartition topic never outruns it.
+        if forwarded {
+            f.processed(source, origin.partition, payload.len());
+        } else {
+            f.processed(
+                source,
+                partition,
+                payload.len().saturating_sub(forwarded_bytes),
+            );
+        }
     }
     Ok(())
 }

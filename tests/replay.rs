@@ -232,6 +232,30 @@ fn a_producer_faster_than_the_processors_loses_nothing() {
     assert_same_counts(&query_symptom_counts(&data), &fold_symptom_counts(&file));
 }
 
+/// The same with every batch on the other partition: each event is
+/// forwarded home through `screening.repartition`, which the flow control
+/// must cover too, or the embedded cluster drops its oldest messages.
+#[test]
+fn forwarded_events_stay_under_the_flow_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let data = dir.path().join("data");
+    simulate(&file, "2", "11", &["--clean", "--scale", "2"]);
+    replay(
+        &file,
+        &data,
+        &[
+            "--partitions",
+            "2",
+            "--misroute",
+            "1",
+            "--slow-sink-ms",
+            "2",
+        ],
+    );
+    assert_same_counts(&query_symptom_counts(&data), &fold_symptom_counts(&file));
+}
+
 #[test]
 fn malformed_lines_go_to_dead_letters_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
