@@ -168,7 +168,7 @@ const PSYCOPG: &str = r#"
 import json, sys, datetime
 import psycopg
 port, district = sys.argv[1], sys.argv[2]
-with psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha") as conn:
+with psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha", autocommit=True) as conn:
     cur = conn.cursor()
     # Server-side binding: the extended protocol with a parameter.
     cur.execute(
@@ -184,6 +184,18 @@ with psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha
     h, beds, util, designated = cur.fetchone()
     cur.execute("SELECT symptoms FROM checkpoint_events ORDER BY event_time LIMIT 1")
     (symptoms,) = cur.fetchone()
+    # A write dressed as a query, through the extended protocol: refused,
+    # and no table appears.
+    refusals = []
+    for sql, params in [
+        ("SELECT %s::int AS x INTO paicha_into_leak", (1,)),
+        ("SELECT COUNT(*) FROM paicha_into_leak", None),
+    ]:
+        try:
+            cur.execute(sql, params)
+            refusals.append(None)
+        except psycopg.Error as e:
+            refusals.append(str(e).splitlines()[0])
     print(json.dumps({
         "suspicious": s,
         "suspicious_type": type(s).__name__,
@@ -193,6 +205,7 @@ with psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha
         "utilization_type": type(util).__name__,
         "designated": designated,
         "symptoms_type": type(symptoms).__name__,
+        "refusals": refusals,
     }))
 "#;
 
@@ -222,10 +235,23 @@ fn psycopg_runs_a_parameterized_query_with_postgres_types() {
     assert_eq!(v["utilization_type"], "float", "{v}");
     assert_eq!(v["designated"], true, "{v}");
     assert_eq!(v["symptoms_type"], "list", "{v}");
+    let refusals = v["refusals"].as_array().expect("refusals");
+    assert!(
+        refusals[0]
+            .as_str()
+            .is_some_and(|m| m.contains("read-only")),
+        "SELECT … INTO ran: {v}"
+    );
+    assert!(
+        refusals[1].as_str().is_some_and(|m| !m.is_empty()),
+        "a table was created: {v}"
+    );
 }
 
 /// Statements that would change data, schema, files or settings.
-const REFUSED: [&str; 12] = [
+const REFUSED: [&str; 13] = [
+    // A query by its text that creates a table by its plan.
+    "SELECT 1 AS x INTO paicha_into_leak",
     "CREATE TABLE t (a INT)",
     "CREATE VIEW v AS SELECT 1",
     "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'",

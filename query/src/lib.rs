@@ -412,11 +412,16 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::datafra
     if let Some(reason) = refused {
         anyhow::bail!(reason);
     }
-    let options = SQLOptions::new()
+    Ok(ctx.sql_with_options(sql, read_only()).await?)
+}
+
+/// DataFusion's own check that a plan only reads: no DDL (which includes
+/// `SELECT … INTO`, a new table), no DML, no statements.
+pub(crate) fn read_only() -> SQLOptions {
+    SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
-        .with_allow_statements(false);
-    Ok(ctx.sql_with_options(sql, options).await?)
+        .with_allow_statements(false)
 }
 
 /// Runs one read-only statement (see [`plan`]) and collects its rows.

@@ -326,24 +326,46 @@ fn read_only_error(message: String) -> PgWireError {
 /// sees it.
 struct ReadOnly;
 
+/// Why `statement` is refused: by its kind ([`refusal`]), and for a query
+/// by its plan, so a query that writes (`SELECT … INTO` creates a table)
+/// is refused whatever its text looks like.
+async fn refused(statement: &Statement, ctx: &SessionContext) -> Option<String> {
+    if let Some(m) = refusal(statement) {
+        return Some(m);
+    }
+    if !matches!(statement, Statement::Query(_)) {
+        return None;
+    }
+    let wrapped = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
+    // A query that does not plan fails on the normal path with its error.
+    let plan = ctx.state().statement_to_plan(wrapped).await.ok()?;
+    crate::read_only().verify_plan(&plan).err().map(|_| {
+        "paicha is read-only: this query would create or change a table (`SELECT … INTO`?); only queries that read are allowed".to_string()
+    })
+}
+
 #[async_trait]
 impl QueryHook for ReadOnly {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        refusal(statement).map(|m| Err(read_only_error(m)))
+        refused(statement, ctx)
+            .await
+            .map(|m| Err(read_only_error(m)))
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        refusal(statement).map(|m| Err(read_only_error(m)))
+        refused(statement, ctx)
+            .await
+            .map(|m| Err(read_only_error(m)))
     }
 
     async fn handle_extended_query(
