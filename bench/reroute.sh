@@ -9,10 +9,10 @@
 # noise hits them alike.
 #
 # Usage: [BEFORE=BIN] bench/reroute.sh [SCALE] [DAYS] [ROUNDS]
-#   defaults: SCALE 2, DAYS 10 (about 0.9 million events), 3 rounds.
+#   defaults: SCALE 4, DAYS 10 (about 1.4 million events), 3 rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale=${1:-2}
+scale=${1:-4}
 days=${2:-10}
 rounds=${3:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}

@@ -213,6 +213,35 @@ struct Person {
     alerts: Vec<usize>,
 }
 
+/// The changes of a person never ordered into observation, in arrival
+/// order; one visit, the common case, needs no allocation.
+#[derive(Debug)]
+struct Orphans {
+    first: Entry,
+    rest: Vec<Entry>,
+}
+
+impl Orphans {
+    fn into_vec(self) -> Vec<Entry> {
+        let mut all = self.rest;
+        all.push(self.first);
+        all
+    }
+}
+
+impl Person {
+    /// Whether any change could put the person under observation, or
+    /// did: only then has the person episodes, counts or alerts to fold.
+    fn matters(&self) -> bool {
+        !self.episodes.is_empty()
+            || !self.alerts.is_empty()
+            || self
+                .changes
+                .iter()
+                .any(|c| matches!(c.change, Change::Open(_)))
+    }
+}
+
 /// Bytes of one logged change.
 const RECORD: usize = 8 + 16 + 2 + 1 + 1;
 
@@ -332,8 +361,11 @@ pub struct FollowUps {
     /// lateness): changes of persons never under observation older than
     /// that can no longer join an episode, so they are forgotten.
     keep_micros: i64,
-    /// The day (of the clock) the last forgetting ran.
+    /// The week (of the clock) the last forgetting ran.
     forgot_on: i64,
+    /// Changes of persons with no isolation order (yet): `seen` visits of
+    /// the people screened, most of them.
+    orphans: HashMap<u128, Orphans>,
 }
 
 /// A change as logged: (event time, person, district, change).
@@ -358,32 +390,30 @@ impl FollowUps {
         }
     }
 
-    /// Forgets, once per day of the clock, the changes of persons with no
-    /// episode that are older than `keep_micros` behind it: an isolation
-    /// order that could take them in would be `too_late` itself.
+    /// Forgets, once a week of the clock, the changes of persons never
+    /// under observation that are older than `keep_micros` behind it: an
+    /// isolation order that could take them in would be `too_late` itself.
     pub fn keeping(mut self, keep_micros: i64) -> Self {
         self.keep_micros = keep_micros;
         self
     }
 
     fn forget_old(&mut self) {
-        let day = self.clock.div_euclid(DAY_MICROS);
-        if day == self.forgot_on || self.keep_micros == i64::MAX {
+        let week = self.clock.div_euclid(7 * DAY_MICROS);
+        if week == self.forgot_on || self.keep_micros == i64::MAX {
             return;
         }
-        self.forgot_on = day;
+        self.forgot_on = week;
         let before = self.clock.saturating_sub(self.keep_micros);
-        self.persons.retain(|_, person| {
-            if !person.episodes.is_empty()
-                || person
-                    .changes
-                    .iter()
-                    .any(|c| matches!(c.change, Change::Open(_)))
-            {
-                return true;
+        self.orphans.retain(|_, o| {
+            o.rest.retain(|c| c.t >= before);
+            if o.first.t < before {
+                match o.rest.pop() {
+                    Some(last) => o.first = last,
+                    None => return false,
+                }
             }
-            person.changes.retain(|c| c.t >= before);
-            !person.changes.is_empty() || !person.alerts.is_empty()
+            true
         });
     }
 
@@ -452,7 +482,38 @@ impl FollowUps {
             district,
             change,
         };
-        let person = self.persons.entry(p).or_default();
+        // Most visits are of people never under observation: kept apart,
+        // compactly, in case a late order takes them in, and nothing to
+        // wake for until then. The persons map stays small and hot.
+        let person = match self.persons.get_mut(&p) {
+            Some(person) => person,
+            None if matches!(change, Change::Open(_)) => {
+                let mut changes = self
+                    .orphans
+                    .remove(&p)
+                    .map_or_else(Vec::new, Orphans::into_vec);
+                changes.sort_by_key(Entry::key);
+                self.persons.entry(p).or_insert(Person {
+                    changes,
+                    ..Person::default()
+                })
+            }
+            None => {
+                match self.orphans.get_mut(&p) {
+                    Some(o) => o.rest.push(entry),
+                    None => {
+                        self.orphans.insert(
+                            p,
+                            Orphans {
+                                first: entry,
+                                rest: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                return;
+            }
+        };
         let at = person.changes.partition_point(|c| c.key() <= entry.key());
         person.changes.insert(at, entry);
         if t > self.clock {
@@ -467,6 +528,9 @@ impl FollowUps {
         let Some(person) = self.persons.get_mut(&p) else {
             return;
         };
+        if !person.matters() {
+            return;
+        }
         let reached = person.changes.partition_point(|c| c.t <= clock);
         let mut episodes = fold(&person.changes[..reached]);
         if let Some(next) = person.changes.get(reached) {
@@ -497,6 +561,9 @@ impl FollowUps {
             overdue_alerts(ep, clock, &mut expected);
         }
         person.episodes = episodes;
+        if expected.is_empty() && person.alerts.is_empty() {
+            return;
+        }
         let known = person.alerts.clone();
         self.settle_alerts(p, known, expected, registry);
     }
