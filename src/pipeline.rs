@@ -816,6 +816,17 @@ fn handle(
             field: None,
         }),
     };
+    let forward = |home: i32, lines: &[u8]| -> Result<usize> {
+        kafka::send(
+            forwarder,
+            REPARTITION_TOPIC,
+            Some(home),
+            msg.key().unwrap_or_default(),
+            lines,
+            Some(origin.to_kafka(decoder.fingerprint())),
+        )?;
+        Ok(lines.len())
+    };
     let (mut valid, mut accepted, mut rerouted) = (0u64, 0u64, 0u64);
     let mut forwarded_bytes = 0usize;
     // Lines for other partitions, by partition, pseudonymized.
@@ -856,15 +867,7 @@ fn handle(
                     // Pseudonyms are longer than most raw ids: a forwarded
                     // message stays well under the broker's size limit.
                     if buf.len() >= FORWARD_BYTES {
-                        forwarded_bytes += buf.len();
-                        kafka::send(
-                            forwarder,
-                            REPARTITION_TOPIC,
-                            Some(home),
-                            msg.key().unwrap_or_default(),
-                            buf,
-                            Some(origin.to_kafka(decoder.fingerprint())),
-                        )?;
+                        forwarded_bytes += forward(home, buf)?;
                         buf.clear();
                     }
                     continue;
@@ -890,15 +893,7 @@ fn handle(
         }
     }
     for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
-        forwarded_bytes += lines.len();
-        kafka::send(
-            forwarder,
-            REPARTITION_TOPIC,
-            Some(home),
-            msg.key().unwrap_or_default(),
-            &lines,
-            Some(origin.to_kafka(decoder.fingerprint())),
-        )?;
+        forwarded_bytes += forward(home, &lines)?;
     }
     // Metrics per message, not per event: the counts come out the same.
     summary.valid += valid;

@@ -129,6 +129,20 @@ for d, ps in sorted(parts.items()):
     print(d, *sorted(ps))
 "#;
 
+/// Replays `file` alone, through paicha's own producer and the embedded
+/// cluster, into `DIR/alone`: what the other paths must equal.
+fn replay_alone(dir: &std::path::Path, file: &std::path::Path) -> std::path::PathBuf {
+    let alone = dir.join("alone");
+    ok(&[
+        "run",
+        "--replay",
+        file.to_str().unwrap(),
+        "--data",
+        alone.to_str().unwrap(),
+    ]);
+    alone
+}
+
 /// Produces the door visits of `file` with kafka-python; returns what it
 /// printed: each district and the partitions its visits went to.
 fn kafka_python_produce(brokers: &str, file: &std::path::Path) -> String {
@@ -196,14 +210,7 @@ fn a_kafka_python_producer_keyed_by_district_agrees_with_paicha() {
         !log.contains("another partition than their district's"),
         "{log}"
     );
-    let alone = dir.path().join("alone");
-    ok(&[
-        "run",
-        "--replay",
-        file.to_str().unwrap(),
-        "--data",
-        alone.to_str().unwrap(),
-    ]);
+    let alone = replay_alone(dir.path(), &file);
     assert_tables_exact(&mixed, &file);
     let statuses = "SELECT status, COUNT(*) FROM follow_ups GROUP BY 1 ORDER BY 1";
     let want = sql_rows(&alone, statuses);
@@ -296,14 +303,7 @@ fn events_on_another_partition_than_their_districts_join_their_district() {
         "most of {} events forwarded: {said}",
         others.len()
     );
-    let alone = dir.path().join("alone");
-    ok(&[
-        "run",
-        "--replay",
-        file.to_str().unwrap(),
-        "--data",
-        alone.to_str().unwrap(),
-    ]);
+    let alone = replay_alone(dir.path(), &file);
     assert_tables_exact(&mixed, &file);
     let want = all_tables(&alone);
     assert_none_empty(&want);

@@ -1214,6 +1214,18 @@ fn corpus() -> Vec<Case> {
             FutureTimestamp,
         ),
         ("year 9999", "9999-12-31T23:59:59Z", FutureTimestamp),
+        // Contract 1.1: nothing before 2000-01-01T00:00:00Z.
+        (
+            "the last second of 1969",
+            "1969-12-31T23:59:59Z",
+            EarlyTimestamp,
+        ),
+        ("year 0001", "0001-01-01T00:00:00Z", EarlyTimestamp),
+        (
+            "1 s before 2000 in another offset",
+            "2000-01-01T07:59:59+08:00",
+            EarlyTimestamp,
+        ),
     ] {
         c.add(
             format!("event_time {label}"),
