@@ -45,6 +45,8 @@ const ITERATIONS: usize = 4096;
 #[derive(Clone, Default)]
 pub struct PgUsers {
     verifiers: HashMap<String, Verifier>,
+    /// The secret an unknown user's salt is derived from, per process.
+    secret: [u8; 32],
 }
 
 #[derive(Clone)]
@@ -78,7 +80,35 @@ impl PgUsers {
             let salted = gen_salted_password(password, &salt, ITERATIONS);
             verifiers.insert(name.to_string(), Verifier { salt, salted });
         }
-        Ok(PgUsers { verifiers })
+        Ok(PgUsers {
+            verifiers,
+            secret: rand::random(),
+        })
+    }
+
+    /// The salt offered to a name no user has: derived from the server's
+    /// secret, so it is as stable as a real user's and random-looking
+    /// (a fresh one each time would tell a client the name is unknown).
+    fn decoy_salt(&self, name: &str) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        h.update(name.as_bytes());
+        h.finalize()[..16].to_vec()
+    }
+
+    /// The SCRAM salt and salted password of `name`. An unknown user goes
+    /// through the same exchange and fails it, as in PostgreSQL, with a
+    /// salt as stable as a real one's, so a client cannot tell which names
+    /// exist.
+    fn password(&self, name: &str) -> Password {
+        match self.verifiers.get(name) {
+            Some(v) => Password::new(Some(v.salt.clone()), v.salted.clone()),
+            None => Password::new(
+                Some(self.decoy_salt(name)),
+                rand::random::<[u8; 32]>().to_vec(),
+            ),
+        }
     }
 
     /// Whether a password is asked for.
@@ -93,15 +123,7 @@ struct Users(PgUsers);
 #[async_trait]
 impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        match login.user().and_then(|u| self.0.verifiers.get(u)) {
-            Some(v) => Ok(Password::new(Some(v.salt.clone()), v.salted.clone())),
-            // An unknown user goes through the same exchange and fails it, as
-            // in PostgreSQL, so a client cannot tell which names exist.
-            None => Ok(Password::new(
-                Some(rand::random::<[u8; 16]>().to_vec()),
-                rand::random::<[u8; 32]>().to_vec(),
-            )),
-        }
+        Ok(self.0.password(login.user().unwrap_or_default()))
     }
 }
 
@@ -445,5 +467,26 @@ impl QueryHook for Cached {
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #17: a fresh random salt for an unknown name, against a fixed
+    /// one for a real user, told a client which names exist.
+    #[test]
+    fn an_unknown_user_gets_a_salt_as_stable_as_a_real_ones() {
+        let users = PgUsers::parse(["analyst:correct horse"]).unwrap();
+        let real = users.password("analyst");
+        assert_eq!(real.salt(), users.password("analyst").salt());
+        let unknown = users.password("nobody");
+        assert_eq!(unknown.salt(), users.password("nobody").salt());
+        assert_eq!(
+            unknown.salt().map(<[u8]>::len),
+            real.salt().map(<[u8]>::len)
+        );
+        assert_ne!(users.password("somebody").salt(), unknown.salt());
     }
 }
