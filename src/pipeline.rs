@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use paicha_ingest::event::{
-    route_and_pseudonymize, Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC,
-    DEAD_LETTER_TOPIC, REPARTITION_TOPIC,
+    pseudonymize, Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
+    REPARTITION_TOPIC,
 };
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl, Origin};
 use paicha_ingest::metrics::Metrics;
@@ -469,9 +469,9 @@ pub fn consume(
 }
 
 /// Whether every event forwarded so far is in Kafka: a checkpoint commits
-/// the offsets they came from only then, so it
-/// waits (a broker that is slow or away postpones checkpoints, not
-/// consumption, until librdkafka's queue fills). A delivery that failed
+/// the offsets they came from only then, so it waits (a broker that is
+/// slow or away postpones checkpoints, not consumption, until librdkafka's
+/// queue fills). A delivery that failed
 /// for good would lose what the committed offsets skip: an error, and the
 /// restart resumes from the last checkpoint.
 fn delivered(
@@ -741,7 +741,8 @@ fn handle(
 
     // A forwarded message carries its source topic and where it first
     // arrived; its events are home now, so they are never forwarded again.
-    let origin = if topic == REPARTITION_TOPIC {
+    let forwarded = topic == REPARTITION_TOPIC;
+    let origin = if forwarded {
         msg.headers().and_then(|h| Origin::from_kafka(h.iter()))
     } else {
         Some(Origin {
@@ -750,16 +751,11 @@ fn handle(
             offset,
         })
     };
-    let Some(source) = origin.as_ref().and_then(|o| Source::from_topic(&o.topic)) else {
+    let Some((origin, source)) = origin.and_then(|o| Source::from_topic(&o.topic).map(|s| (o, s)))
+    else {
         processor.consumed(topic, partition, offset, None, now);
         return Ok(());
     };
-    let origin = origin.unwrap_or_else(|| Origin {
-        topic: topic.to_string(),
-        partition,
-        offset,
-    });
-    let forwarded = topic == REPARTITION_TOPIC;
     if !forwarded {
         summary.messages += 1;
     }
@@ -847,8 +843,8 @@ fn handle(
                     let hashed;
                     let line = match ids {
                         Ok(Ids::Pseudonymized) => line,
-                        _ => match route_and_pseudonymize(line, decoder.pseudonymizer()) {
-                            Ok((_, h)) => {
+                        _ => match pseudonymize(line, decoder.pseudonymizer()) {
+                            Ok(h) => {
                                 hashed = h;
                                 &hashed
                             }

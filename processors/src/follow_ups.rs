@@ -635,10 +635,10 @@ impl FollowUps {
         }
     }
 
-    /// Raises `alert`, or makes the one of its id stand with its resolution:
-    /// for alerts whose instants come from the events, so the latest view
-    /// of them wins.
-    pub fn raise_or_settle(&mut self, alert: Alert) {
+    /// Raises `alert`, or makes the one of its id stand with its resolution
+    /// (undoing a withdrawal): alerts' instants come from the events, so the
+    /// latest view of them wins.
+    pub fn raise(&mut self, alert: Alert) {
         match self.alert_index.get(&alert.alert_id).copied() {
             Some(k) => self.settle(k, alert.resolved_at),
             None => {
@@ -716,15 +716,6 @@ impl FollowUps {
         &self.alerts
     }
 
-    /// Raises `alert` unless its id was raised before; true if new.
-    pub fn raise(&mut self, alert: Alert) -> bool {
-        if self.alert_index.contains_key(&alert.alert_id) {
-            return false;
-        }
-        self.push_alert(alert);
-        true
-    }
-
     /// Records a new alert and returns its index.
     fn push_alert(&mut self, alert: Alert) -> usize {
         let k = self.alerts.len();
@@ -733,22 +724,6 @@ impl FollowUps {
         self.alerts.push(alert);
         self.alerts_changed = true;
         k
-    }
-
-    /// Resolves the alert `id` at the clock if it is open.
-    pub fn resolve(&mut self, id: &str) {
-        let clock = self.clock;
-        if let Some(a) = self
-            .alert_index
-            .get(id)
-            .and_then(|i| self.alerts.get_mut(*i))
-        {
-            if a.resolved_at.is_none() {
-                a.resolved_at = Some(a.raised_at.max(clock));
-                self.news.push(a.clone());
-                self.alerts_changed = true;
-            }
-        }
     }
 
     /// Alerts raised or resolved since the last call.

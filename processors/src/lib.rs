@@ -721,7 +721,7 @@ impl Processor {
                 );
             }
             for ((_, raised_at, resolved_at, util), id) in runs.into_iter().zip(ids) {
-                self.follow_ups.raise_or_settle(Alert {
+                self.follow_ups.raise(Alert {
                     alert_id: id,
                     raised_at,
                     kind: "bed_utilization".into(),
