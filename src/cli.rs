@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// a producer with another partitioner would.
     #[arg(long, hide = true, default_value_t = 0.0)]
     pub misroute: f64,
+    /// Test knob: panic on the message holding this event id, or with
+    /// `checkpoint:ID` at the checkpoint after it (the poison quarantine's
+    /// tests).
+    #[arg(long, hide = true)]
+    pub crash_on: Option<String>,
     /// File holding the HMAC key for pseudonyms (else PAICHA_HMAC_KEY).
     #[arg(long, env = "PAICHA_HMAC_KEY_FILE")]
     pub hmac_key_file: Option<PathBuf>,

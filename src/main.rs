@@ -3,6 +3,7 @@
 
 mod cli;
 mod pipeline;
+mod quarantine;
 mod run;
 mod sql;
 
@@ -38,6 +39,21 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    // A panic is a bug, not the user's doing: one log line, no backtrace
+    // (the pipeline names the message it crashed on; see quarantine.rs).
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at = %at, "internal error: {what}");
+    }));
     let result = match cli.command {
         cli::Command::Run(args) => run::run(*args),
         cli::Command::Simulate(args) => run::simulate(args),

@@ -6,6 +6,7 @@
 //! producer and instance refused.
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::info;
+
+use crate::quarantine::{Crash, Crashes, Verdict};
 
 /// Where the consumer stops.
 #[derive(Debug, Default)]
@@ -61,6 +64,11 @@ pub struct ConsumerConfig {
     pub live: Option<paicha_query::Live>,
     /// Set once the instance has its partitions (or knows it has none).
     pub ready: Arc<AtomicBool>,
+    /// The data directory, where crashes are remembered.
+    pub data: std::path::PathBuf,
+    /// Test knob: panic on the message holding this event id (or, as
+    /// `checkpoint:ID`, at the checkpoint after it).
+    pub crash_on: Option<String>,
 }
 
 /// How often the rows in memory are published to SQL: an event is visible
@@ -121,6 +129,9 @@ struct Membership {
     /// Writes forwarded events; everything it holds must be delivered
     /// before a task commits the offsets they came from.
     forward: Arc<(kafka::CountingProducer, kafka::DeliveryCounter)>,
+    /// Set when processing crashed: the state in memory may be half
+    /// updated, so leaving the group must not commit it.
+    crashed: AtomicBool,
 }
 
 impl Membership {
@@ -181,6 +192,9 @@ impl Membership {
     /// Commits every task's work so far: the group may give any of them to
     /// another member once this returns.
     fn revoke(&self) -> Result<()> {
+        if self.crashed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         kafka::finish(&self.forward.0, &self.forward.1)?;
         self.lock()?.commit_all()
     }
@@ -285,6 +299,7 @@ pub fn consume(
         ready: cfg.ready.clone(),
         metrics: metrics.clone(),
         forward: forward.clone(),
+        crashed: AtomicBool::new(false),
     };
     let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
     let mut client = kafka::client_config(&cfg.brokers);
@@ -350,6 +365,28 @@ pub fn consume(
     let mut end_checked = Instant::now();
     let mut stage_ends: Option<(&str, Ends)> = None;
     let mut failed_forwards = 0;
+    let mut crashes = Crashes::load(&cfg.data)?;
+    let mut test_crash = TestCrash::new(cfg.crash_on.as_deref());
+    // A panic leaves the state half updated: it is remembered, nothing is
+    // committed, and the pipeline stops for its supervisor to restart it.
+    let crashed = |crashes: &mut Crashes, what: Vec<Crash>, panic| {
+        consumer.context().crashed.store(true, Ordering::Release);
+        crashes.crashed(what, panic)
+    };
+    let since_checkpoint = |tasks: &Tasks| -> Vec<Crash> {
+        let durable = tasks.durable_positions();
+        let ranges = tasks.positions().into_iter().map(|((topic, partition), to)| {
+            let from = durable.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+            Crash {
+                topic,
+                partition,
+                from,
+                to,
+                digest: None,
+            }
+        });
+        ranges.filter(|c| c.to > c.from).collect()
+    };
     loop {
         if shutdown.load(Ordering::Acquire) {
             break;
@@ -367,19 +404,52 @@ pub fn consume(
         let mut guard = lock(&tasks)?;
         match polled {
             Some(Ok(msg)) => {
+                let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+                let payload = msg.payload().unwrap_or_default();
+                let verdict = crashes.verdict(topic, partition, offset, payload);
                 // Only a partition with its task open is ever assigned.
-                if let Some(processor) = guard.get_mut(msg.partition()) {
-                    handle(
-                        &msg,
-                        decoder,
-                        &homes,
-                        processor,
-                        metrics,
-                        dlq,
-                        forwarder,
-                        &flow,
-                        &mut summary,
-                    )?;
+                if let Some(processor) = guard.get_mut(partition) {
+                    if verdict == Verdict::Poison {
+                        poison(&msg, processor, metrics, dlq, &flow, &mut summary)?;
+                    } else {
+                        let handled = catch_unwind(AssertUnwindSafe(|| {
+                            if topic != DEAD_LETTER_TOPIC {
+                                test_crash.handling(payload);
+                            }
+                            handle(
+                                &msg,
+                                decoder,
+                                &homes,
+                                processor,
+                                metrics,
+                                dlq,
+                                forwarder,
+                                &flow,
+                                &mut summary,
+                            )
+                        }));
+                        let pinned = || vec![Crash::at(topic, partition, offset, payload)];
+                        match handled {
+                            Ok(r) => r?,
+                            Err(panic) => return Err(crashed(&mut crashes, pinned(), panic)),
+                        }
+                        if verdict == Verdict::Isolate {
+                            // Suspected: checkpointed alone, so a crash that
+                            // shows only at a checkpoint is pinned to it.
+                            kafka::finish(forwarder, forwarded)?;
+                            let alone = catch_unwind(AssertUnwindSafe(|| {
+                                test_crash.checkpointing();
+                                checkpoint(&mut guard, metrics, false)?;
+                                guard.iter_mut().try_for_each(|(_, t)| t.settle_writes())?;
+                                publish(&mut guard, &cfg.live)
+                            }));
+                            match alone {
+                                Ok(r) => r?,
+                                Err(panic) => return Err(crashed(&mut crashes, pinned(), panic)),
+                            }
+                            crashes.settle(&guard.durable_positions())?;
+                        }
+                    }
                 }
                 if !cfg.slow_sink.is_zero() {
                     std::thread::sleep(cfg.slow_sink);
@@ -393,12 +463,32 @@ pub fn consume(
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval
             && delivered(forwarder, forwarded, &mut failed_forwards)?
         {
-            checkpoint(&mut guard, metrics, false)?;
-            observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
+            let done = catch_unwind(AssertUnwindSafe(|| {
+                test_crash.checkpointing();
+                checkpoint(&mut guard, metrics, false)?;
+                observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)
+            }));
+            match done {
+                Ok(r) => r?,
+                Err(panic) => {
+                    let range = since_checkpoint(&guard);
+                    return Err(crashed(&mut crashes, range, panic));
+                }
+            }
+            if !crashes.is_empty() {
+                crashes.settle(&guard.durable_positions())?;
+            }
             last_checkpoint = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
-            publish(&mut guard, &cfg.live)?;
+            let done = catch_unwind(AssertUnwindSafe(|| publish(&mut guard, &cfg.live)));
+            match done {
+                Ok(r) => r?,
+                Err(panic) => {
+                    let range = since_checkpoint(&guard);
+                    return Err(crashed(&mut crashes, range, panic));
+                }
+            }
             last_publish = Instant::now();
         }
         if let Some(end) = &end {
@@ -436,27 +526,40 @@ pub fn consume(
     kafka::finish(forwarder, forwarded)?;
     kafka::finish(dlq, dlq_counter)?;
     let mut guard = lock(&tasks)?;
-    if end.is_some() {
-        // The end of a replay: every task's clock stands at the highest
-        // event time of the whole input.
-        let last = guard.max_event_time();
+    let last = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        if end.is_some() {
+            // The end of a replay: every task's clock stands at the highest
+            // event time of the whole input.
+            let last = guard.max_event_time();
+            for (_, task) in guard.iter_mut() {
+                task.finish_at(last);
+            }
+        }
+        test_crash.checkpointing();
+        checkpoint(&mut guard, metrics, end.is_some())?;
         for (_, task) in guard.iter_mut() {
-            task.finish_at(last);
+            task.settle_writes()?;
+        }
+        observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
+        kafka::finish(dlq, dlq_counter)?;
+        if end.is_some() {
+            // A finished replay leaves one file per table per day.
+            for (_, task) in guard.iter_mut() {
+                task.compact_all()?;
+            }
+        }
+        publish(&mut guard, &cfg.live)
+    }));
+    match last {
+        Ok(r) => r?,
+        Err(panic) => {
+            let range = since_checkpoint(&guard);
+            return Err(crashed(&mut crashes, range, panic));
         }
     }
-    checkpoint(&mut guard, metrics, end.is_some())?;
-    for (_, task) in guard.iter_mut() {
-        task.settle_writes()?;
+    if !crashes.is_empty() {
+        crashes.settle(&guard.durable_positions())?;
     }
-    observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
-    kafka::finish(dlq, dlq_counter)?;
-    if end.is_some() {
-        // A finished replay leaves one file per table per day.
-        for (_, task) in guard.iter_mut() {
-            task.compact_all()?;
-        }
-    }
-    publish(&mut guard, &cfg.live)?;
     let stats = guard.stats();
     summary.accepted = stats.accepted;
     summary.duplicates = stats.duplicates;
@@ -925,6 +1028,103 @@ fn handle(
         }
     }
     Ok(())
+}
+
+/// Sets aside a message that crashed processing twice: its bytes go to the
+/// dead-letter topic as `poison` (naming where it first arrived), and its
+/// offset counts as processed.
+fn poison(
+    msg: &BorrowedMessage<'_>,
+    processor: &mut Processor,
+    metrics: &Metrics,
+    dlq: &kafka::CountingProducer,
+    flow: &Option<Arc<FlowControl>>,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+    let payload = msg.payload().unwrap_or_default();
+    let origin = if topic == REPARTITION_TOPIC {
+        msg.headers().and_then(|h| Origin::from_kafka(h.iter()))
+    } else {
+        None
+    }
+    .unwrap_or_else(|| Origin {
+        topic: topic.to_string(),
+        partition,
+        offset,
+    });
+    let reason = RejectReason::Poison;
+    tracing::error!(
+        topic = %origin.topic,
+        partition = origin.partition,
+        offset = origin.offset,
+        "a message that crashed processing twice is dead-lettered as poison"
+    );
+    if topic != DEAD_LETTER_TOPIC {
+        let h = DeadLetterHeaders {
+            reason: reason.as_str().into(),
+            field: None,
+            topic: origin.topic.clone(),
+            partition: Some(origin.partition),
+            offset: origin.offset,
+            line: 0,
+        };
+        kafka::send(
+            dlq,
+            DEAD_LETTER_TOPIC,
+            Some(partition),
+            msg.key().unwrap_or_default(),
+            payload,
+            Some(h.to_kafka()),
+        )?;
+        metrics.dead_letters_produced.inc();
+        if let Some(source) = Source::from_topic(&origin.topic) {
+            metrics
+                .events_rejected
+                .with_label_values(&[source.as_str(), reason.as_str()])
+                .inc();
+        }
+        *summary.rejected.entry(reason.as_str()).or_default() += 1;
+    }
+    processor.consumed(topic, partition, offset, None, Instant::now());
+    if let (Some(f), Some(source)) = (flow, Source::from_topic(&origin.topic)) {
+        f.processed(source, origin.partition, payload.len());
+    }
+    Ok(())
+}
+
+/// The test knob `--crash-on`: a panic where no input could cause one.
+struct TestCrash {
+    needle: Option<Vec<u8>>,
+    at_checkpoint: bool,
+    armed: bool,
+}
+
+impl TestCrash {
+    fn new(spec: Option<&str>) -> Self {
+        let (at_checkpoint, id) = match spec.map(|s| s.strip_prefix("checkpoint:").ok_or(s)) {
+            Some(Ok(id)) => (true, Some(id)),
+            Some(Err(id)) => (false, Some(id)),
+            None => (false, None),
+        };
+        TestCrash {
+            needle: id.map(|id| format!("\"{id}\"").into_bytes()),
+            at_checkpoint,
+            armed: false,
+        }
+    }
+
+    fn handling(&mut self, payload: &[u8]) {
+        let Some(needle) = &self.needle else { return };
+        if payload.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            assert!(self.at_checkpoint, "test crash while handling a message");
+            self.armed = true;
+        }
+    }
+
+    fn checkpointing(&self) {
+        assert!(!self.armed, "test crash at a checkpoint");
+    }
 }
 
 /// The most bytes of events forwarded in one message.

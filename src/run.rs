@@ -522,6 +522,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
         live,
+        data: args.data.clone(),
+        crash_on: args.crash_on.clone(),
     };
     let consumed = pipeline::consume(
         &consumer_cfg,

@@ -453,11 +453,14 @@ pub enum RejectReason {
     /// Identifiers marked as pseudonymized under another key (or not in
     /// pseudonym form): they can never join this deployment's pseudonyms.
     PseudonymKey,
+    /// A message that crashed processing twice at the same offset: set
+    /// aside so the pipeline recovers without a person (docs/semantics.md, Poison).
+    Poison,
 }
 
 impl RejectReason {
     /// Every reason, for metrics that must show zeros.
-    pub const ALL: [RejectReason; 21] = [
+    pub const ALL: [RejectReason; 22] = [
         RejectReason::NotJson,
         RejectReason::NotUtf8,
         RejectReason::NotObject,
@@ -479,6 +482,7 @@ impl RejectReason {
         RejectReason::TooLarge,
         RejectReason::TooLate,
         RejectReason::PseudonymKey,
+        RejectReason::Poison,
     ];
 
     /// The machine-readable spelling.
@@ -505,6 +509,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::TooLate => "too_late",
             RejectReason::PseudonymKey => "pseudonym_key",
+            RejectReason::Poison => "poison",
         }
     }
 

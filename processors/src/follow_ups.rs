@@ -91,13 +91,23 @@ struct Episode {
     counted: (Status, i64),
 }
 
+/// Whole days (rounded up) from `due` to `clock`, for `clock > due`; no
+/// instant overflows it.
+fn days_missed(clock: i64, due: i64) -> i64 {
+    let late = i128::from(clock) - i128::from(due);
+    let days = (late + i128::from(DUE_EVERY_MICROS) - 1) / i128::from(DUE_EVERY_MICROS);
+    i64::try_from(days).unwrap_or(i64::MAX)
+}
+
 impl Episode {
     fn ends_at(&self) -> i64 {
-        self.started_at + OBSERVATION_MICROS
+        self.started_at.saturating_add(OBSERVATION_MICROS)
     }
 
     fn next_due_at(&self) -> i64 {
-        self.last_seen_at.unwrap_or(self.started_at) + DUE_EVERY_MICROS
+        self.last_seen_at
+            .unwrap_or(self.started_at)
+            .saturating_add(DUE_EVERY_MICROS)
     }
 
     /// Whether an event at `t` falls in this episode while it is open.
@@ -115,11 +125,7 @@ impl Episode {
         }
         let due = self.next_due_at();
         if clock > due {
-            let late = clock - due;
-            return (
-                Status::Overdue,
-                (late + DUE_EVERY_MICROS - 1) / DUE_EVERY_MICROS,
-            );
+            return (Status::Overdue, days_missed(clock, due));
         }
         (Status::Active, 0)
     }
@@ -131,11 +137,11 @@ impl Episode {
         }
         let due = self.next_due_at();
         let next = if clock <= due {
-            due + 1
+            due.saturating_add(1)
         } else {
             // The next whole day missed.
-            let days = (clock - due + DUE_EVERY_MICROS - 1) / DUE_EVERY_MICROS;
-            due + days * DUE_EVERY_MICROS + 1
+            due.saturating_add(days_missed(clock, due).saturating_mul(DUE_EVERY_MICROS))
+                .saturating_add(1)
         };
         Some(next.min(self.ends_at()))
     }
@@ -292,17 +298,19 @@ fn fold(changes: &[Entry]) -> Vec<Episode> {
 /// so a late event gives the alerts an in-order run would have raised.
 fn overdue_alerts(ep: &Episode, clock: i64, out: &mut Vec<Overdue>) {
     let stop = ep.closed.map_or(ep.ends_at(), |(c, _)| c.min(ep.ends_at()));
-    let mut due = ep.started_at + DUE_EVERY_MICROS;
+    let mut due = ep.started_at.saturating_add(DUE_EVERY_MICROS);
     let mut waits: Vec<(i64, i64)> = Vec::with_capacity(ep.seen.len() + 1);
     for &s in &ep.seen {
         waits.push((due, s));
-        due = s + DUE_EVERY_MICROS;
+        due = s.saturating_add(DUE_EVERY_MICROS);
     }
     waits.push((due, stop));
     for (due, end) in waits {
         let end = end.min(stop);
         for (severity, days) in [("warning", 1), ("critical", CRITICAL_DAYS)] {
-            let from = due + (days - 1) * DUE_EVERY_MICROS + 1;
+            let from = due
+                .saturating_add((days - 1) * DUE_EVERY_MICROS)
+                .saturating_add(1);
             if from < end && from <= clock {
                 out.push(Overdue {
                     started: ep.started_at,

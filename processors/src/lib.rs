@@ -419,6 +419,12 @@ impl Processor {
         &self.manifest.offsets
     }
 
+    /// The Kafka positions of the last checkpoint on disk: a crash resumes
+    /// from these.
+    pub fn durable_offsets(&self) -> &[Offset] {
+        &self.committed.offsets
+    }
+
     /// The registry in use.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -655,7 +661,7 @@ impl Processor {
             None
         };
         for (day, district, source, a) in evaluated.iter().flat_map(|(_, r)| r.iter()) {
-            let day = chrono::NaiveDate::default() + chrono::Days::new(*day as u64);
+            let day = time::from_date32(*day);
             let kind = format!("ears_{}", a.method.as_str().to_lowercase());
             // One alert per detector, series and day: a late event that takes
             // the day below its threshold shows it was never true.
@@ -869,7 +875,7 @@ impl Processor {
             |rows| beds::batch(rows, windows, &registry),
         )?;
         for ((source, day), batches) in self.raw.take()? {
-            let day = chrono::NaiveDate::default() + chrono::Days::new(day as u64);
+            let day = time::from_date32(day);
             let rel = format!("{}/day={day}/part-{seq:010}.parquet", raw::table(source));
             self.stats.files += 1;
             self.stats.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();

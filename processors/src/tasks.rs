@@ -193,6 +193,18 @@ impl Tasks {
             .collect()
     }
 
+    /// The positions of every task's last checkpoint on disk.
+    pub fn durable_positions(&self) -> BTreeMap<(String, i32), i64> {
+        self.open
+            .values()
+            .flat_map(|p| {
+                p.durable_offsets()
+                    .iter()
+                    .map(|o| ((o.topic.clone(), o.partition), o.next))
+            })
+            .collect()
+    }
+
     /// Totals of every task since it was opened here.
     pub fn stats(&self) -> Stats {
         let mut all = Stats::default();

@@ -1,8 +1,13 @@
 //! Event-time arithmetic: tumbling windows aligned to the epoch (so hourly
 //! windows start on the hour in every whole-hour time zone) and calendar days
 //! in the reporting time zone.
+//!
+//! An event's time is bounded at ingest (contract 1.1), but the bound is
+//! configurable and state outlives configurations: nothing here may
+//! overflow or panic for any `i64`, hence the lint.
+#![deny(clippy::arithmetic_side_effects)]
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// Microseconds in one hour.
@@ -33,12 +38,14 @@ impl Windows {
     /// Start of the window holding `t`: windows are `[start, start + size)`,
     /// so an event exactly on a boundary opens the next window.
     pub fn start(self, t: i64) -> i64 {
-        t.div_euclid(self.size) * self.size
+        t.div_euclid(self.size)
+            .checked_mul(self.size)
+            .unwrap_or(i64::MIN)
     }
 
     /// End (exclusive) of the window starting at `start`.
     pub fn end(self, start: i64) -> i64 {
-        start + self.size
+        start.saturating_add(self.size)
     }
 }
 
@@ -79,7 +86,7 @@ impl Calendar {
             .succ_opt()
             .and_then(start_of)
             .filter(|e| *e > t)
-            .unwrap_or(t + 1);
+            .unwrap_or(t.saturating_add(1));
         (start, end, day)
     }
 
@@ -93,7 +100,7 @@ impl Calendar {
             .earliest()
             .or_else(|| {
                 self.tz
-                    .from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                    .from_local_datetime(&midnight.checked_add_signed(chrono::Duration::hours(1))?)
                     .earliest()
             })
             .map_or(i64::MAX, |x| x.timestamp_micros())
@@ -115,12 +122,50 @@ impl Default for Calendar {
 
 /// Days since 1970-01-01, as Arrow's `Date32` counts them.
 pub fn date32(day: NaiveDate) -> i32 {
-    (day - NaiveDate::default()).num_days() as i32
+    let days = day.signed_duration_since(NaiveDate::default()).num_days();
+    // Every NaiveDate is within ±262,143 years: always in range.
+    i32::try_from(days).unwrap_or(if days < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// The date `days` after 1970-01-01 (before it when negative), the inverse
+/// of [`date32`]; days past chrono's range (±262,143 years) give its ends.
+pub fn from_date32(days: i32) -> NaiveDate {
+    let epoch = NaiveDate::default();
+    let moved = if days < 0 {
+        epoch.checked_sub_days(Days::new(u64::from(days.unsigned_abs())))
+    } else {
+        epoch.checked_add_days(Days::new(u64::from(days.unsigned_abs())))
+    };
+    moved.unwrap_or(if days < 0 {
+        NaiveDate::MIN
+    } else {
+        NaiveDate::MAX
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_and_windows_hold_at_every_extreme() {
+        for d in [i32::MIN, -719_163, -1, 0, 1, 18_000, i32::MAX] {
+            let day = from_date32(d);
+            if (-90_000_000..90_000_000).contains(&d) {
+                assert_eq!(date32(day), d);
+            }
+        }
+        assert_eq!(from_date32(-1), NaiveDate::from_ymd_opt(1969, 12, 31).unwrap());
+        let w = Windows::new(HOUR_MICROS);
+        let c = Calendar::default();
+        for t in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+            assert!(w.start(t) <= t.max(i64::MIN + HOUR_MICROS) || w.start(t) == i64::MIN);
+            let _ = (w.end(w.start(t)), c.day(t), c.day_bounds(t));
+            let _ = c.day_end(c.day(t));
+        }
+        assert_eq!(c.day_end(NaiveDate::MAX), i64::MAX.min(c.day_end(NaiveDate::MAX)));
+    }
 
     fn micros(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
