@@ -180,8 +180,9 @@ fn a_message_that_crashes_twice_is_dead_lettered_as_poison() {
             );
             assert!(!err.contains("RUST_BACKTRACE"), "{spec}: {err}");
         }
-        let run = serving(&args);
+        let mut run = serving(&args);
         caught_up(&brokers, &run.http, Duration::from_secs(300));
+        sigterm(&mut run.child);
         drop(run);
         let data = std::path::Path::new(data);
         assert_tables_exact(data, &rest);
@@ -194,7 +195,7 @@ fn a_message_that_crashes_twice_is_dead_lettered_as_poison() {
             vec![vec!["screening.checkpoint".to_string(), "poison".into()]],
             "{spec}"
         );
-        // Once a checkpoint is past them, the crashes are forgotten.
+        // Once a checkpoint on disk is past them, the crashes are forgotten.
         let crashes = std::fs::read_to_string(data.join("_paicha/crashes.json")).unwrap();
         assert_eq!(crashes.trim(), "[]", "{spec}");
     }
