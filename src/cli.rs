@@ -237,10 +237,20 @@ pub struct AccessArgs {
         hide_env_values = true
     )]
     pub http_tokens: Vec<String>,
-    /// Longest an HTTP query may run, first byte to last row.
+    /// Longest a query may run, first byte to last row, on either port (a
+    /// PostgreSQL client's shorter `statement_timeout` applies to its own).
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "PAICHA_QUERY_TIMEOUT")]
     pub query_timeout: Duration,
-    /// Most rows one HTTP result may have; a larger one is cut off with an error.
+    /// Memory every query running at once may hold together, e.g. `4GiB`
+    /// (default: a quarter of the machine's memory). A query that needs
+    /// more spills to disk where it can, or fails with an error.
+    #[arg(long, value_parser = parse_bytes, env = "PAICHA_QUERY_MEMORY")]
+    pub query_memory: Option<u64>,
+    /// Connections open at once, per port (HTTP and PostgreSQL); more are
+    /// refused.
+    #[arg(long, default_value_t = 256, env = "PAICHA_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// Most rows one result may have; a larger one is cut off with an error.
     #[arg(long, default_value_t = 1_000_000, env = "PAICHA_MAX_ROWS")]
     pub max_rows: usize,
     /// HTTP queries running at once; more are refused with 503.
@@ -365,6 +375,27 @@ pub fn parse_instant(s: &str) -> Result<i64, String> {
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` (or plain seconds).
+/// A size in bytes: a number with an optional unit (`k`, `KiB`, `MB`,
+/// `MiB`, `GB`, `GiB`…; k/M/G are powers of 1024 either way).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB, 4GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("`{s}` is not a size (e.g. 512MiB, 4GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

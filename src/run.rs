@@ -283,18 +283,28 @@ fn serve_sql(
     if http.is_none() && pg.is_none() {
         return Ok(None);
     }
-    let ctx = Arc::new(rt.block_on(paicha_query::open_shared(data, live.as_ref(), remote))?);
+    let limits = paicha_query::bounds::Limits {
+        timeout: access.query_timeout,
+        max_rows: access.max_rows,
+        max_concurrent: access.max_concurrent_queries as usize,
+        memory: access.query_memory.map_or_else(paicha_query::bounds::default_query_memory, |m| {
+            usize::try_from(m).unwrap_or(usize::MAX)
+        }),
+        max_connections: access.max_connections as usize,
+    };
+    let ctx = Arc::new(rt.block_on(paicha_query::open_bounded(
+        data,
+        live.as_ref(),
+        remote,
+        &limits,
+    ))?);
     if let Some(listener) = http {
         let local = listener.local_addr()?;
         let state = paicha_query::http::HttpState {
             ctx: ctx.clone(),
             metrics: metrics.registry.clone(),
             tokens,
-            limits: paicha_query::http::Limits {
-                timeout: access.query_timeout,
-                max_rows: access.max_rows,
-                max_concurrent: access.max_concurrent_queries as usize,
-            },
+            limits,
             extra: serving.gateway.clone().map(Gateway::router),
             ready: serving.ready.clone(),
         };
@@ -317,7 +327,7 @@ fn serve_sql(
         };
         let ctx = ctx.clone();
         rt.spawn(async move {
-            if let Err(e) = paicha_query::pg::serve(listener, ctx, users).await {
+            if let Err(e) = paicha_query::pg::serve(listener, ctx, users, limits).await {
                 tracing::error!(error = %e, "PostgreSQL server stopped");
             }
         });

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -271,6 +270,46 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     respond(status, json!({ "error": msg.to_string() }), None)
 }
 
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes within [`BODY_TIMEOUT`],
+/// or the response that refuses it (`what` names the body, `hint` follows
+/// the size). Called once the request is authorized: an unauthorized
+/// client never has its body read.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    what: &str,
+    hint: &str,
+) -> Result<Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the {what} did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the {what} is over {limit} bytes {hint}"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the {what}: {e}"),
+                )
+            })
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
 /// Nothing of the request was sent: every event is to be sent again.
 fn busy(busy: Busy, msg: impl std::fmt::Display) -> Response {
     let (status, secs) = busy.status();
@@ -281,7 +320,7 @@ async fn ingest(
     State(gw): State<Arc<Gateway>>,
     Path(source): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let label = Source::parse(&source).map_or("unknown", Source::as_str);
@@ -300,7 +339,7 @@ async fn answer(
     gw: &Gateway,
     source: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let Some(source) = Source::parse(source) else {
         return error(
@@ -320,18 +359,11 @@ async fn answer(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    let body = match body {
+    let limit = gw.cfg.max_body_bytes;
+    let hint = "(--ingest-max-body); send smaller batches";
+    let body = match read_body(body, limit, "body", hint).await {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body is over {} bytes (--ingest-max-body); send smaller batches",
-                    gw.cfg.max_body_bytes
-                ),
-            )
-        }
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(r) => return r,
     };
     let lines: Vec<&[u8]> = body
         .split(|b| *b == b'\n')

@@ -85,6 +85,12 @@ struct Hospital {
     written: BTreeMap<i64, State>,
 }
 
+/// How long a hospital's rows go on after its last bed event. A hospital
+/// reports daily; one silent for longer has stopped reporting (or an event
+/// decades off in time arrived), and a row for every hour of the gap would
+/// be noise, or millions of rows. Its rows resume with its next bed event.
+pub const QUIET_MICROS: i64 = 30 * crate::time::DAY_MICROS;
+
 /// Bed events per hospital and the rows written from them.
 #[derive(Debug)]
 pub struct Beds {
@@ -150,6 +156,7 @@ impl Beds {
         let mut beds = registry_beds;
         let mut events = h.events.iter().peekable();
         let mut start = self.windows.start(*first);
+        let mut last = *first;
         while self.windows.end(start) <= until {
             let end = self.windows.end(start);
             let mut s: State = [0; 6];
@@ -157,6 +164,7 @@ impl Beds {
                 if *t >= end {
                     break;
                 }
+                last = *t;
                 match **act {
                     Act::Capacity(n) => beds = n,
                     Act::Admit(p) if inside.insert(p) => s[2] += 1,
@@ -165,6 +173,16 @@ impl Beds {
                     Act::Discharge(_) => s[5] += 1,
                 }
                 events.next();
+            }
+            if start.saturating_sub(last) > QUIET_MICROS {
+                // Silent too long: no rows until its next bed event.
+                match events.peek() {
+                    Some(((t, _), _)) => {
+                        start = self.windows.start(*t);
+                        continue;
+                    }
+                    None => break,
+                }
             }
             s[0] = beds;
             s[1] = inside.len() as i64;
@@ -485,5 +503,20 @@ mod tests {
         again.restore_written(Some(3 * H), &reg);
         again.load(&mut file.as_slice()).unwrap();
         assert_eq!(again.take_final(4 * H, &reg), second);
+    }
+
+    #[test]
+    fn a_silent_hospital_has_no_rows_for_decades_of_gap() {
+        let reg = Registry::builtin().unwrap();
+        let mut b = Beds::new(Windows::new(H));
+        // One capacity event in 2000 and one in 2020: rows for the 30 days
+        // after each, not for the twenty years between.
+        let y2000 = 946_684_800_000_000;
+        let y2020 = 1_577_836_800_000_000;
+        b.add(&bed("b-1", y2000, BedAction::Capacity, "", 10));
+        b.add(&bed("b-2", y2020, BedAction::Capacity, "", 12));
+        let rows = b.take_final(y2020 + 100 * 24 * H, &reg);
+        assert_eq!(rows.len(), 2 * (30 * 24 + 1), "{}", rows.len());
+        assert_eq!(rows.last().unwrap().2[0], 12);
     }
 }

@@ -495,6 +495,8 @@ impl TableProvider for AsTable {
 pub(crate) struct Results {
     source: Arc<Snapshots>,
     current: Mutex<Generation>,
+    /// Rows one result may have (the server's `--max-rows`).
+    max_rows: usize,
 }
 
 type Cell = Arc<tokio::sync::OnceCell<(SchemaRef, Arc<Vec<RecordBatch>>)>>;
@@ -504,18 +506,24 @@ struct Generation {
     /// Held so that its address, the generation's identity, is not reused.
     view: Option<Arc<LiveView>>,
     results: std::collections::HashMap<String, Cell>,
+    /// Bytes of the results kept, and which are counted in them.
+    bytes: usize,
+    counted: std::collections::HashSet<String>,
 }
 
 /// Most results kept per snapshot.
 const RESULTS_KEPT: usize = 512;
 /// Largest result kept, in bytes.
 const RESULT_BYTES_KEPT: usize = 8 << 20;
+/// Bytes of all the results kept: a wall of dashboards needs far less.
+const RESULTS_BYTES_KEPT: usize = 64 << 20;
 
 impl Results {
-    pub(crate) fn new(source: Arc<Snapshots>) -> Self {
+    pub(crate) fn new(source: Arc<Snapshots>, max_rows: usize) -> Self {
         Results {
             source,
             current: Mutex::new(Generation::default()),
+            max_rows,
         }
     }
 
@@ -530,8 +538,9 @@ impl Results {
         key: &str,
         df: datafusion::dataframe::DataFrame,
     ) -> datafusion::error::Result<(SchemaRef, Arc<Vec<RecordBatch>>)> {
+        let max_rows = self.max_rows;
         let collect = |df| async move {
-            let (schema, batches) = collect(df).await?;
+            let (schema, batches) = collect(df, max_rows).await?;
             datafusion::error::Result::Ok((schema, Arc::new(batches)))
         };
         if volatile(df.logical_plan()) {
@@ -545,29 +554,56 @@ impl Results {
             if !g.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, &view)) {
                 g.view = Some(view);
                 g.results.clear();
+                g.bytes = 0;
+                g.counted.clear();
             }
             if g.results.len() >= RESULTS_KEPT && !g.results.contains_key(key) {
                 g.results.clear();
+                g.bytes = 0;
+                g.counted.clear();
             }
             g.results.entry(key.to_string()).or_default().clone()
         };
         let rows = cell.get_or_try_init(|| collect(df)).await?.clone();
         let bytes: usize = rows.1.iter().map(|b| b.get_array_memory_size()).sum();
-        if bytes > RESULT_BYTES_KEPT {
-            if let Ok(mut g) = self.current.lock() {
-                g.results.remove(key);
+        if let Ok(mut guard) = self.current.lock() {
+            let g = &mut *guard;
+            // Counted once per result: the first caller to finish decides.
+            let kept = g.results.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell));
+            if kept && g.counted.insert(key.to_string()) {
+                if bytes > RESULT_BYTES_KEPT || g.bytes.saturating_add(bytes) > RESULTS_BYTES_KEPT
+                {
+                    g.results.remove(key);
+                } else {
+                    g.bytes += bytes;
+                }
             }
         }
         Ok(rows)
     }
 }
 
-/// The rows of `df` and their schema.
+/// The rows of `df` and their schema; an error past `max_rows` rows.
 pub(crate) async fn collect(
     df: datafusion::dataframe::DataFrame,
+    max_rows: usize,
 ) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
+    use futures::StreamExt;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    Ok((schema, df.collect().await?))
+    let mut stream = df.execute_stream().await?;
+    let (mut batches, mut rows) = (Vec::new(), 0usize);
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        rows = rows.saturating_add(b.num_rows());
+        if rows > max_rows {
+            return Err(DataFusionError::Execution(format!(
+                "the result has more than {max_rows} rows (the server's --max-rows); \
+                 add a LIMIT or aggregate"
+            )));
+        }
+        batches.push(b);
+    }
+    Ok((schema, batches))
 }
 
 /// Whether the plan calls a function whose answer may change between two

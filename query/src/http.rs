@@ -34,27 +34,7 @@ use prometheus::{Encoder, TextEncoder};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// Bounds on what one query may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Wall time from receipt to the last row.
-    pub timeout: Duration,
-    /// Rows in one result.
-    pub max_rows: usize,
-    /// Queries running at once; more are refused, not queued.
-    pub max_concurrent: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            timeout: Duration::from_secs(30),
-            max_rows: 1_000_000,
-            max_concurrent: 16,
-        }
-    }
-}
-
+pub use crate::bounds::Limits;
 pub use paicha_ingest::bearer::Tokens;
 
 /// What the HTTP handlers need.
@@ -124,9 +104,58 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Serves the router on `listener` until the process ends.
+/// How long a client may take to send a request's headers, and how long
+/// an idle keep-alive connection is kept (hyper's header read timeout
+/// covers both): a slow or silent client cannot hold a connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// Serves the router on `listener` until the process ends, with at most
+/// `limits.max_connections` connections open: one more is closed at once
+/// (its client sees the connection refused, not a hang).
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    let max = state.limits.max_connections.max(1);
+    let open = Arc::new(Semaphore::new(max));
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                let body = format!(
+                    "{{\"error\":\"too many connections: the server's --max-connections is {max}\"}}\n"
+                );
+                let response = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     connection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -134,7 +163,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let state = &shared.state;
     if !state.tokens.admits(&headers) {
         let mut r = error(
@@ -156,6 +185,10 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
+    };
+    let body = match paicha_ingest::gateway::read_body(body, MAX_SQL_BYTES, "SQL text", "").await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8");

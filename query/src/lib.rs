@@ -8,6 +8,7 @@
 //! them, so `SELECT * FROM symptom_counts` shows one row per key. While the
 //! pipeline runs, the rows it holds in memory join the stored ones.
 
+pub mod bounds;
 mod catalog;
 pub mod http;
 pub mod pg;
@@ -61,6 +62,17 @@ pub async fn open_shared(
     data_dir: &Path,
     live: Option<&Live>,
     remote: Option<Arc<paicha_processors::remote::Remote>>,
+) -> Result<SessionContext> {
+    open_bounded(data_dir, live, remote, &bounds::Limits::default()).await
+}
+
+/// [`open_shared`] with the bounds every query of the session keeps: its
+/// memory pool, its deadline and the rows a cached result may hold.
+pub async fn open_bounded(
+    data_dir: &Path,
+    live: Option<&Live>,
+    remote: Option<Arc<paicha_processors::remote::Remote>>,
+    limits: &bounds::Limits,
 ) -> Result<SessionContext> {
     let registry = match &remote {
         Some(r) => {
@@ -204,12 +216,28 @@ pub async fn open_shared(
     // behind them are reached through the plans above, not by name, so they
     // do not show in `\dt`, `information_schema` or SQL.
     let planning = ctx;
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public")
-            .with_extension(Arc::new(catalog::Results::new(source.clone()))),
-    );
+    // Operators that can spill (sorts, joins, grouped aggregates) do, to
+    // the OS's temp directory; the rest fail once the pool is spent.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory.max(1 << 20), 1.0)
+        .build_arc()?;
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(
+            SessionConfig::new()
+                .with_information_schema(true)
+                .with_default_catalog_and_schema("datafusion", "public")
+                .with_extension(Arc::new(catalog::Results::new(
+                    source.clone(),
+                    limits.max_rows,
+                ))),
+        )
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_query_planner(Arc::new(bounds::BoundedPlanner {
+            timeout: limits.timeout,
+        }))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     let public = planning
         .catalog("datafusion")
         .and_then(|c| c.schema("public"))
@@ -426,7 +454,7 @@ pub(crate) fn read_only() -> SQLOptions {
 
 /// Runs one read-only statement (see [`plan`]) and collects its rows.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    Ok(catalog::collect(plan(ctx, sql).await?).await?)
+    Ok(catalog::collect(plan(ctx, sql).await?, usize::MAX).await?)
 }
 
 /// The snapshot the tables of a session from [`open_with`] read now: the

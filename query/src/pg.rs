@@ -35,6 +35,7 @@ use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandl
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use crate::bounds;
 use crate::catalog::Results;
 
 /// SCRAM iteration count, PostgreSQL's default.
@@ -131,7 +132,24 @@ struct Handlers {
     session: Arc<DfSessionService>,
     users: Option<Arc<Users>>,
     connections: Arc<ConnectionManager>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<Cancels>,
+}
+
+/// A CancelRequest stops the statement wherever it is: pgwire's handler
+/// while the statement is planned or its first rows computed, the
+/// connection's [`bounds::Connection`] while rows stream.
+struct Cancels {
+    pgwire: DefaultCancelHandler,
+    running: Arc<bounds::Connections>,
+}
+
+#[async_trait]
+impl pgwire::api::cancel::CancelHandler for Cancels {
+    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
+        self.running
+            .cancel(&(request.pid, request.secret_key.to_bytes().to_vec()));
+        self.pgwire.on_cancel_request(request).await;
+    }
 }
 
 struct Open {
@@ -173,6 +191,30 @@ struct QuietErrors;
 impl ErrorHandler for QuietErrors {
     fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
         tracing::debug!(%error, "PostgreSQL client error");
+        // The SQLSTATE PostgreSQL gives each, so drivers raise the right
+        // exception (psycopg's QueryCanceled, OutOfMemory).
+        let text = error.to_string();
+        let code = if text.contains(bounds::TIMED_OUT) || text.contains(bounds::CANCELED) {
+            "57014"
+        } else if text.contains("Resources exhausted") {
+            "53200"
+        } else {
+            return;
+        };
+        let message = if code == "53200" {
+            format!(
+                "the query needs more memory than the server's --query-memory allows; \
+                 filter or aggregate more ({})",
+                text.lines().next().unwrap_or_default()
+            )
+        } else {
+            text
+        };
+        *error = PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            code.to_string(),
+            message,
+        )));
     }
 }
 
@@ -220,9 +262,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: Arc<SessionContext>,
     users: PgUsers,
+    limits: bounds::Limits,
 ) -> std::io::Result<()> {
+    let running = Arc::new(bounds::Connections::default());
     let mut hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnly),
+        Arc::new(ReadOnly {
+            running: running.clone(),
+        }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
@@ -234,11 +280,15 @@ pub async fn serve(
     let handlers = Arc::new(Handlers {
         session: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
         users: users.required().then(|| Arc::new(Users(users))),
-        cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+        cancel: Arc::new(Cancels {
+            pgwire: DefaultCancelHandler::new(connections.clone()),
+            running: running.clone(),
+        }),
         connections,
     });
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let (mut socket, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot accept a PostgreSQL connection");
@@ -246,13 +296,53 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(&too_many_connections(limits.max_connections)).await;
+            });
+            continue;
+        };
         let handlers = handlers.clone();
+        let running = running.clone();
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            let connection = Arc::new(bounds::Connection::default());
+            let served = bounds::CONNECTION.scope(
+                connection.clone(),
+                pgwire::tokio::process_socket(socket, None, handlers),
+            );
+            if let Err(e) = served.await {
                 tracing::debug!(error = %e, %peer, "PostgreSQL connection ended with an error");
             }
+            running.forget(&connection);
+            drop(permit);
         });
     }
+}
+
+/// The ErrorResponse PostgreSQL sends a client over its connection limit
+/// (SQLSTATE 53300), sent before the startup message is even read; libpq
+/// and the drivers print its message.
+fn too_many_connections(max: usize) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL".to_string()),
+        (b'V', "FATAL".to_string()),
+        (b'C', "53300".to_string()),
+        (
+            b'M',
+            format!("sorry, too many clients already (the server's --max-connections is {max})"),
+        ),
+    ] {
+        fields.push(tag);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
+    message.extend_from_slice(&fields);
+    message
 }
 
 /// Session variables a client may set for itself. Each is kept per
@@ -345,8 +435,36 @@ fn read_only_error(message: String) -> PgWireError {
 }
 
 /// Refuses every statement but reads, before any other hook or the planner
-/// sees it.
-struct ReadOnly;
+/// sees it; and notes what the connection's queries are bounded by (its
+/// `statement_timeout`, the key its CancelRequests will carry).
+struct ReadOnly {
+    running: Arc<bounds::Connections>,
+}
+
+impl ReadOnly {
+    fn note(&self, statement: &Statement, client: &(dyn ClientInfo + Send + Sync)) {
+        let Ok(connection) = bounds::CONNECTION.try_with(Arc::clone) else {
+            return;
+        };
+        let (pid, secret) = client.pid_and_secret_key();
+        self.running
+            .register((pid, secret.to_bytes().to_vec()), &connection);
+        if let Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) = statement
+        {
+            if variable.to_string().eq_ignore_ascii_case("statement_timeout") {
+                let value = values
+                    .first()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                if let Some(t) = bounds::parse_timeout(&value) {
+                    connection.set_timeout(t);
+                }
+            }
+        }
+    }
+}
 
 /// Why `statement` is refused: by its kind ([`refusal`]), and for a query
 /// by its plan, so a query that writes (`SELECT … INTO` creates a table)
@@ -372,8 +490,9 @@ impl QueryHook for ReadOnly {
         &self,
         statement: &Statement,
         ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.note(statement, &*client);
         refused(statement, ctx)
             .await
             .map(|m| Err(read_only_error(m)))
@@ -383,8 +502,9 @@ impl QueryHook for ReadOnly {
         &self,
         statement: &Statement,
         ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        self.note(statement, client);
         refused(statement, ctx)
             .await
             .map(|m| Err(read_only_error(m)))
@@ -396,8 +516,9 @@ impl QueryHook for ReadOnly {
         _plan: &LogicalPlan,
         _params: &ParamValues,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.note(statement, &*client);
         refusal(statement).map(|m| Err(read_only_error(m)))
     }
 }

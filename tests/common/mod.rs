@@ -590,9 +590,14 @@ pub fn fold_bed_occupancy(path: &Path) -> BTreeMap<(i64, String), [i64; 6]> {
         let mut inside: HashSet<String> = HashSet::new();
         let mut i = 0;
         let mut w = evs[0].0.div_euclid(hour) * hour;
+        let mut last_event = evs[0].0;
+        // The contract's rows are dense; paicha stops a hospital's rows 30
+        // days after its last bed event and resumes them with its next.
+        let quiet = 30 * 24 * hour;
         while w + hour <= end {
             let mut row = [0i64; 6];
             while i < evs.len() && evs[i].0 < w + hour {
+                last_event = evs[i].0;
                 let (_, _, action, arg) = &evs[i];
                 match action.as_str() {
                     "capacity" => beds = arg.as_i64().unwrap(),
@@ -612,6 +617,15 @@ pub fn fold_bed_occupancy(path: &Path) -> BTreeMap<(i64, String), [i64; 6]> {
                     }
                 }
                 i += 1;
+            }
+            if w - last_event > quiet {
+                match evs.get(i) {
+                    Some(next) => {
+                        w = next.0.div_euclid(hour) * hour;
+                        continue;
+                    }
+                    None => break,
+                }
             }
             row[0] = beds;
             row[1] = inside.len() as i64;
