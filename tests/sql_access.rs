@@ -361,6 +361,20 @@ fn passwords_and_tokens_are_required_when_configured() {
     let q = "SELECT COUNT(*) AS n FROM districts";
     assert_eq!(post(&http, None, q).map_err(|e| e.0), Err(401));
     assert_eq!(post(&http, Some("guess"), q).map_err(|e| e.0), Err(401));
+    // The token is checked before the body is read: a client that
+    // announces 100 MB and sends none is refused at once.
+    let mut socket = std::net::TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut socket,
+        b"POST /sql HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\nSELECT",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).expect("an answer before the body");
+    assert_eq!(&head, b"HTTP/1.1 401");
     let (status, body) = post(&http, Some("s3cret-token"), q).expect("token accepted");
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -509,4 +523,124 @@ fn repeated_queries_follow_new_checkpoints_and_volatile_ones_are_never_reused() 
     let a = scalar(&server, "SELECT random()");
     let b = scalar(&server, "SELECT random()");
     assert_ne!(a, b, "a volatile query was answered from the cache");
+}
+
+/// Issue #17's findings, as an analyst would hit them: each hostile query
+/// ends with a clear error, and the server keeps answering.
+const PSYCOPG_BOUNDS: &str = r#"
+import json, sys, threading, time
+import psycopg
+port = sys.argv[1]
+out = {}
+def connect():
+    return psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha", autocommit=True)
+long = "SELECT COUNT(*) FROM generate_series(1, 100000000000) WHERE value > %s"
+with connect() as conn:
+    cur = conn.cursor()
+    # The client's statement_timeout, through the extended protocol.
+    cur.execute("SET statement_timeout = '1s'")
+    started = time.time()
+    try:
+        cur.execute(long, (0,))
+        out["timeout"] = "ran to the end"
+    except psycopg.errors.QueryCanceled as e:
+        out["timeout"] = str(e).splitlines()[0]
+    out["timeout_secs"] = time.time() - started
+    cur.execute("SET statement_timeout = 0")
+    # A CancelRequest from another thread.
+    threading.Timer(1.0, conn.cancel).start()
+    started = time.time()
+    try:
+        cur.execute(long, (0,))
+        out["cancel"] = "ran to the end"
+    except psycopg.errors.QueryCanceled as e:
+        out["cancel"] = str(e).splitlines()[0]
+    out["cancel_secs"] = time.time() - started
+    cur.execute("SELECT 1")
+    out["after"] = cur.fetchone()[0]
+# The connection limit (4): four open, the fifth refused.
+held = [connect() for _ in range(4)]
+try:
+    connect().close()
+    out["fifth"] = "connected"
+except psycopg.OperationalError as e:
+    out["fifth"] = str(e)
+for c in held:
+    c.close()
+print(json.dumps(out))
+"#;
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn hostile_queries_end_with_a_clear_error_and_the_server_stays() {
+    let server = serve(&[
+        "--query-memory",
+        "64MiB",
+        "--query-timeout",
+        "60s",
+        "--max-connections",
+        "4",
+    ]);
+    let http = server.http.clone();
+    // One row, gigabytes of state: refused by the memory pool.
+    let huge = "SELECT cardinality(array_agg(value)) FROM generate_series(1, 100000000)";
+    match post(&http, None, huge) {
+        Err((400, body)) => assert!(body.contains("Resources exhausted"), "{body}"),
+        other => panic!("the huge aggregate was not refused: {other:?}"),
+    }
+    let (ok, text) = psql(&server, "analyst", None, &["-c", huge]);
+    assert!(!ok && text.contains("--query-memory"), "{text}");
+    let peak = peak_rss(server.child.id());
+    assert!(
+        peak < 1 << 30,
+        "the process peaked at {} MiB with a 64 MiB query limit",
+        peak >> 20
+    );
+    // psql's simple protocol honours its statement_timeout.
+    let started = std::time::Instant::now();
+    let (ok, text) = psql(
+        &server,
+        "analyst",
+        None,
+        &[
+            "-c",
+            "SET statement_timeout = '1s'",
+            "-c",
+            "SELECT COUNT(*) FROM generate_series(1, 100000000000)",
+        ],
+    );
+    assert!(!ok && text.contains("statement timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+
+    let out = Command::new("python3")
+        .args(["-c", PSYCOPG_BOUNDS, &server.pg_port.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "psycopg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let says = |k: &str, what: &str| v[k].as_str().is_some_and(|m| m.contains(what));
+    assert!(says("timeout", "statement timeout"), "{v}");
+    assert!(v["timeout_secs"].as_f64().unwrap() < 20.0, "{v}");
+    assert!(says("cancel", "user request"), "{v}");
+    assert!(v["cancel_secs"].as_f64().unwrap() < 20.0, "{v}");
+    assert_eq!(v["after"], 1, "{v}");
+    assert!(says("fifth", "too many clients"), "{v}");
+    // Still serving.
+    let (status, _) = post(&http, None, "SELECT 1").expect("the server answers");
+    assert_eq!(status, 200);
 }

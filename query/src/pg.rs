@@ -298,8 +298,8 @@ pub async fn serve(
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = socket.write_all(&too_many_connections(limits.max_connections)).await;
+                let refuse = refuse_connection(&mut socket, limits.max_connections);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refuse).await;
             });
             continue;
         };
@@ -320,9 +320,31 @@ pub async fn serve(
     }
 }
 
+/// Answers a client over the connection limit as PostgreSQL does: past its
+/// SSL or GSS request (declined) and its startup message, an ErrorResponse.
+async fn refuse_connection(socket: &mut tokio::net::TcpStream, max: usize) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: u32 = 80_877_103;
+    const GSS_REQUEST: u32 = 80_877_104;
+    loop {
+        let len = socket.read_u32().await?;
+        if !(8..=10_000).contains(&len) {
+            break;
+        }
+        let mut rest = vec![0u8; len as usize - 4];
+        socket.read_exact(&mut rest).await?;
+        let code = rest.get(..4).map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        if code == SSL_REQUEST || code == GSS_REQUEST {
+            socket.write_all(b"N").await?;
+            continue;
+        }
+        break;
+    }
+    socket.write_all(&too_many_connections(max)).await
+}
+
 /// The ErrorResponse PostgreSQL sends a client over its connection limit
-/// (SQLSTATE 53300), sent before the startup message is even read; libpq
-/// and the drivers print its message.
+/// (SQLSTATE 53300); libpq and the drivers print its message.
 fn too_many_connections(max: usize) -> Vec<u8> {
     let mut fields = Vec::new();
     for (tag, value) in [
