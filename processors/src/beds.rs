@@ -304,6 +304,20 @@ impl Beds {
         !self.pending.is_empty()
     }
 
+    /// Marks every bed event as pending, so the next write is a full copy
+    /// of the state that replaces every earlier file.
+    pub fn pend_all(&mut self) {
+        self.pending = self
+            .hospitals
+            .iter()
+            .flat_map(|(id, h)| {
+                h.events
+                    .iter()
+                    .map(move |((t, seq), act)| (*t, *seq, *id, *act))
+            })
+            .collect();
+    }
+
     /// Writes the bed events received since the last call.
     pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD);

@@ -107,6 +107,12 @@ impl Confirmations {
         !self.pending.is_empty()
     }
 
+    /// Marks every first report as pending, so the next write is a full
+    /// copy of the state that replaces every earlier file.
+    pub fn pend_all(&mut self) {
+        self.pending = self.firsts.iter().map(|(k, v)| (*k, *v)).collect();
+    }
+
     /// Writes the first reports changed since the last call.
     pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD);

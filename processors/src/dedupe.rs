@@ -82,6 +82,16 @@ impl Dedupe {
         !self.pending.is_empty()
     }
 
+    /// Marks every id held as pending, so the next write is a full copy of
+    /// the state that replaces every earlier file.
+    pub fn pend_all(&mut self) {
+        self.pending = self
+            .days
+            .iter()
+            .flat_map(|(d, ids)| ids.iter().map(move |k| (*d, *k)))
+            .collect();
+    }
+
     /// Loads ids written by [`Dedupe::write_pending`], without marking them
     /// pending.
     pub fn load(&mut self, input: &mut impl Read) -> std::io::Result<usize> {

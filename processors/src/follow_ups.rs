@@ -749,6 +749,23 @@ impl FollowUps {
         !self.pending.is_empty()
     }
 
+    /// Marks every change held as pending, so the next write is a full copy
+    /// of the state that replaces every earlier file.
+    pub fn pend_all(&mut self) {
+        let persons = self
+            .persons
+            .iter()
+            .flat_map(|(p, person)| person.changes.iter().map(move |e| (p, e)));
+        let orphans = self
+            .orphans
+            .iter()
+            .flat_map(|(p, o)| std::iter::once(&o.first).chain(&o.rest).map(move |e| (p, e)));
+        self.pending = persons
+            .chain(orphans)
+            .map(|(p, e)| (e.t, *p, e.district, e.change))
+            .collect();
+    }
+
     /// Writes the changes taken since the last call.
     pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD);

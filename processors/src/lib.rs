@@ -255,6 +255,42 @@ pub struct Stats {
     pub windows: u64,
 }
 
+/// Most files one kind of state is kept in.
+const STATE_FILES_KEPT: usize = 64;
+
+/// See [`Processor::log_sizes`].
+#[derive(Debug, Clone, Copy, Default)]
+struct LogSize {
+    copy: usize,
+    changes: usize,
+}
+
+/// State a processor saves as the changes of each checkpoint.
+trait ChangeLog {
+    fn has_pending(&self) -> bool;
+    /// Makes the next write a full copy of the state.
+    fn pend_all(&mut self);
+    fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()>;
+}
+
+macro_rules! change_log {
+    ($($t:ty),*) => {$(
+        impl ChangeLog for $t {
+            fn has_pending(&self) -> bool {
+                <$t>::has_pending(self)
+            }
+            fn pend_all(&mut self) {
+                <$t>::pend_all(self)
+            }
+            fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+                <$t>::write_pending(self, out).map(|_| ())
+            }
+        }
+    )*};
+}
+
+change_log!(Dedupe, Confirmations, Beds, FollowUps);
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -308,6 +344,10 @@ pub struct Processor {
     /// must keep seeing from memory until each is committed.
     in_flight: VecDeque<(Manifest, Writing)>,
     dirty: bool,
+    /// The bytes of each kind of state's last full copy and of the changes
+    /// written since (dedupe, cases, beds, follow-ups); unknown (zero) after
+    /// a restart, so the first checkpoint writes full copies.
+    log_sizes: [LogSize; 4],
     stats: Stats,
 }
 
@@ -344,6 +384,7 @@ impl Processor {
             writer: Writer::start(store.clone())?,
             in_flight: VecDeque::new(),
             dirty: false,
+            log_sizes: [LogSize::default(); 4],
             stats: Stats::default(),
             cfg,
             registry,
@@ -896,41 +937,55 @@ impl Processor {
             dead_letters::batch,
         )?;
 
-        // State changed since the last checkpoint, one file per kind.
+        // State changed since the last checkpoint, one file per kind; a
+        // full copy instead once the changes outweigh the last copy (or are
+        // too many files), which retires every earlier file. So a kind's
+        // files never pass STATE_FILES_KEPT nor twice its state's size, and
+        // each byte of state is rewritten a bounded number of times.
+        let now_secs = unix_now();
         let mut save = |list: &mut Vec<String>,
+                        retired: &mut Vec<store::Retired>,
+                        size: &mut LogSize,
                         name: &str,
-                        pending: bool,
-                        write: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>|
+                        log: &mut dyn ChangeLog|
          -> Result<()> {
-            if pending {
-                let rel = format!("_paicha/state/{name}-{seq:010}.bin");
-                let mut buf = Vec::new();
-                write(&mut buf)?;
-                list.push(rel.clone());
-                files.push((rel, Content::Bytes(buf)));
+            if !log.has_pending() {
+                return Ok(());
             }
+            let mut buf = Vec::new();
+            log.write_pending(&mut buf)?;
+            let full = list.len() + 1 >= STATE_FILES_KEPT
+                || size.changes.saturating_add(buf.len()) > size.copy;
+            if full {
+                buf.clear();
+                log.pend_all();
+                log.write_pending(&mut buf)?;
+                retired.extend(list.drain(..).map(|path| store::Retired {
+                    path,
+                    since: now_secs,
+                }));
+                *size = LogSize {
+                    copy: buf.len(),
+                    changes: 0,
+                };
+            } else {
+                size.changes += buf.len();
+            }
+            let rel = format!("_paicha/state/{name}-{seq:010}.bin");
+            list.push(rel.clone());
+            files.push((rel, Content::Bytes(buf)));
             Ok(())
         };
-        save(
-            &mut m.dedupe,
-            "dedupe",
-            self.dedupe.has_pending(),
-            &mut |b| self.dedupe.write_pending(b).map(|_| ()),
-        )?;
-        save(
-            &mut m.cases,
-            "cases",
-            self.confirmations.has_pending(),
-            &mut |b| self.confirmations.write_pending(b),
-        )?;
-        save(&mut m.beds, "beds", self.beds.has_pending(), &mut |b| {
-            self.beds.write_pending(b)
-        })?;
+        let sizes = &mut self.log_sizes;
+        save(&mut m.dedupe, &mut m.retired, &mut sizes[0], "dedupe", &mut self.dedupe)?;
+        save(&mut m.cases, &mut m.retired, &mut sizes[1], "cases", &mut self.confirmations)?;
+        save(&mut m.beds, &mut m.retired, &mut sizes[2], "beds", &mut self.beds)?;
         save(
             &mut m.follow_ups,
+            &mut m.retired,
+            &mut sizes[3],
             "follow-ups",
-            self.follow_ups.has_pending(),
-            &mut |b| self.follow_ups.write_pending(b),
+            &mut self.follow_ups,
         )?;
         m.bed_final_until = self.beds.final_until();
         self.detect();
@@ -959,7 +1014,6 @@ impl Processor {
             })
             .collect();
         m.watermark = (watermark != i64::MIN).then_some(watermark);
-        let now_secs = unix_now();
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs);
         self.manifest = m.clone();

@@ -234,7 +234,7 @@ fn raw_table(source: Source) -> &'static str {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn any_valid_events_survive_processing_restore_and_sql(
