@@ -40,6 +40,25 @@ macro_rules! say {
 /// embedded cluster: well under the 5 MiB librdkafka's mock cluster keeps.
 const EMBEDDED_IN_FLIGHT_BYTES: i64 = 2 << 20;
 
+/// The runtime SQL queries run on: one thread fewer than the machine has
+/// (at least one), so however many queries run, a core is left to the
+/// consumer, the processors and the ingest gateway. One per process, for
+/// its life.
+fn query_runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static QUERIES: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = QUERIES.get() {
+        return Ok(rt);
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.saturating_sub(1).max(1))
+        .thread_name("paicha-sql")
+        .enable_all()
+        .build()
+        .context("cannot start the query runtime")?;
+    Ok(QUERIES.get_or_init(|| rt))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -292,6 +311,7 @@ fn serve_sql(
         }),
         max_connections: access.max_connections as usize,
     };
+    let queries = query_runtime()?;
     let ctx = Arc::new(rt.block_on(paicha_query::open_bounded(
         data,
         live.as_ref(),
@@ -307,6 +327,7 @@ fn serve_sql(
             limits,
             extra: serving.gateway.clone().map(Gateway::router),
             ready: serving.ready.clone(),
+            queries: Some(queries.handle().clone()),
         };
         rt.spawn(async move {
             if let Err(e) = paicha_query::http::serve(listener, state).await {
@@ -326,7 +347,16 @@ fn serve_sql(
             "no password"
         };
         let ctx = ctx.clone();
-        rt.spawn(async move {
+        // The wire serves only SQL: all of it on the queries' runtime.
+        let listener = listener.into_std()?;
+        queries.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "PostgreSQL server stopped");
+                    return;
+                }
+            };
             if let Err(e) = paicha_query::pg::serve(listener, ctx, users, limits).await {
                 tracing::error!(error = %e, "PostgreSQL server stopped");
             }

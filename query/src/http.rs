@@ -53,6 +53,9 @@ pub struct HttpState {
     /// Set once the instance serves what it should: for `run`, once it has
     /// its partition tasks from the consumer group (`GET /readyz`).
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The runtime queries run on, apart from the one serving the port (and
+    /// the ingest gateway on it); `None`: the port's own.
+    pub queries: Option<tokio::runtime::Handle>,
 }
 
 struct Shared {
@@ -209,12 +212,21 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
         )
     };
 
-    let planned = tokio::time::timeout_at(deadline, async {
-        let df = crate::plan(&state.ctx, text).await?;
+    let ctx = state.ctx.clone();
+    let text = text.to_string();
+    let run = async move {
+        let df = crate::plan(&ctx, &text).await?;
         // One row past the limit tells a full result from a cut one.
         let df = df.limit(0, Some(limits.max_rows.saturating_add(1)))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await?;
+        anyhow::Ok((schema, df.execute_stream().await?))
+    };
+    let planned = tokio::time::timeout_at(deadline, async {
+        let (schema, stream) = match &state.queries {
+            Some(queries) => on_runtime(queries, run).await?,
+            None => run.await?,
+        };
+        let mut stream = stream;
         let first = stream.next().await.transpose()?;
         anyhow::Ok((schema, stream, first))
     })
@@ -238,6 +250,50 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     };
     let body = Body::from_stream(rows(head, first, stream, encoder, limits, deadline, permit));
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Plans and runs a query on `queries`, a runtime of its own: its batches
+/// come back through a channel of one, so the query computes no further
+/// ahead than the client reads, and stops (its tasks dropped) when the
+/// client goes.
+async fn on_runtime(
+    queries: &tokio::runtime::Handle,
+    run: impl std::future::Future<Output = anyhow::Result<(SchemaRef, SendableRecordBatchStream)>>
+        + Send
+        + 'static,
+) -> anyhow::Result<(SchemaRef, SendableRecordBatchStream)> {
+    let (started, planned) = tokio::sync::oneshot::channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    queries.spawn(async move {
+        let mut stream = match run.await {
+            Ok((schema, stream)) => {
+                if started.send(Ok(schema)).is_err() {
+                    return;
+                }
+                stream
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let schema = planned
+        .await
+        .map_err(|_| anyhow::anyhow!("the query stopped before it started"))??;
+    let batches = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (b, rx))
+    });
+    let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+        schema.clone(),
+        batches,
+    );
+    Ok((schema, Box::pin(stream)))
 }
 
 /// The response body: `head`, the encoded batches (`first`, then the rest
