@@ -17,6 +17,13 @@
 //! `SELECT COUNT(*) FROM checkpoint_events WHERE event_id = …` every 5 ms
 //! until it answers 1. Prints p50/p90/p99/max of produce-to-visible and the
 //! rate the pipeline actually consumed meanwhile.
+//!
+//! With `PAICHA_HOSTILE_CLIENTS=N` (issue #17's load test), N clients run
+//! hostile queries the whole time (a huge aggregate, a cross join of raw
+//! tables, a long scan, an endless count, `SELECT … INTO`: 3 of 4 over
+//! HTTP, 1 of 4 with psql), paicha runs with `--query-memory 1GiB
+//! --query-timeout 10s`, and the run also prints how each kind of query
+//! ended and paicha's peak RSS.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -56,7 +63,19 @@ fn main() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let pg_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let http = format!("127.0.0.1:{port}");
+    let hostile: usize = std::env::var("PAICHA_HOSTILE_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bounds: &[&str] = if hostile > 0 {
+        &["--query-memory", "1GiB", "--query-timeout", "10s"]
+    } else {
+        &[]
+    };
     let mut child = Command::new(&bin)
         .args([
             "run",
@@ -67,8 +86,9 @@ fn main() -> Result<()> {
             "--http",
             &http,
             "--pg",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{pg_port}"),
         ])
+        .args(bounds)
         .arg("--data")
         .arg(data.path().join("data"))
         .env("PAICHA_HMAC_KEY", "bench")
@@ -96,6 +116,23 @@ fn main() -> Result<()> {
         .set("partitioner", &partitioner)
         .create()?;
     std::thread::sleep(Duration::from_secs(10));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..hostile)
+        .map(|i| {
+            let (stop, http) = (stop.clone(), http.clone());
+            std::thread::spawn(move || hostile_client(i, &http, pg_port, &stop))
+        })
+        .collect();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = {
+        let (stop, peak, pid) = (stop.clone(), peak.clone(), child.id());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     let sql = format!("http://{http}/sql");
     let (c0, t0) = (consumed(&http)?, Instant::now());
     let mut took = Vec::with_capacity(probes);
@@ -128,6 +165,15 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let achieved = (consumed(&http)? - c0) / t0.elapsed().as_secs_f64();
+    let lag = metric_sum(&http, "paicha_kafka_consumer_lag")?;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watch.join();
+    let mut ended: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in clients {
+        for (k, n) in c.join().unwrap_or_default() {
+            *ended.entry(k).or_default() += n;
+        }
+    }
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     took.sort();
@@ -140,5 +186,118 @@ fn main() -> Result<()> {
         pct(0.99),
         took[took.len() - 1]
     );
+    if hostile > 0 {
+        println!(
+            "{hostile} hostile clients; peak RSS {} MiB; consumer lag at the end {lag:.0} messages",
+            peak.load(std::sync::atomic::Ordering::Acquire) >> 20
+        );
+        for (k, n) in ended {
+            println!("  {n:>5}  {k}");
+        }
+    }
     Ok(())
+}
+
+fn metric_sum(http: &str, name: &str) -> Result<f64> {
+    let text = ureq::get(&format!("http://{http}/metrics"))
+        .call()?
+        .into_string()?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+const HOSTILE: [(&str, &str); 5] = [
+    (
+        "huge aggregate",
+        "SELECT cardinality(array_agg(value)) FROM generate_series(1, 100000000)",
+    ),
+    (
+        "cross join of raw tables",
+        "SELECT COUNT(*) FROM checkpoint_events a CROSS JOIN door_visits b",
+    ),
+    ("long scan", "SELECT * FROM door_visits ORDER BY event_time"),
+    (
+        "endless count",
+        "SELECT COUNT(*) FROM generate_series(1, 100000000000)",
+    ),
+    ("SELECT INTO", "SELECT 1 AS x INTO paicha_leak"),
+];
+
+/// Runs the hostile queries in turn until `stop`; how each ended, counted.
+fn hostile_client(
+    i: usize,
+    http: &str,
+    pg_port: u16,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(String, usize)> {
+    let mut ended: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut n = i;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let (kind, sql) = HOSTILE[n % HOSTILE.len()];
+        n += 1;
+        let outcome = if i % 4 == 3 {
+            let out = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])
+                .args(["-U", "analyst", "-d", "paicha", "-X", "-q", "-c", sql])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => "completed".to_string(),
+                Ok(o) => {
+                    let e = String::from_utf8_lossy(&o.stderr);
+                    format!("psql error: {}", class(&e))
+                }
+                Err(e) => format!("psql not run: {e}"),
+            }
+        } else {
+            let r = ureq::post(&format!("http://{http}/sql"))
+                .timeout(Duration::from_secs(120))
+                .send_string(sql);
+            match r {
+                Ok(resp) => match resp.into_string() {
+                    Ok(_) => "completed".to_string(),
+                    Err(e) => format!("HTTP cut off: {}", class(&e.to_string())),
+                },
+                Err(ureq::Error::Status(code, resp)) => {
+                    let body = resp.into_string().unwrap_or_default();
+                    format!("HTTP {code}: {}", class(&body))
+                }
+                Err(e) => format!("HTTP failed: {}", class(&e.to_string())),
+            }
+        };
+        *ended.entry(format!("{kind}: {outcome}")).or_default() += 1;
+    }
+    ended.into_iter().collect()
+}
+
+/// The kind of error a message names, without its details.
+fn class(message: &str) -> &'static str {
+    let m = message.to_lowercase();
+    if m.contains("resources exhausted") || m.contains("query-memory") {
+        "memory limit"
+    } else if m.contains("timeout") || m.contains("cut off") {
+        "timeout"
+    } else if m.contains("read-only") {
+        "read-only"
+    } else if m.contains("more than") && m.contains("rows") {
+        "row limit"
+    } else if m.contains("concurrent") {
+        "concurrency limit"
+    } else {
+        "other"
+    }
 }
