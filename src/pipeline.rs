@@ -365,7 +365,7 @@ pub fn consume(
     let mut end_checked = Instant::now();
     let mut stage_ends: Option<(&str, Ends)> = None;
     let mut failed_forwards = 0;
-    let mut crashes = Crashes::load(&cfg.data)?;
+    let mut crashes = Crashes::load(&cfg.data, decoder.pseudonymizer())?;
     let mut test_crash = TestCrash::new(cfg.crash_on.as_deref());
     // A panic leaves the state half updated: it is remembered, nothing is
     // committed, and the pipeline stops for its supervisor to restart it.
@@ -373,19 +373,17 @@ pub fn consume(
         consumer.context().crashed.store(true, Ordering::Release);
         crashes.crashed(what, panic)
     };
-    let since_checkpoint = |tasks: &Tasks| -> Vec<Crash> {
-        let durable = tasks.durable_positions();
-        let ranges = tasks.positions().into_iter().map(|((topic, partition), to)| {
-            let from = durable.get(&(topic.clone(), partition)).copied().unwrap_or(0);
-            Crash {
-                topic,
-                partition,
-                from,
-                to,
-                digest: None,
-            }
-        });
-        ranges.filter(|c| c.to > c.from).collect()
+    // Work on every task at once (a checkpoint, publishing): a panic in it
+    // cannot name its message, so everything since the last checkpoint on
+    // disk is suspect.
+    let at_checkpoint = |guard: &mut Tasks,
+                         crashes: &mut Crashes,
+                         work: &mut dyn FnMut(&mut Tasks) -> Result<()>|
+     -> Result<()> {
+        match catch_unwind(AssertUnwindSafe(|| work(guard))) {
+            Ok(r) => r,
+            Err(panic) => Err(crashed(crashes, since_checkpoint(guard), panic)),
+        }
     };
     loop {
         if shutdown.load(Ordering::Acquire) {
@@ -407,6 +405,16 @@ pub fn consume(
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 let payload = msg.payload().unwrap_or_default();
                 let verdict = crashes.verdict(topic, partition, offset, payload);
+                let pinned = vec![crashes.at(topic, partition, offset, payload)];
+                if verdict == Verdict::Isolate && guard.get_mut(partition).is_some() {
+                    // Suspected: everything before it checkpointed first, so
+                    // that the checkpoint after it holds it alone.
+                    kafka::finish(forwarder, forwarded)?;
+                    at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
+                        checkpoint(tasks, metrics, false)?;
+                        tasks.iter_mut().try_for_each(|(_, t)| t.settle_writes())
+                    })?;
+                }
                 // Only a partition with its task open is ever assigned.
                 if let Some(processor) = guard.get_mut(partition) {
                     if verdict == Verdict::Poison {
@@ -428,14 +436,13 @@ pub fn consume(
                                 &mut summary,
                             )
                         }));
-                        let pinned = || vec![Crash::at(topic, partition, offset, payload)];
                         match handled {
                             Ok(r) => r?,
-                            Err(panic) => return Err(crashed(&mut crashes, pinned(), panic)),
+                            Err(panic) => return Err(crashed(&mut crashes, pinned, panic)),
                         }
                         if verdict == Verdict::Isolate {
-                            // Suspected: checkpointed alone, so a crash that
-                            // shows only at a checkpoint is pinned to it.
+                            // Checkpointed alone, so a crash that shows only
+                            // at a checkpoint is pinned to it.
                             kafka::finish(forwarder, forwarded)?;
                             let alone = catch_unwind(AssertUnwindSafe(|| {
                                 test_crash.checkpointing();
@@ -445,7 +452,7 @@ pub fn consume(
                             }));
                             match alone {
                                 Ok(r) => r?,
-                                Err(panic) => return Err(crashed(&mut crashes, pinned(), panic)),
+                                Err(panic) => return Err(crashed(&mut crashes, pinned, panic)),
                             }
                             crashes.settle(&guard.durable_positions())?;
                         }
@@ -463,32 +470,20 @@ pub fn consume(
         if last_checkpoint.elapsed() >= cfg.checkpoint_interval
             && delivered(forwarder, forwarded, &mut failed_forwards)?
         {
-            let done = catch_unwind(AssertUnwindSafe(|| {
+            at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
                 test_crash.checkpointing();
-                checkpoint(&mut guard, metrics, false)?;
-                observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)
-            }));
-            match done {
-                Ok(r) => r?,
-                Err(panic) => {
-                    let range = since_checkpoint(&guard);
-                    return Err(crashed(&mut crashes, range, panic));
-                }
-            }
+                checkpoint(tasks, metrics, false)?;
+                observe(tasks, metrics, &consumer, dlq, &mut lag_checked)
+            })?;
             if !crashes.is_empty() {
                 crashes.settle(&guard.durable_positions())?;
             }
             last_checkpoint = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
-            let done = catch_unwind(AssertUnwindSafe(|| publish(&mut guard, &cfg.live)));
-            match done {
-                Ok(r) => r?,
-                Err(panic) => {
-                    let range = since_checkpoint(&guard);
-                    return Err(crashed(&mut crashes, range, panic));
-                }
-            }
+            at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
+                publish(tasks, &cfg.live)
+            })?;
             last_publish = Instant::now();
         }
         if let Some(end) = &end {
@@ -526,7 +521,7 @@ pub fn consume(
     kafka::finish(forwarder, forwarded)?;
     kafka::finish(dlq, dlq_counter)?;
     let mut guard = lock(&tasks)?;
-    let last = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+    at_checkpoint(&mut guard, &mut crashes, &mut |guard| {
         if end.is_some() {
             // The end of a replay: every task's clock stands at the highest
             // event time of the whole input.
@@ -536,11 +531,11 @@ pub fn consume(
             }
         }
         test_crash.checkpointing();
-        checkpoint(&mut guard, metrics, end.is_some())?;
+        checkpoint(guard, metrics, end.is_some())?;
         for (_, task) in guard.iter_mut() {
             task.settle_writes()?;
         }
-        observe(&mut guard, metrics, &consumer, dlq, &mut lag_checked)?;
+        observe(guard, metrics, &consumer, dlq, &mut lag_checked)?;
         kafka::finish(dlq, dlq_counter)?;
         if end.is_some() {
             // A finished replay leaves one file per table per day.
@@ -548,15 +543,8 @@ pub fn consume(
                 task.compact_all()?;
             }
         }
-        publish(&mut guard, &cfg.live)
-    }));
-    match last {
-        Ok(r) => r?,
-        Err(panic) => {
-            let range = since_checkpoint(&guard);
-            return Err(crashed(&mut crashes, range, panic));
-        }
-    }
+        publish(guard, &cfg.live)
+    })?;
     if !crashes.is_empty() {
         crashes.settle(&guard.durable_positions())?;
     }
@@ -1030,6 +1018,28 @@ fn handle(
     Ok(())
 }
 
+/// The offsets consumed since each task's last checkpoint on disk.
+fn since_checkpoint(tasks: &Tasks) -> Vec<Crash> {
+    let durable = tasks.durable_positions();
+    let ranges = tasks
+        .positions()
+        .into_iter()
+        .map(|((topic, partition), to)| {
+            let from = durable
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            Crash {
+                topic,
+                partition,
+                from,
+                to,
+                digest: None,
+            }
+        });
+    ranges.filter(|c| c.to > c.from).collect()
+}
+
 /// Sets aside a message that crashed processing twice: its bytes go to the
 /// dead-letter topic as `poison` (naming where it first arrived), and its
 /// offset counts as processed.
@@ -1067,7 +1077,9 @@ fn poison(
             topic: origin.topic.clone(),
             partition: Some(origin.partition),
             offset: origin.offset,
-            line: 0,
+            // The whole message, not one of its lines: its own dead-letter
+            // id, apart from a line 0 refused by an earlier attempt.
+            line: -1,
         };
         kafka::send(
             dlq,
@@ -1116,7 +1128,10 @@ impl TestCrash {
 
     fn handling(&mut self, payload: &[u8]) {
         let Some(needle) = &self.needle else { return };
-        if payload.windows(needle.len()).any(|w| w == needle.as_slice()) {
+        if payload
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+        {
             assert!(self.at_checkpoint, "test crash while handling a message");
             self.armed = true;
         }

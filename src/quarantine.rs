@@ -36,17 +36,6 @@ pub struct Crash {
 }
 
 impl Crash {
-    /// A crash pinned to one message.
-    pub fn at(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Self {
-        Crash {
-            topic: topic.to_string(),
-            partition,
-            from: offset,
-            to: offset.saturating_add(1),
-            digest: Some(xxhash_rust::xxh3::xxh3_64(payload)),
-        }
-    }
-
     fn holds(&self, topic: &str, partition: i32, offset: i64) -> bool {
         self.topic == topic && self.partition == partition && (self.from..self.to).contains(&offset)
     }
@@ -68,11 +57,15 @@ pub enum Verdict {
 pub struct Crashes {
     path: PathBuf,
     records: Vec<Crash>,
+    /// Keys the payload digests with the deployment's secret: a payload may
+    /// hold raw ids, and an unkeyed hash of one would let guesses be tested.
+    seed: u64,
 }
 
 impl Crashes {
     /// The crashes remembered under `data` (none if the file is absent).
-    pub fn load(data: &Path) -> Result<Self> {
+    pub fn load(data: &Path, key: &paicha_ingest::pseudonym::Pseudonymizer) -> Result<Self> {
+        let seed = xxhash_rust::xxh3::xxh3_64(key.key("paicha crash digest").as_bytes());
         let path = data.join("_paicha").join("crashes.json");
         let records = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -80,7 +73,26 @@ impl Crashes {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Ok(Crashes { path, records })
+        Ok(Crashes {
+            path,
+            records,
+            seed,
+        })
+    }
+
+    /// A crash pinned to one message.
+    pub fn at(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Crash {
+        Crash {
+            topic: topic.to_string(),
+            partition,
+            from: offset,
+            to: offset.saturating_add(1),
+            digest: Some(self.digest(payload)),
+        }
+    }
+
+    fn digest(&self, payload: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(payload, self.seed)
     }
 
     /// Whether any message is under suspicion.
@@ -98,7 +110,7 @@ impl Crashes {
         if held.is_empty() {
             return Verdict::Process;
         }
-        let digest = xxhash_rust::xxh3::xxh3_64(payload);
+        let digest = self.digest(payload);
         let pinned = held.iter().any(|c| c.digest == Some(digest));
         if pinned && held.len() >= 2 {
             Verdict::Poison
@@ -119,6 +131,13 @@ impl Crashes {
             [c] if c.digest.is_some() => format!("{}/{}@{}", c.topic, c.partition, c.from),
             _ => "a checkpoint".to_string(),
         };
+        if what.is_empty() {
+            // Nothing consumed since the last checkpoint on disk: no input
+            // to suspect; the restart starts from that checkpoint.
+            return anyhow::anyhow!(
+                "processing crashed at {at} ({message}) with no message since the last checkpoint"
+            );
+        }
         let crashes_here = what
             .first()
             .map_or(0, |c| self.count(&c.topic, c.partition, c.from))
@@ -181,7 +200,8 @@ mod tests {
     #[test]
     fn a_message_is_poison_after_two_crashes_one_pinned_to_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Crashes::load(dir.path()).unwrap();
+        let key = paicha_ingest::pseudonym::Pseudonymizer::new(b"key");
+        let mut c = Crashes::load(dir.path(), &key).unwrap();
         let t = "screening.checkpoint";
         assert_eq!(c.verdict(t, 0, 7, b"x"), Verdict::Process);
         // A checkpoint crash: every message since the last checkpoint.
@@ -201,9 +221,9 @@ mod tests {
         assert_eq!(c.verdict(t, 0, 7, b"x"), Verdict::Isolate);
         // Pinned: the same bytes are poison, others (a new cluster's
         // message at that offset) only suspected.
-        let e = c.crashed(vec![Crash::at(t, 0, 7, b"x")], Box::new("boom".to_string()));
+        let e = c.crashed(vec![c.at(t, 0, 7, b"x")], Box::new("boom".to_string()));
         assert!(e.to_string().contains("poison"), "{e}");
-        let again = Crashes::load(dir.path()).unwrap();
+        let again = Crashes::load(dir.path(), &key).unwrap();
         assert_eq!(again.verdict(t, 0, 7, b"x"), Verdict::Poison);
         assert_eq!(again.verdict(t, 0, 7, b"y"), Verdict::Isolate);
         // Once a checkpoint on disk is past them, they are forgotten.
@@ -212,6 +232,6 @@ mod tests {
             .settle(&BTreeMap::from([((t.to_string(), 0), 9)]))
             .unwrap();
         assert!(again.is_empty());
-        assert!(Crashes::load(dir.path()).unwrap().is_empty());
+        assert!(Crashes::load(dir.path(), &key).unwrap().is_empty());
     }
 }

@@ -306,9 +306,11 @@ fn serve_sql(
         timeout: access.query_timeout,
         max_rows: access.max_rows,
         max_concurrent: access.max_concurrent_queries as usize,
-        memory: access.query_memory.map_or_else(paicha_query::bounds::default_query_memory, |m| {
-            usize::try_from(m).unwrap_or(usize::MAX)
-        }),
+        memory: access
+            .query_memory
+            .map_or_else(paicha_query::bounds::default_query_memory, |m| {
+                usize::try_from(m).unwrap_or(usize::MAX)
+            }),
         max_connections: access.max_connections as usize,
     };
     let queries = query_runtime()?;

@@ -166,10 +166,14 @@ fn a_message_that_crashes_twice_is_dead_lettered_as_poison() {
                 .spawn()
                 .unwrap();
             let mut stopped = None;
-            wait_for("paicha stops on the crash", Duration::from_secs(300), || {
-                stopped = child.try_wait().unwrap();
-                stopped.is_some()
-            });
+            wait_for(
+                "paicha stops on the crash",
+                Duration::from_secs(300),
+                || {
+                    stopped = child.try_wait().unwrap();
+                    stopped.is_some()
+                },
+            );
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
             assert!(!stopped.unwrap().success(), "{spec}: {err}");

@@ -373,7 +373,9 @@ fn passwords_and_tokens_are_required_when_configured() {
     )
     .unwrap();
     let mut head = [0u8; 12];
-    socket.read_exact(&mut head).expect("an answer before the body");
+    socket
+        .read_exact(&mut head)
+        .expect("an answer before the body");
     assert_eq!(&head, b"HTTP/1.1 401");
     let (status, body) = post(&http, Some("s3cret-token"), q).expect("token accepted");
     assert_eq!(status, 200);

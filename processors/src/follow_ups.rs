@@ -756,10 +756,11 @@ impl FollowUps {
             .persons
             .iter()
             .flat_map(|(p, person)| person.changes.iter().map(move |e| (p, e)));
-        let orphans = self
-            .orphans
-            .iter()
-            .flat_map(|(p, o)| std::iter::once(&o.first).chain(&o.rest).map(move |e| (p, e)));
+        let orphans = self.orphans.iter().flat_map(|(p, o)| {
+            std::iter::once(&o.first)
+                .chain(&o.rest)
+                .map(move |e| (p, e))
+        });
         self.pending = persons
             .chain(orphans)
             .map(|(p, e)| (e.t, *p, e.district, e.change))

@@ -255,8 +255,9 @@ pub struct Stats {
     pub windows: u64,
 }
 
-/// Most files one kind of state is kept in.
-const STATE_FILES_KEPT: usize = 64;
+/// Most files one kind of state is kept in: at the default 2 s interval a
+/// forced full copy every 8 or so minutes at most.
+const STATE_FILES_KEPT: usize = 256;
 
 /// See [`Processor::log_sizes`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -977,9 +978,27 @@ impl Processor {
             Ok(())
         };
         let sizes = &mut self.log_sizes;
-        save(&mut m.dedupe, &mut m.retired, &mut sizes[0], "dedupe", &mut self.dedupe)?;
-        save(&mut m.cases, &mut m.retired, &mut sizes[1], "cases", &mut self.confirmations)?;
-        save(&mut m.beds, &mut m.retired, &mut sizes[2], "beds", &mut self.beds)?;
+        save(
+            &mut m.dedupe,
+            &mut m.retired,
+            &mut sizes[0],
+            "dedupe",
+            &mut self.dedupe,
+        )?;
+        save(
+            &mut m.cases,
+            &mut m.retired,
+            &mut sizes[1],
+            "cases",
+            &mut self.confirmations,
+        )?;
+        save(
+            &mut m.beds,
+            &mut m.retired,
+            &mut sizes[2],
+            "beds",
+            &mut self.beds,
+        )?;
         save(
             &mut m.follow_ups,
             &mut m.retired,

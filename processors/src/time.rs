@@ -156,7 +156,10 @@ mod tests {
                 assert_eq!(date32(day), d);
             }
         }
-        assert_eq!(from_date32(-1), NaiveDate::from_ymd_opt(1969, 12, 31).unwrap());
+        assert_eq!(
+            from_date32(-1),
+            NaiveDate::from_ymd_opt(1969, 12, 31).unwrap()
+        );
         let w = Windows::new(HOUR_MICROS);
         let c = Calendar::default();
         for t in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
@@ -164,7 +167,10 @@ mod tests {
             let _ = (w.end(w.start(t)), c.day(t), c.day_bounds(t));
             let _ = c.day_end(c.day(t));
         }
-        assert_eq!(c.day_end(NaiveDate::MAX), i64::MAX.min(c.day_end(NaiveDate::MAX)));
+        assert_eq!(
+            c.day_end(NaiveDate::MAX),
+            i64::MAX.min(c.day_end(NaiveDate::MAX))
+        );
     }
 
     fn micros(s: &str) -> i64 {

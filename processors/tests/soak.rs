@@ -163,10 +163,9 @@ fn files_manifest_checkpoint_and_restart_stay_flat_over_uptime() {
     for (c, f, m, ck, r) in &samples {
         eprintln!("{c:>11}  {f:>11}  {m:>14}  {ck:>13.2}  {r:>10.1}");
     }
-    // State files: never more than STATE_FILES_KEPT (64) per kind plus
-    // the retired ones awaiting deletion.
+    // State files: never more than STATE_FILES_KEPT (256) per kind.
     for (c, f, ..) in &samples {
-        assert!(*f <= 4 * 64, "{f} state files after {c} checkpoints");
+        assert!(*f <= 4 * 256, "{f} state files after {c} checkpoints");
     }
     // The manifest lists a file per table per day: flat once the days of
     // data stop growing faster than compaction merges them.

@@ -571,9 +571,11 @@ impl Results {
             // Counted once per result: the first caller to finish decides.
             let kept = g.results.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell));
             if kept && g.counted.insert(key.to_string()) {
-                if bytes > RESULT_BYTES_KEPT || g.bytes.saturating_add(bytes) > RESULTS_BYTES_KEPT
-                {
+                if bytes > RESULT_BYTES_KEPT || g.bytes.saturating_add(bytes) > RESULTS_BYTES_KEPT {
+                    // Not kept: the next run computes again, and is
+                    // weighed again.
                     g.results.remove(key);
+                    g.counted.remove(key);
                 } else {
                     g.bytes += bytes;
                 }

@@ -120,6 +120,9 @@ pub const MAX_SQL_BYTES: usize = 1 << 20;
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::io::Result<()> {
     let max = state.limits.max_connections.max(1);
     let open = Arc::new(Semaphore::new(max));
+    // Clients told they are too many, at once: past these, a connection is
+    // just closed, so a flood cannot hold descriptors the pipeline needs.
+    let refusing = Arc::new(Semaphore::new(64));
     let service = hyper_util::service::TowerToHyperService::new(router(state));
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -131,8 +134,12 @@ pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::
             }
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
+            let Ok(refusal) = refusing.clone().try_acquire_owned() else {
+                continue;
+            };
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
+                let _refusal = refusal;
                 let mut socket = socket;
                 let body = format!(
                     "{{\"error\":\"too many connections: the server's --max-connections is {max}\"}}\n"
@@ -142,7 +149,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::
                      connection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = socket.write_all(response.as_bytes()).await;
+                let write = socket.write_all(response.as_bytes());
+                let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
             });
             continue;
         };
@@ -223,7 +231,7 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     };
     let planned = tokio::time::timeout_at(deadline, async {
         let (schema, stream) = match &state.queries {
-            Some(queries) => on_runtime(queries, run).await?,
+            Some(queries) => on_runtime(queries, run, deadline).await?,
             None => run.await?,
         };
         let mut stream = stream;
@@ -255,15 +263,18 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
 /// Plans and runs a query on `queries`, a runtime of its own: its batches
 /// come back through a channel of one, so the query computes no further
 /// ahead than the client reads, and stops (its tasks dropped) when the
-/// client goes.
+/// client goes or stops reading past the deadline. The last message says
+/// the result is whole: a channel closed without it (the query's task
+/// panicked) ends the response as cut off, never as complete.
 async fn on_runtime(
     queries: &tokio::runtime::Handle,
     run: impl std::future::Future<Output = anyhow::Result<(SchemaRef, SendableRecordBatchStream)>>
         + Send
         + 'static,
+    deadline: Instant,
 ) -> anyhow::Result<(SchemaRef, SendableRecordBatchStream)> {
     let (started, planned) = tokio::sync::oneshot::channel();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Option<datafusion::error::Result<RecordBatch>>>(1);
     queries.spawn(async move {
         let mut stream = match run.await {
             Ok((schema, stream)) => {
@@ -278,21 +289,31 @@ async fn on_runtime(
             }
         };
         while let Some(batch) = stream.next().await {
-            if tx.send(batch).await.is_err() {
+            let sent = tokio::time::timeout_at(deadline, tx.send(Some(batch))).await;
+            if !matches!(sent, Ok(Ok(()))) {
                 return;
             }
         }
+        let _ = tokio::time::timeout_at(deadline, tx.send(None)).await;
     });
     let schema = planned
         .await
         .map_err(|_| anyhow::anyhow!("the query stopped before it started"))??;
-    let batches = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (b, rx))
+    let batches = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Some(batch)) => Some((batch, Some(rx))),
+            Some(None) => None,
+            None => Some((
+                Err(datafusion::error::DataFusionError::Execution(
+                    "the query stopped before its end".into(),
+                )),
+                None,
+            )),
+        }
     });
-    let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-        schema.clone(),
-        batches,
-    );
+    let stream =
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema.clone(), batches);
     Ok((schema, Box::pin(stream)))
 }
 

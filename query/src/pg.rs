@@ -287,6 +287,9 @@ pub async fn serve(
         connections,
     });
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // Clients told they are too many, at once: past these, a connection is
+    // just closed, so a flood cannot hold descriptors the pipeline needs.
+    let refusing = Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let (mut socket, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -297,10 +300,13 @@ pub async fn serve(
             }
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let refuse = refuse_connection(&mut socket, limits.max_connections);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refuse).await;
-            });
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let refuse = refuse_connection(&mut socket, limits.max_connections);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refuse).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         let handlers = handlers.clone();
@@ -333,7 +339,9 @@ async fn refuse_connection(socket: &mut tokio::net::TcpStream, max: usize) -> st
         }
         let mut rest = vec![0u8; len as usize - 4];
         socket.read_exact(&mut rest).await?;
-        let code = rest.get(..4).map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let code = rest
+            .get(..4)
+            .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         if code == SSL_REQUEST || code == GSS_REQUEST {
             socket.write_all(b"N").await?;
             continue;
@@ -475,11 +483,11 @@ impl ReadOnly {
             variable, values, ..
         }) = statement
         {
-            if variable.to_string().eq_ignore_ascii_case("statement_timeout") {
-                let value = values
-                    .first()
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
+            if variable
+                .to_string()
+                .eq_ignore_ascii_case("statement_timeout")
+            {
+                let value = values.first().map(|v| v.to_string()).unwrap_or_default();
                 if let Some(t) = bounds::parse_timeout(&value) {
                     connection.set_timeout(t);
                 }

@@ -223,16 +223,6 @@ fn table_rows(data: &std::path::Path) -> BTreeMap<String, i64> {
     })
 }
 
-fn raw_table(source: Source) -> &'static str {
-    match source {
-        Source::Checkpoint => "checkpoint_events",
-        Source::Pharmacy => "pharmacy_events",
-        Source::DoorVisit => "door_visits",
-        Source::Case => "case_events",
-        Source::Bed => "bed_events",
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
@@ -255,7 +245,7 @@ proptest! {
                     .unwrap_or_else(|r| panic!("a valid event refused ({r:?}): {line}"));
                 let high = p.high_mark(source.topic(), 0).max(Some(e.event_time));
                 if p.event(&e, p.horizon(high)) == Accepted::Counted {
-                    *accepted.entry(raw_table(*source)).or_default() += 1;
+                    *accepted.entry(paicha_processors::raw::table(*source)).or_default() += 1;
                 }
                 p.consumed(source.topic(), 0, offset as i64, Some(e.event_time), Instant::now());
                 if offset % 40 == 39 {
@@ -276,7 +266,7 @@ proptest! {
         drop(tasks);
         let rows = table_rows(dir.path());
         for source in Source::ALL {
-            let table = raw_table(source);
+            let table = paicha_processors::raw::table(source);
             prop_assert_eq!(
                 rows.get(table).copied().unwrap_or(0),
                 accepted.get(table).copied().unwrap_or(0),
