@@ -167,10 +167,9 @@ mod tests {
             let _ = (w.end(w.start(t)), c.day(t), c.day_bounds(t));
             let _ = c.day_end(c.day(t));
         }
-        assert_eq!(
-            c.day_end(NaiveDate::MAX),
-            i64::MAX.min(c.day_end(NaiveDate::MAX))
-        );
+        // The last day chrono knows has no next day: its end is the end
+        // of time, not a panic.
+        assert!(c.day_end(NaiveDate::MAX) > c.day_end(NaiveDate::MIN));
     }
 
     fn micros(s: &str) -> i64 {

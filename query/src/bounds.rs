@@ -146,13 +146,16 @@ pub fn parse_timeout(value: &str) -> Option<Option<Duration>> {
     Some((total >= 1.0).then(|| Duration::from_millis(total.min(u64::MAX as f64) as u64)))
 }
 
-/// Connections by the (pid, secret) their CancelRequests name.
+/// What a CancelRequest names a connection by: its pid and secret key.
+pub type CancelKey = (i32, Vec<u8>);
+
+/// Connections by the key their CancelRequests name.
 #[derive(Debug, Default)]
-pub struct Connections(Mutex<HashMap<(i32, Vec<u8>), Arc<Connection>>>);
+pub struct Connections(Mutex<HashMap<CancelKey, Arc<Connection>>>);
 
 impl Connections {
     /// Records that `key` names `connection`.
-    pub fn register(&self, key: (i32, Vec<u8>), connection: &Arc<Connection>) {
+    pub fn register(&self, key: CancelKey, connection: &Arc<Connection>) {
         if let Ok(mut m) = self.0.lock() {
             m.entry(key).or_insert_with(|| connection.clone());
         }
@@ -166,7 +169,7 @@ impl Connections {
     }
 
     /// Cancels the query of the connection `key` names, if any.
-    pub fn cancel(&self, key: &(i32, Vec<u8>)) {
+    pub fn cancel(&self, key: &CancelKey) {
         if let Some(c) = self.0.lock().ok().and_then(|m| m.get(key).cloned()) {
             c.cancel();
         }

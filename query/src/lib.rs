@@ -442,8 +442,18 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::datafra
     if let Some(reason) = refused {
         anyhow::bail!(reason);
     }
-    Ok(ctx.sql_with_options(sql, read_only()).await?)
+    // Planned, then checked by its plan: a query by its text can still
+    // write (`SELECT … INTO` creates a table).
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statements[0].clone()).await?;
+    if read_only().verify_plan(&plan).is_err() {
+        anyhow::bail!(READS_ONLY);
+    }
+    Ok(ctx.execute_logical_plan(plan).await?)
 }
+
+/// Why a query that would write is refused, on either protocol.
+pub(crate) const READS_ONLY: &str = "paicha is read-only: this query would create or change a table (`SELECT … INTO`?); only queries that read are allowed";
 
 /// DataFusion's own check that a plan only reads: no DDL (which includes
 /// `SELECT … INTO`, a new table), no DML, no statements.

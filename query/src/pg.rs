@@ -509,9 +509,10 @@ async fn refused(statement: &Statement, ctx: &SessionContext) -> Option<String> 
     let wrapped = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
     // A query that does not plan fails on the normal path with its error.
     let plan = ctx.state().statement_to_plan(wrapped).await.ok()?;
-    crate::read_only().verify_plan(&plan).err().map(|_| {
-        "paicha is read-only: this query would create or change a table (`SELECT … INTO`?); only queries that read are allowed".to_string()
-    })
+    crate::read_only()
+        .verify_plan(&plan)
+        .err()
+        .map(|_| crate::READS_ONLY.to_string())
 }
 
 #[async_trait]
