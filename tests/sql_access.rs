@@ -249,9 +249,18 @@ fn psycopg_runs_a_parameterized_query_with_postgres_types() {
 }
 
 /// Statements that would change data, schema, files or settings.
-const REFUSED: [&str; 13] = [
+const REFUSED: [&str; 21] = [
     // A query by its text that creates a table by its plan.
     "SELECT 1 AS x INTO paicha_into_leak",
+    // The same inside a cursor, whose query a hook runs.
+    "DECLARE c CURSOR FOR SELECT 1 AS x INTO paicha_cursor_leak",
+    "CREATE TABLE t AS SELECT 1 AS x",
+    "CREATE OR REPLACE VIEW v AS SELECT 1",
+    "CREATE SCHEMA s",
+    "DROP SCHEMA public",
+    "DROP VIEW districts",
+    "TRUNCATE districts",
+    "INSERT INTO districts SELECT * FROM districts",
     "CREATE TABLE t (a INT)",
     "CREATE VIEW v AS SELECT 1",
     "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'",
@@ -303,6 +312,15 @@ fn every_kind_of_change_is_refused_on_both_protocols() {
     }
     // The writes went nowhere: the tables are whole and no file appeared.
     assert!(!Path::new("/tmp/paicha-copy-leak.csv").exists());
+    for leak in ["paicha_into_leak", "paicha_cursor_leak", "t", "v"] {
+        let (ok, text) = psql(
+            &server,
+            "analyst",
+            None,
+            &["-c", &format!("SELECT * FROM {leak}")],
+        );
+        assert!(!ok, "a table {leak} was created: {text}");
+    }
     let (ok, text) = psql(
         &server,
         "analyst",

@@ -56,8 +56,9 @@ fn events(c: i64) -> Vec<(&'static str, Event)> {
                 body: Body::DoorVisit {
                     grid_id: "g".into(),
                     household_key: format!("{:032x}", n % 20_000),
-                    // People under observation, visited daily.
-                    person_key: format!("{:032x}", (n % 3_000) * 29),
+                    // People under observation, visited every few hours
+                    // for their 14 days; then the next cohort's.
+                    person_key: format!("{:032x}", (c / 2_016) * 100_000 + (n % 3_000) * 29),
                     visit_kind: VisitKind::FollowUp,
                     outcome: Outcome::Seen,
                     temperature_c: Some(36.5),
@@ -78,7 +79,7 @@ fn events(c: i64) -> Vec<(&'static str, Event)> {
             event_time: t,
             district: (c % 5) as u16,
             body: Body::Case {
-                person_key: format!("{:032x}", c * 29),
+                person_key: format!("{:032x}", (c / 2_016) * 100_000 + (c % 3_000) * 29),
                 status: CaseStatus::Confirmed,
                 hospital: Some(0),
             },

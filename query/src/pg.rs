@@ -503,16 +503,27 @@ async fn refused(statement: &Statement, ctx: &SessionContext) -> Option<String> 
     if let Some(m) = refusal(statement) {
         return Some(m);
     }
-    if !matches!(statement, Statement::Query(_)) {
-        return None;
+    // The queries the statement runs: itself, or a cursor's (whose hook
+    // runs it with DataFusion's defaults, which would let it write).
+    let queries: Vec<Statement> = match statement {
+        Statement::Query(_) => vec![statement.clone()],
+        Statement::Declare { stmts } => stmts
+            .iter()
+            .filter_map(|d| d.for_query.clone().map(Statement::Query))
+            .collect(),
+        _ => return None,
+    };
+    for query in queries {
+        let wrapped = datafusion::sql::parser::Statement::Statement(Box::new(query));
+        // A query that does not plan fails on the normal path with its error.
+        let Ok(plan) = ctx.state().statement_to_plan(wrapped).await else {
+            continue;
+        };
+        if crate::read_only().verify_plan(&plan).is_err() {
+            return Some(crate::READS_ONLY.to_string());
+        }
     }
-    let wrapped = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
-    // A query that does not plan fails on the normal path with its error.
-    let plan = ctx.state().statement_to_plan(wrapped).await.ok()?;
-    crate::read_only()
-        .verify_plan(&plan)
-        .err()
-        .map(|_| crate::READS_ONLY.to_string())
+    None
 }
 
 #[async_trait]
