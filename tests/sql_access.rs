@@ -555,27 +555,24 @@ out = {}
 def connect():
     return psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="paicha", autocommit=True)
 long = "SELECT COUNT(*) FROM generate_series(1, 100000000000) WHERE value > %s"
+def stopped(cur, key):
+    """Runs the endless query; how it ended and after how long."""
+    started = time.time()
+    try:
+        cur.execute(long, (0,))
+        out[key] = "ran to the end"
+    except psycopg.errors.QueryCanceled as e:
+        out[key] = str(e).splitlines()[0]
+    out[key + "_secs"] = time.time() - started
 with connect() as conn:
     cur = conn.cursor()
     # The client's statement_timeout, through the extended protocol.
     cur.execute("SET statement_timeout = '1s'")
-    started = time.time()
-    try:
-        cur.execute(long, (0,))
-        out["timeout"] = "ran to the end"
-    except psycopg.errors.QueryCanceled as e:
-        out["timeout"] = str(e).splitlines()[0]
-    out["timeout_secs"] = time.time() - started
+    stopped(cur, "timeout")
     cur.execute("SET statement_timeout = 0")
     # A CancelRequest from another thread.
     threading.Timer(1.0, conn.cancel).start()
-    started = time.time()
-    try:
-        cur.execute(long, (0,))
-        out["cancel"] = "ran to the end"
-    except psycopg.errors.QueryCanceled as e:
-        out["cancel"] = str(e).splitlines()[0]
-    out["cancel_secs"] = time.time() - started
+    stopped(cur, "cancel")
     cur.execute("SELECT 1")
     out["after"] = cur.fetchone()[0]
 # The connection limit (4): four open, the fifth refused.

@@ -212,9 +212,9 @@ pub fn commit(m: &mut Manifest, merges: &[Merge], now: i64) -> usize {
 
 /// Deletes retired files older than [`RETIRE_AFTER_SECS`] and drops them
 /// from `m`.
-pub fn expire(store: &Store, m: &mut Manifest, now: i64) {
+pub fn expire(store: &Store, m: &mut Manifest, now: i64, grace_secs: i64) {
     m.retired.retain(|r| {
-        if now - r.since < RETIRE_AFTER_SECS {
+        if now.saturating_sub(r.since) < grace_secs {
             return true;
         }
         let path = store.root().join(&r.path);

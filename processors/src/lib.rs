@@ -210,6 +210,10 @@ pub struct Config {
     /// to the writer thread, instead of once it is committed (the consumer
     /// sets this; a caller that reads the files right after keeps it off).
     pub background_writes: bool,
+    /// How long a file that left the manifest stays readable before it is
+    /// deleted (default [`compact::RETIRE_AFTER_SECS`]); an accelerated
+    /// soak shortens it as it shortens time.
+    pub retire_after_secs: i64,
     /// Shared storage the partition tasks commit to (`--storage`).
     pub remote: Option<Arc<remote::Remote>>,
     /// This processor's directory in that storage.
@@ -227,6 +231,7 @@ impl Config {
             bed_alert_share: 0.85,
             idle_after: Duration::from_secs(10),
             calendar: Calendar::default(),
+            retire_after_secs: compact::RETIRE_AFTER_SECS,
             background_writes: false,
             remote: None,
             mirror: None,
@@ -1034,7 +1039,7 @@ impl Processor {
             .collect();
         m.watermark = (watermark != i64::MIN).then_some(watermark);
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
-        compact::expire(&self.store, &mut m, now_secs);
+        compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
         self.manifest = m.clone();
         self.dirty = false;
         self.stats.checkpoints += 1;
@@ -1121,7 +1126,7 @@ impl Processor {
         m.checkpoint += 1;
         let now_secs = unix_now();
         self.stats.merges += compact::commit(&mut m, merges, now_secs) as u64;
-        compact::expire(&self.store, &mut m, now_secs);
+        compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
         self.store.commit(&m)?;
         self.committed = m.clone();
         self.manifest = m;
