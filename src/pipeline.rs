@@ -405,7 +405,6 @@ pub fn consume(
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 let payload = msg.payload().unwrap_or_default();
                 let verdict = crashes.verdict(topic, partition, offset, payload);
-                let pinned = vec![crashes.at(topic, partition, offset, payload)];
                 if verdict == Verdict::Isolate && guard.get_mut(partition).is_some() {
                     // Suspected: everything before it checkpointed first, so
                     // that the checkpoint after it holds it alone.
@@ -438,7 +437,10 @@ pub fn consume(
                         }));
                         match handled {
                             Ok(r) => r?,
-                            Err(panic) => return Err(crashed(&mut crashes, pinned, panic)),
+                            Err(panic) => {
+                                let pinned = vec![crashes.at(topic, partition, offset, payload)];
+                                return Err(crashed(&mut crashes, pinned, panic));
+                            }
                         }
                         if verdict == Verdict::Isolate {
                             // Checkpointed alone, so a crash that shows only
@@ -452,7 +454,11 @@ pub fn consume(
                             }));
                             match alone {
                                 Ok(r) => r?,
-                                Err(panic) => return Err(crashed(&mut crashes, pinned, panic)),
+                                Err(panic) => {
+                                    let pinned =
+                                        vec![crashes.at(topic, partition, offset, payload)];
+                                    return Err(crashed(&mut crashes, pinned, panic));
+                                }
                             }
                             crashes.settle(&guard.durable_positions())?;
                         }
@@ -865,18 +871,7 @@ fn handle(
             origin.offset,
             index,
         );
-        // Into the same partition number: the task that refused it records
-        // it, and a rerun's copy meets the first one there.
-        kafka::send(
-            dlq,
-            DEAD_LETTER_TOPIC,
-            Some(partition),
-            msg.key().unwrap_or_default(),
-            line,
-            Some(h.to_kafka()),
-        )?;
-        metrics.dead_letters_produced.inc();
-        Ok(())
+        send_dead_letter(dlq, msg, line, &h, metrics)
     };
     if payload.iter().all(u8::is_ascii_whitespace) {
         reject(
@@ -1040,6 +1035,28 @@ fn since_checkpoint(tasks: &Tasks) -> Vec<Crash> {
     ranges.filter(|c| c.to > c.from).collect()
 }
 
+/// Produces `bytes` of `msg` to the dead-letter topic, into the same
+/// partition number: the task that refused it records it, and a rerun's
+/// copy meets the first one there.
+fn send_dead_letter(
+    dlq: &kafka::CountingProducer,
+    msg: &BorrowedMessage<'_>,
+    bytes: &[u8],
+    h: &DeadLetterHeaders,
+    metrics: &Metrics,
+) -> Result<()> {
+    kafka::send(
+        dlq,
+        DEAD_LETTER_TOPIC,
+        Some(msg.partition()),
+        msg.key().unwrap_or_default(),
+        bytes,
+        Some(h.to_kafka()),
+    )?;
+    metrics.dead_letters_produced.inc();
+    Ok(())
+}
+
 /// Sets aside a message that crashed processing twice: its bytes go to the
 /// dead-letter topic as `poison` (naming where it first arrived), and its
 /// offset counts as processed.
@@ -1081,15 +1098,7 @@ fn poison(
             // id, apart from a line 0 refused by an earlier attempt.
             line: -1,
         };
-        kafka::send(
-            dlq,
-            DEAD_LETTER_TOPIC,
-            Some(partition),
-            msg.key().unwrap_or_default(),
-            payload,
-            Some(h.to_kafka()),
-        )?;
-        metrics.dead_letters_produced.inc();
+        send_dead_letter(dlq, msg, payload, &h, metrics)?;
         if let Some(source) = Source::from_topic(&origin.topic) {
             metrics
                 .events_rejected
