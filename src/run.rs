@@ -44,14 +44,13 @@ const EMBEDDED_IN_FLIGHT_BYTES: i64 = 2 << 20;
 /// (at least one), so however many queries run, a core is left to the
 /// consumer, the processors and the ingest gateway. One per process, for
 /// its life.
-fn query_runtime() -> Result<&'static tokio::runtime::Runtime> {
+fn query_runtime(threads: usize) -> Result<&'static tokio::runtime::Runtime> {
     static QUERIES: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     if let Some(rt) = QUERIES.get() {
         return Ok(rt);
     }
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.saturating_sub(1).max(1))
+        .worker_threads(threads.max(1))
         .thread_name("paicha-sql")
         .enable_all()
         .build()
@@ -312,8 +311,9 @@ fn serve_sql(
                 usize::try_from(m).unwrap_or(usize::MAX)
             }),
         max_connections: access.max_connections as usize,
+        threads: paicha_query::bounds::query_threads(),
     };
-    let queries = query_runtime()?;
+    let queries = query_runtime(limits.threads)?;
     let ctx = Arc::new(rt.block_on(paicha_query::open_bounded(
         data,
         live.as_ref(),

@@ -44,6 +44,9 @@ pub struct Limits {
     pub memory: usize,
     /// Connections open at once, per port.
     pub max_connections: usize,
+    /// Threads queries run on: fewer than the cores, so ingestion keeps
+    /// one; also the partitions a query's plan is split into.
+    pub threads: usize,
 }
 
 impl Default for Limits {
@@ -54,9 +57,25 @@ impl Default for Limits {
             max_concurrent: 16,
             memory: default_query_memory(),
             max_connections: 256,
+            threads: query_threads(),
         }
     }
 }
+
+/// The default query threads: one less than the cores, at least one.
+pub fn query_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// The compute a query may take before it is long: a long query runs only
+/// with one of the long lane's permits (one per query thread), taken per
+/// step in turn, so however many long queries run, a short one (an
+/// analyst's count, a dashboard's refresh) still gets about half a thread
+/// and answers in its own time, not in a share of the crowd's.
+pub const SHORT_COMPUTE: Duration = Duration::from_millis(200);
 
 /// The default `--query-memory`: a quarter of the machine's memory (or of
 /// the container's limit), so queries can never take what the pipeline
@@ -181,6 +200,18 @@ impl Connections {
 pub struct BoundedPlanner {
     /// The server's timeout.
     pub timeout: Duration,
+    /// The long lane: one permit per query thread.
+    pub long_lane: Arc<tokio::sync::Semaphore>,
+}
+
+impl BoundedPlanner {
+    /// A planner for queries with `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        BoundedPlanner {
+            timeout: limits.timeout,
+            long_lane: Arc::new(tokio::sync::Semaphore::new(limits.threads.max(1))),
+        }
+    }
 }
 
 #[async_trait]
@@ -198,12 +229,18 @@ impl QueryPlanner for BoundedPlanner {
             Some(t) => t.min(self.timeout),
             None => self.timeout,
         };
-        Ok(Arc::new(DeadlineExec::new(plan, timeout, connection)))
+        Ok(Arc::new(DeadlineExec::new(
+            plan,
+            timeout,
+            connection,
+            self.long_lane.clone(),
+        )))
     }
 }
 
 /// Passes its input through until the deadline or a CancelRequest, then
-/// ends it with an error.
+/// ends it with an error; once the query has computed for
+/// [`SHORT_COMPUTE`], it goes on only in the long lane.
 #[derive(Debug)]
 pub struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
@@ -213,6 +250,7 @@ pub struct DeadlineExec {
     connection: Option<Arc<Connection>>,
     /// The connection's cancels when the query started.
     cancels: u64,
+    long_lane: Arc<tokio::sync::Semaphore>,
 }
 
 impl DeadlineExec {
@@ -220,6 +258,7 @@ impl DeadlineExec {
         input: Arc<dyn ExecutionPlan>,
         timeout: Duration,
         connection: Option<Arc<Connection>>,
+        long_lane: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         let cancels = connection
             .as_ref()
@@ -230,6 +269,7 @@ impl DeadlineExec {
             started: tokio::time::Instant::now(),
             connection,
             cancels,
+            long_lane,
         }
     }
 }
@@ -279,6 +319,7 @@ impl ExecutionPlan for DeadlineExec {
             started: self.started,
             connection: self.connection.clone(),
             cancels: self.cancels,
+            long_lane: self.long_lane.clone(),
         }))
     }
 
@@ -295,6 +336,8 @@ impl ExecutionPlan for DeadlineExec {
             timeout: self.timeout,
             connection: self.connection.clone(),
             cancels: self.cancels,
+            computed: Duration::ZERO,
+            long_lane: tokio_util::sync::PollSemaphore::new(self.long_lane.clone()),
         }))
     }
 }
@@ -307,6 +350,9 @@ struct Bounded {
     timeout: Duration,
     connection: Option<Arc<Connection>>,
     cancels: u64,
+    /// Time spent in the input's polls so far.
+    computed: Duration,
+    long_lane: tokio_util::sync::PollSemaphore,
 }
 
 impl Stream for Bounded {
@@ -332,10 +378,22 @@ impl Stream for Bounded {
             );
             return Poll::Ready(Some(Err(DataFusionError::Execution(m))));
         }
+        // Taken for one step and given back after it: the semaphore is
+        // fair, so the long queries step in turn.
+        let _permit = if self.computed >= SHORT_COMPUTE {
+            match self.long_lane.poll_acquire(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(permit) => permit,
+            }
+        } else {
+            None
+        };
+        let started = std::time::Instant::now();
         let polled = self
             .input
             .as_mut()
             .map_or(Poll::Ready(None), |s| s.as_mut().poll_next(cx));
+        self.computed += started.elapsed();
         if let Poll::Ready(None) = polled {
             self.input = None;
         }

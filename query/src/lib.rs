@@ -228,6 +228,7 @@ pub async fn open_bounded(
             SessionConfig::new()
                 .with_information_schema(true)
                 .with_default_catalog_and_schema("datafusion", "public")
+                .with_target_partitions(limits.threads.max(1))
                 .with_extension(Arc::new(catalog::Results::new(
                     source.clone(),
                     limits.max_rows,
@@ -235,9 +236,7 @@ pub async fn open_bounded(
         )
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_query_planner(Arc::new(bounds::BoundedPlanner {
-            timeout: limits.timeout,
-        }))
+        .with_query_planner(Arc::new(bounds::BoundedPlanner::new(limits)))
         .build();
     let ctx = SessionContext::new_with_state(state);
     let public = planning
