@@ -575,6 +575,12 @@ with connect() as conn:
     stopped(cur, "cancel")
     cur.execute("SELECT 1")
     out["after"] = cur.fetchone()[0]
+    # RESET puts the server's timeout back: the query runs past 1 s, until
+    # it is canceled.
+    cur.execute("SET statement_timeout = '1s'")
+    cur.execute("RESET statement_timeout")
+    threading.Timer(3.0, conn.cancel).start()
+    stopped(cur, "reset")
 # The connection limit (4): four open, the fifth refused.
 held = [connect() for _ in range(4)]
 try:
@@ -582,6 +588,9 @@ try:
     out["fifth"] = "connected"
 except psycopg.OperationalError as e:
     out["fifth"] = str(e)
+# A CancelRequest still gets through while the port is full.
+threading.Timer(1.0, held[0].cancel).start()
+stopped(held[0].cursor(), "full")
 for c in held:
     c.close()
 print(json.dumps(out))
@@ -657,6 +666,10 @@ fn hostile_queries_end_with_a_clear_error_and_the_server_stays() {
     assert!(v["cancel_secs"].as_f64().unwrap() < 20.0, "{v}");
     assert_eq!(v["after"], 1, "{v}");
     assert!(says("fifth", "too many clients"), "{v}");
+    assert!(says("reset", "user request"), "{v}");
+    assert!(v["reset_secs"].as_f64().unwrap() >= 2.5, "{v}");
+    assert!(says("full", "user request"), "{v}");
+    assert!(v["full_secs"].as_f64().unwrap() < 20.0, "{v}");
     // Still serving.
     let (status, _) = post(&http, None, "SELECT 1").expect("the server answers");
     assert_eq!(status, 200);

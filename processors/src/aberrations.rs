@@ -30,14 +30,32 @@ use crate::ears::{self, Aberration, Method};
 use crate::symptoms::counted;
 
 /// Suspicious events per (day, district, source), days as `Date32`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct DailyCounts {
     /// (district index, source) → day → suspicious events.
     series: HashMap<(u16, Source), BTreeMap<i32, i64>>,
     /// District index → the first day of its series.
     first_day: BTreeMap<u16, i32>,
     changed: bool,
+    /// Days before this were archived: evaluated for the last time, and
+    /// their counts kept only as the baseline of later days.
+    floor: i32,
 }
+
+impl Default for DailyCounts {
+    fn default() -> Self {
+        DailyCounts {
+            series: HashMap::new(),
+            first_day: BTreeMap::new(),
+            changed: false,
+            floor: i32::MIN,
+        }
+    }
+}
+
+/// Days of counts kept before the archived floor: every day an evaluation
+/// looks back on (C3's reach is the longest).
+const BASELINE_KEPT: i32 = Method::C3.first_day() as i32 + 3;
 
 /// One saved daily count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,14 +130,44 @@ impl DailyCounts {
         std::mem::replace(&mut self.changed, false)
     }
 
+    /// Evaluates the days before `before` for the last time and keeps of
+    /// them only the counts later days' baselines need, so the counts, the
+    /// checkpoint and the evaluation stay as long as the retention, not the
+    /// uptime. `before` must be at or behind the clock minus the retention
+    /// and lateness, where no event can change a day any more.
+    pub fn archive(&mut self, registry: &Registry, before: i32) -> Vec<Row> {
+        if before <= self.floor {
+            return Vec::new();
+        }
+        let rows = self.evaluate(registry, before);
+        self.floor = before;
+        let keep = before.saturating_sub(BASELINE_KEPT);
+        for days in self.series.values_mut() {
+            *days = days.split_off(&keep);
+        }
+        rows
+    }
+
+    /// After a restore: the days before `floor` were archived.
+    pub fn archived_at(&mut self, floor: i32) {
+        self.floor = self.floor.max(floor);
+    }
+
     /// Every (district, source) series of every district with counted
-    /// events and every counted source, evaluated for the days before
-    /// `closed_before`.
+    /// events and every counted source, evaluated for the days from the
+    /// archived floor to before `closed_before`.
     pub fn evaluate(&self, registry: &Registry, closed_before: i32) -> Vec<Row> {
         let empty = BTreeMap::new();
         let mut rows = Vec::new();
         for (&i, &first) in self.first_day.iter().filter(|(_, f)| **f < closed_before) {
             let district = &registry.district(i).district;
+            // Counts from far enough before the floor that every day from
+            // it on is evaluated as over the whole series.
+            let first = first.max(self.floor.saturating_sub(BASELINE_KEPT));
+            let from = self.floor.saturating_sub(first).max(0) as usize;
+            if first >= closed_before {
+                continue;
+            }
             let len = (i64::from(closed_before) - i64::from(first)) as usize;
             let mut counts = vec![0i64; len];
             for source in Source::ALL.into_iter().filter(|s| counted(*s)) {
@@ -128,7 +176,7 @@ impl DailyCounts {
                 for (day, n) in days.range(first..closed_before) {
                     counts[(day - first) as usize] = *n;
                 }
-                for t in 0..len {
+                for t in from..len {
                     for m in Method::ALL {
                         if let Some(a) = ears::evaluate(&counts, t, m, ears::DEFAULT_MIN_SIGMA) {
                             rows.push((

@@ -57,6 +57,13 @@ pub type Row = (i64, u16, State);
 
 /// Bytes of one record of a bed-event file.
 const RECORD: usize = 8 + 8 + 2 + 1 + 16;
+/// Record kinds past the bed actions (0–2): a hospital's floor (time: the
+/// window boundary, seq: its last event's time, value: beds), a person
+/// inside at the floor, the run above the alert share open at the floor
+/// (time: its first window, seq: raised at, value: utilization's bits).
+const FLOOR: u8 = 3;
+const INSIDE: u8 = 4;
+const OPEN_RUN: u8 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
@@ -79,10 +86,39 @@ fn tie(act: Act, event_id: &str) -> u64 {
 
 #[derive(Debug, Default)]
 struct Hospital {
-    /// Bed events by (event time, [`tie`]).
+    /// Bed events by (event time, [`tie`]), from the floor on.
     events: BTreeMap<(i64, u64), Act>,
     /// The row of each window as written so far (sum of rows written).
     written: BTreeMap<i64, State>,
+    /// The state at the start of the first window kept: the events before
+    /// it, and its earlier windows, are gone.
+    floor: Option<Floor>,
+}
+
+/// A run of windows above the alert share: its first window's start, the
+/// instant it was first above, the utilization then.
+type OpenRun = (i64, i64, f64);
+
+/// What the events before a window boundary left: everything a sweep from
+/// there needs, so a sweep never goes back past the retention.
+#[derive(Debug, Clone, Default)]
+struct Floor {
+    /// The window boundary.
+    at: i64,
+    beds: i64,
+    inside: HashSet<u128>,
+    /// The time of the last event before `at` (for the quiet rule).
+    last: i64,
+    /// A run above the alert share still open at `at`.
+    open: Option<OpenRun>,
+}
+
+/// Where a sweep stands after its last window.
+struct Swept {
+    rows: Vec<(i64, State)>,
+    beds: i64,
+    inside: HashSet<u128>,
+    last: i64,
 }
 
 /// How long a hospital's rows go on after its last bed event. A hospital
@@ -97,6 +133,8 @@ pub struct Beds {
     windows: Windows,
     hospitals: BTreeMap<u16, Hospital>,
     pending: Vec<(i64, u64, u16, Act)>,
+    /// Whether the next write is a full copy, with the floors.
+    floors_pending: bool,
     final_until: i64,
 }
 
@@ -107,6 +145,7 @@ impl Beds {
             windows,
             hospitals: BTreeMap::new(),
             pending: Vec::new(),
+            floors_pending: false,
             final_until: i64::MIN,
         }
     }
@@ -129,7 +168,12 @@ impl Beds {
             BedAction::Capacity => Act::Capacity(beds_total.unwrap_or(0)),
         };
         let mut seq = tie(act, &e.event_id);
-        let events = &self.hospitals.entry(*hospital).or_default().events;
+        let h = self.hospitals.entry(*hospital).or_default();
+        if h.floor.as_ref().is_some_and(|f| e.event_time < f.at) {
+            // Behind the retention: `too_late` before it gets here.
+            return;
+        }
+        let events = &h.events;
         while events.contains_key(&(e.event_time, seq)) {
             seq = seq.wrapping_add(1);
         }
@@ -145,19 +189,28 @@ impl Beds {
             .insert((time, seq), act);
     }
 
-    /// The state of `h` at the end of each window from its first event's
-    /// window through the windows ending at or before `until`.
+    /// The state of `h` at the end of each window from its floor (or its
+    /// first event's window) through the windows ending at or before
+    /// `until`.
     fn sweep(&self, h: &Hospital, registry_beds: i64, until: i64) -> Vec<(i64, State)> {
-        let Some(((first, _), _)) = h.events.iter().next() else {
-            return Vec::new();
+        self.sweep_from(h, registry_beds, until).rows
+    }
+
+    fn sweep_from(&self, h: &Hospital, registry_beds: i64, until: i64) -> Swept {
+        let first = h.events.keys().next().map(|(t, _)| *t);
+        let (mut beds, mut inside, mut last, mut start) = match (&h.floor, first) {
+            (Some(f), _) => (f.beds, f.inside.clone(), f.last, f.at),
+            (None, Some(first)) => (
+                registry_beds,
+                HashSet::new(),
+                first,
+                self.windows.start(first),
+            ),
+            (None, None) => (registry_beds, HashSet::new(), i64::MIN, i64::MAX),
         };
         let mut out = Vec::new();
-        let mut inside: HashSet<u128> = HashSet::new();
-        let mut beds = registry_beds;
         let mut events = h.events.iter().peekable();
-        let mut start = self.windows.start(*first);
-        let mut last = *first;
-        while self.windows.end(start) <= until {
+        while start != i64::MAX && self.windows.end(start) <= until {
             let end = self.windows.end(start);
             let mut s: State = [0; 6];
             while let Some(((t, _), act)) = events.peek() {
@@ -189,7 +242,58 @@ impl Beds {
             out.push((start, s));
             start = end;
         }
-        out
+        Swept {
+            rows: out,
+            beds,
+            inside,
+            last,
+        }
+    }
+
+    /// Moves every hospital's floor up to the window boundary `at`: the
+    /// state there is kept, the events and windows before it dropped, so a
+    /// sweep (every checkpoint makes several) covers the retention, not the
+    /// uptime. `at` must be behind the retention, where no event can come
+    /// any more; runs above `share` open at `at` are carried. The next
+    /// write is a full copy.
+    pub fn raise_floor(&mut self, at: i64, share: f64, registry: &Registry) {
+        let at = self.windows.start(at);
+        let mut floors = Vec::new();
+        for (&id, h) in &self.hospitals {
+            if h.floor.as_ref().is_some_and(|f| f.at >= at) {
+                continue;
+            }
+            let Some(((first, _), _)) = h.events.iter().next() else {
+                continue;
+            };
+            if h.floor.is_none() && *first >= at {
+                continue;
+            }
+            let registry_beds = registry.hospital(id).beds_total as i64;
+            let swept = self.sweep_from(h, registry_beds, at);
+            let open = self.runs(h, share, &swept.rows).1;
+            floors.push((
+                id,
+                Floor {
+                    at,
+                    beds: swept.beds,
+                    inside: swept.inside,
+                    last: swept.last,
+                    open,
+                },
+            ));
+        }
+        if floors.is_empty() {
+            return;
+        }
+        for (id, floor) in floors {
+            if let Some(h) = self.hospitals.get_mut(&id) {
+                h.events = h.events.split_off(&(floor.at, 0));
+                h.written = h.written.split_off(&floor.at);
+                h.floor = Some(floor);
+            }
+        }
+        self.pend_all();
     }
 
     /// What the windows ending at or before `until` add to the rows written:
@@ -245,13 +349,30 @@ impl Beds {
         let Some(h) = self.hospitals.get(&id) else {
             return Vec::new();
         };
+        let rows = self.sweep(h, registry.hospital(id).beds_total as i64, until);
+        let (mut runs, open) = self.runs(h, share, &rows);
+        if let Some((first, at, u)) = open {
+            runs.push((first, at, None, u));
+        }
+        runs
+    }
+
+    /// The runs above `share` in `rows` (a sweep of `h`), from the one its
+    /// floor carries: those that ended, and the one still open.
+    #[allow(clippy::type_complexity)]
+    fn runs(
+        &self,
+        h: &Hospital,
+        share: f64,
+        rows: &[(i64, State)],
+    ) -> (Vec<(i64, i64, Option<i64>, f64)>, Option<OpenRun>) {
         let util = |s: &State| (s[0] > 0).then(|| s[1] as f64 / s[0] as f64);
         let mut runs = Vec::new();
-        let mut open: Option<(i64, i64, f64)> = None;
-        for (start, s) in self.sweep(h, registry.hospital(id).beds_total as i64, until) {
-            let end = self.windows.end(start);
-            match (util(&s).filter(|u| *u > share), open) {
-                (Some(u), None) => open = Some((start, end, u)),
+        let mut open = h.floor.as_ref().and_then(|f| f.open);
+        for (start, s) in rows {
+            let end = self.windows.end(*start);
+            match (util(s).filter(|u| *u > share), open) {
+                (Some(u), None) => open = Some((*start, end, u)),
                 (None, Some((first, at, u))) => {
                     runs.push((first, at, Some(end), u));
                     open = None;
@@ -259,10 +380,15 @@ impl Beds {
                 _ => {}
             }
         }
-        if let Some((first, at, u)) = open {
-            runs.push((first, at, None, u));
-        }
-        runs
+        (runs, open)
+    }
+
+    /// The floor of hospital `id`: windows before it are not swept.
+    pub fn floor(&self, id: u16) -> Option<i64> {
+        self.hospitals
+            .get(&id)
+            .and_then(|h| h.floor.as_ref())
+            .map(|f| f.at)
     }
 
     /// Rows for every window that has ended by `until`, marked as written.
@@ -307,6 +433,7 @@ impl Beds {
     /// Marks every bed event as pending, so the next write is a full copy
     /// of the state that replaces every earlier file.
     pub fn pend_all(&mut self) {
+        self.floors_pending = true;
         self.pending = self
             .hospitals
             .iter()
@@ -321,17 +448,36 @@ impl Beds {
     /// Writes the bed events received since the last call.
     pub fn write_pending(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD);
+        let mut record = |time: i64, seq: u64, hospital: u16, kind: u8, value: u128| {
+            buf.extend_from_slice(&time.to_le_bytes());
+            buf.extend_from_slice(&seq.to_le_bytes());
+            buf.extend_from_slice(&hospital.to_le_bytes());
+            buf.push(kind);
+            buf.extend_from_slice(&value.to_le_bytes());
+        };
+        if std::mem::take(&mut self.floors_pending) {
+            // A floor, then who is inside, then the run it carries: a full
+            // copy starts with them.
+            for (&id, h) in &self.hospitals {
+                let Some(f) = &h.floor else {
+                    continue;
+                };
+                record(f.at, f.last as u64, id, FLOOR, f.beds as u128);
+                for p in &f.inside {
+                    record(f.at, 0, id, INSIDE, *p);
+                }
+                if let Some((first, at, u)) = f.open {
+                    record(first, at as u64, id, OPEN_RUN, u128::from(u.to_bits()));
+                }
+            }
+        }
         for (time, seq, hospital, act) in self.pending.drain(..) {
             let (kind, value) = match act {
                 Act::Admit(p) => (0u8, p),
                 Act::Discharge(p) => (1, p),
                 Act::Capacity(n) => (2, n as u128),
             };
-            buf.extend_from_slice(&time.to_le_bytes());
-            buf.extend_from_slice(&seq.to_le_bytes());
-            buf.extend_from_slice(&hospital.to_le_bytes());
-            buf.push(kind);
-            buf.extend_from_slice(&value.to_le_bytes());
+            record(time, seq, hospital, kind, value);
         }
         out.write_all(&buf)
     }
@@ -352,6 +498,31 @@ impl Beds {
                 0 => Act::Admit(value),
                 1 => Act::Discharge(value),
                 2 => Act::Capacity(value as i64),
+                FLOOR => {
+                    let h = self.hospitals.entry(hospital).or_default();
+                    h.floor = Some(Floor {
+                        at: time,
+                        beds: value as i64,
+                        inside: HashSet::new(),
+                        last: seq as i64,
+                        open: None,
+                    });
+                    h.events = h.events.split_off(&(time, 0));
+                    continue;
+                }
+                INSIDE | OPEN_RUN => {
+                    let floor = self
+                        .hospitals
+                        .get_mut(&hospital)
+                        .and_then(|h| h.floor.as_mut())
+                        .ok_or_else(|| invalid("a bed floor record before its floor"))?;
+                    if r[18] == INSIDE {
+                        floor.inside.insert(value);
+                    } else {
+                        floor.open = Some((time, seq as i64, f64::from_bits(value as u64)));
+                    }
+                    continue;
+                }
                 _ => return Err(invalid("unknown bed action in bed file")),
             };
             self.insert(time, seq, hospital, act);
@@ -532,5 +703,67 @@ mod tests {
         let rows = b.take_final(y2020 + 100 * 24 * H, &reg);
         assert_eq!(rows.len(), 2 * (30 * 24 + 1), "{}", rows.len());
         assert_eq!(rows.last().unwrap().2[0], 12);
+    }
+
+    /// A floor changes nothing after it: the rows, the runs above the share
+    /// (one open across the floor included) and a restart from a full copy
+    /// are what the whole history gives; and the sweep no longer holds the
+    /// events before it.
+    #[test]
+    fn a_floor_keeps_every_row_and_run_after_it() {
+        let reg = Registry::builtin().unwrap();
+        let total = reg.hospital(0).beds_total as i64;
+        let mut events = vec![bed("cap", 0, BedAction::Capacity, "", 4)];
+        for i in 0..200i64 {
+            let who = format!("p{}", i % 7);
+            let action = if i % 3 == 2 {
+                BedAction::Discharge
+            } else {
+                BedAction::Admit
+            };
+            events.push(bed(&format!("e{i}"), i * H / 2 + 7, action, &who, 0));
+        }
+        let mut whole = Beds::new(Windows::new(H));
+        let mut floored = Beds::new(Windows::new(H));
+        for e in &events {
+            whole.add(e);
+            floored.add(e);
+        }
+        let until = 120 * H;
+        whole.take_final(40 * H, &reg);
+        floored.take_final(40 * H, &reg);
+        floored.raise_floor(30 * H + 5, 0.5, &reg);
+        assert_eq!(floored.floor(0), Some(30 * H));
+        assert!(floored.hospitals[&0]
+            .events
+            .keys()
+            .all(|(t, _)| *t >= 30 * H));
+        let after = |rows: Vec<(i64, State)>| -> Vec<(i64, State)> {
+            rows.into_iter().filter(|(s, _)| *s >= 30 * H).collect()
+        };
+        let h = |b: &Beds| b.sweep(&b.hospitals[&0], total, until);
+        assert_eq!(after(h(&whole)), h(&floored));
+        let runs = |b: &Beds| {
+            b.runs_above(0, 0.5, until, &reg)
+                .into_iter()
+                .filter(|r| r.2.is_none_or(|end| end > 30 * H))
+                .collect::<Vec<_>>()
+        };
+        assert!(!runs(&whole).is_empty());
+        assert_eq!(runs(&whole), runs(&floored));
+        assert_eq!(
+            whole.take_final(until, &reg),
+            floored.take_final(until, &reg)
+        );
+
+        // A full copy carries the floor.
+        let mut file = Vec::new();
+        floored.pend_all();
+        floored.write_pending(&mut file).unwrap();
+        let mut again = Beds::new(Windows::new(H));
+        again.load(&mut file.as_slice()).unwrap();
+        again.restore_written(Some(until), &reg);
+        assert_eq!(h(&again), h(&floored));
+        assert_eq!(runs(&again), runs(&floored));
     }
 }

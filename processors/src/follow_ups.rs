@@ -104,6 +104,12 @@ impl Episode {
         self.started_at.saturating_add(OBSERVATION_MICROS)
     }
 
+    /// When the episode ended or will end: closed, or its 14 days over.
+    fn stop(&self) -> i64 {
+        self.closed
+            .map_or(self.ends_at(), |(c, _)| c.min(self.ends_at()))
+    }
+
     fn next_due_at(&self) -> i64 {
         self.last_seen_at
             .unwrap_or(self.started_at)
@@ -168,6 +174,19 @@ pub struct Alert {
     pub detail: String,
     /// Pipeline clock when resolved, µs.
     pub resolved_at: Option<i64>,
+}
+
+impl Alert {
+    /// When the alert can no longer change: its resolution, or for an EARS
+    /// alarm (about one closed day, never resolved) when it was raised.
+    /// `None` while it is open.
+    pub fn final_at(&self) -> Option<i64> {
+        match self.resolved_at {
+            Some(r) => Some(r),
+            None if self.kind.starts_with("ears_") => Some(self.raised_at),
+            None => None,
+        }
+    }
 }
 
 /// A change to follow-up state, as logged for restarts.
@@ -297,7 +316,7 @@ fn fold(changes: &[Entry]) -> Vec<Episode> {
 /// the 14 days that ended the wait. A function of the events and the clock,
 /// so a late event gives the alerts an in-order run would have raised.
 fn overdue_alerts(ep: &Episode, clock: i64, out: &mut Vec<Overdue>) {
-    let stop = ep.closed.map_or(ep.ends_at(), |(c, _)| c.min(ep.ends_at()));
+    let stop = ep.stop();
     let mut due = ep.started_at.saturating_add(DUE_EVERY_MICROS);
     let mut waits: Vec<(i64, i64)> = Vec::with_capacity(ep.seen.len() + 1);
     for &s in &ep.seen {
@@ -374,6 +393,19 @@ pub struct FollowUps {
     /// Changes of persons with no isolation order (yet): `seen` visits of
     /// the people screened, most of them.
     orphans: HashMap<u128, Orphans>,
+    /// Episodes and alerts final before this instant were archived (see
+    /// [`FollowUps::archive`]).
+    archived_before: i64,
+}
+
+/// What [`FollowUps::archive`] takes out of the state: rows that can no
+/// longer change.
+#[derive(Debug)]
+pub struct Archived {
+    /// `follow_ups` rows of the episodes that ended before the horizon.
+    pub episodes: RecordBatch,
+    /// Alerts final before the horizon.
+    pub alerts: Vec<Alert>,
 }
 
 /// A change as logged: (event time, person, district, change).
@@ -394,8 +426,135 @@ impl FollowUps {
             clock: i64::MIN,
             keep_micros: i64::MAX,
             forgot_on: i64::MIN,
+            archived_before: i64::MIN,
             ..Default::default()
         }
+    }
+
+    /// How far behind the clock an event can still count.
+    pub fn keep_micros(&self) -> i64 {
+        self.keep_micros
+    }
+
+    /// The horizon of the last [`FollowUps::archive`].
+    pub fn archived_before(&self) -> i64 {
+        self.archived_before
+    }
+
+    /// After a restore: rows final before `before` were archived already,
+    /// so an alert final before it is not raised again.
+    pub fn archived_at(&mut self, before: i64) {
+        self.archived_before = self.archived_before.max(before);
+    }
+
+    /// Takes out of the state what can no longer change, so that the state
+    /// (and its files, and a restart) stays as large as the retention, not
+    /// the uptime: every episode that ended before `before` (with the
+    /// person's changes up to its end), and every alert final before it.
+    /// `before` must be at or behind the clock minus the retention and
+    /// lateness: an event that could still change them is `too_late`. The
+    /// gauges count only the episodes held.
+    pub fn archive(&mut self, before: i64, registry: &Registry) -> arrow::error::Result<Archived> {
+        self.archived_before = self.archived_before.max(before);
+        let mut episodes: Vec<(u128, Episode)> = Vec::new();
+        // Started-at of each person's last archived episode.
+        let mut archived_starts: HashMap<u128, i64> = HashMap::default();
+        let mut dropped = false;
+        for (p, person) in self.persons.iter_mut() {
+            let ended = person
+                .episodes
+                .iter()
+                .take_while(|e| e.stop() < before && e.stop() <= self.clock)
+                .count();
+            if let Some(last) = ended.checked_sub(1).and_then(|i| person.episodes.get(i)) {
+                archived_starts.insert(*p, last.started_at);
+            }
+            for ep in person.episodes.drain(..ended) {
+                count(
+                    &mut self.by_status,
+                    &mut self.by_days,
+                    ep.district,
+                    ep.counted,
+                    -1,
+                );
+                episodes.push((*p, ep));
+            }
+            // A change before the first episode kept (and behind the
+            // horizon) belonged to an archived episode or to none: the fold
+            // of the rest gives the episodes kept.
+            let cut = person
+                .episodes
+                .first()
+                .map_or(before, |e| e.started_at.min(before));
+            let behind = person.changes.partition_point(|c| c.t < cut);
+            if behind > 0 {
+                person.changes.drain(..behind);
+                dropped = true;
+            }
+        }
+        episodes.sort_unstable_by_key(|(p, e)| (e.started_at, *p));
+        let rows = episodes_batch(episodes.iter().map(|(p, e)| (*p, e)), self.clock, registry)?;
+
+        let archived = |a: &Alert| {
+            if !a.final_at().is_some_and(|t| t < before) {
+                return false;
+            }
+            if a.kind != "follow_up_overdue" {
+                return true;
+            }
+            // A follow-up alert goes with its episode.
+            let person = a.person_key.as_deref().map(person_of);
+            let started = a
+                .alert_id
+                .split(':')
+                .nth(3)
+                .and_then(|s| s.parse::<i64>().ok());
+            match (person.and_then(|p| archived_starts.get(&p)), started) {
+                (Some(last), Some(started)) => started <= *last,
+                _ => false,
+            }
+        };
+        let mut kept = Vec::with_capacity(self.alerts.len());
+        let mut gone = Vec::new();
+        let mut moved: HashMap<usize, usize> = HashMap::default();
+        for (k, a) in std::mem::take(&mut self.alerts).into_iter().enumerate() {
+            if archived(&a) {
+                gone.push(a);
+            } else {
+                moved.insert(k, kept.len());
+                kept.push(a);
+            }
+        }
+        if !gone.is_empty() {
+            self.alerts = kept;
+            self.alert_index = self
+                .alerts
+                .iter()
+                .enumerate()
+                .map(|(k, a)| (a.alert_id.clone(), k))
+                .collect();
+            for person in self.persons.values_mut() {
+                person.alerts = person
+                    .alerts
+                    .iter()
+                    .filter_map(|k| moved.get(k).copied())
+                    .collect();
+            }
+            self.alerts_changed = true;
+        } else {
+            self.alerts = kept;
+        }
+        self.persons.retain(|_, person| {
+            !person.changes.is_empty() || !person.episodes.is_empty() || !person.alerts.is_empty()
+        });
+        if dropped {
+            // The log must not bring the archived changes back.
+            self.pend_all();
+        }
+        Ok(Archived {
+            episodes: rows,
+            alerts: gone,
+        })
     }
 
     /// Forgets, once a week of the clock, the changes of persons never
@@ -649,6 +808,9 @@ impl FollowUps {
     pub fn raise(&mut self, alert: Alert) {
         match self.alert_index.get(&alert.alert_id).copied() {
             Some(k) => self.settle(k, alert.resolved_at),
+            // Final before the archive's horizon: raised and archived
+            // already (nothing that arrives now can make a new one).
+            None if alert.final_at().is_some_and(|t| t < self.archived_before) => {}
             None => {
                 self.push_alert(alert);
             }
@@ -844,49 +1006,58 @@ impl FollowUps {
 
     /// The `follow_ups` rows at the clock.
     pub fn batch(&self, registry: &Registry) -> arrow::error::Result<RecordBatch> {
-        let n: usize = self.persons.values().map(|p| p.episodes.len()).sum();
-        let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let (mut started, mut ends, mut seen, mut due) = (ts(), ts(), ts(), ts());
-        let mut person = StringBuilder::with_capacity(n, n * 32);
-        let mut district = StringBuilder::with_capacity(n, n * 6);
-        let mut name = StringBuilder::new();
-        let mut observation = StringBuilder::new();
-        let mut status = StringBuilder::new();
-        let mut days = Int64Builder::with_capacity(n);
         let mut rows: Vec<(u128, &Episode)> = self
             .persons
             .iter()
             .flat_map(|(p, person)| person.episodes.iter().map(move |e| (*p, e)))
             .collect();
         rows.sort_unstable_by_key(|(p, e)| (e.started_at, *p));
-        for (p, e) in rows {
-            let (s, d) = e.state(self.clock);
-            let dist = registry.district(e.district);
-            person.append_value(format!("{p:032x}"));
-            district.append_value(&dist.district);
-            name.append_value(&dist.name);
-            observation.append_value(e.observation.as_str());
-            started.append_value(e.started_at);
-            ends.append_value(e.ends_at());
-            seen.append_option(e.last_seen_at);
-            due.append_value(e.next_due_at());
-            status.append_value(s.as_str());
-            days.append_value(d);
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(person.finish()),
-            Arc::new(district.finish()),
-            Arc::new(name.finish()),
-            Arc::new(observation.finish()),
-            Arc::new(started.finish()),
-            Arc::new(ends.finish()),
-            Arc::new(seen.finish()),
-            Arc::new(due.finish()),
-            Arc::new(status.finish()),
-            Arc::new(days.finish()),
-        ];
-        RecordBatch::try_new(schema(), cols)
+        episodes_batch(rows.into_iter(), self.clock, registry)
     }
+}
+
+/// `follow_ups` rows of `episodes` at `clock`.
+fn episodes_batch<'a>(
+    episodes: impl ExactSizeIterator<Item = (u128, &'a Episode)>,
+    clock: i64,
+    registry: &Registry,
+) -> arrow::error::Result<RecordBatch> {
+    let n = episodes.len();
+    let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let (mut started, mut ends, mut seen, mut due) = (ts(), ts(), ts(), ts());
+    let mut person = StringBuilder::with_capacity(n, n * 32);
+    let mut district = StringBuilder::with_capacity(n, n * 6);
+    let mut name = StringBuilder::new();
+    let mut observation = StringBuilder::new();
+    let mut status = StringBuilder::new();
+    let mut days = Int64Builder::with_capacity(n);
+    for (p, e) in episodes {
+        let (s, d) = e.state(clock);
+        let dist = registry.district(e.district);
+        person.append_value(format!("{p:032x}"));
+        district.append_value(&dist.district);
+        name.append_value(&dist.name);
+        observation.append_value(e.observation.as_str());
+        started.append_value(e.started_at);
+        ends.append_value(e.ends_at());
+        seen.append_option(e.last_seen_at);
+        due.append_value(e.next_due_at());
+        status.append_value(s.as_str());
+        days.append_value(d);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(person.finish()),
+        Arc::new(district.finish()),
+        Arc::new(name.finish()),
+        Arc::new(observation.finish()),
+        Arc::new(started.finish()),
+        Arc::new(ends.finish()),
+        Arc::new(seen.finish()),
+        Arc::new(due.finish()),
+        Arc::new(status.finish()),
+        Arc::new(days.finish()),
+    ];
+    RecordBatch::try_new(schema(), cols)
 }
 
 /// The Arrow schema of `follow_ups`.

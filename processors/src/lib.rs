@@ -98,15 +98,19 @@ impl LiveView {
         let mut beds = Beds::new(windows);
         load_state(read, &m.beds, |f| beds.load(f))?;
         beds.restore_written(m.bed_final_until, registry);
+        let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
         let mut follow = FollowUps::new();
         load_state(read, &m.follow_ups, |f| follow.load(f))?;
         follow.restore_alerts(read_alerts(read, m)?);
-        follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let mut daily = DailyCounts::default();
         daily
             .restore(&m.daily, registry)
             .map_err(anyhow::Error::msg)?;
-        let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
+        if let Some(before) = m.archived_before {
+            follow.archived_at(before);
+            daily.archived_at(closed_before(calendar, before));
+        }
+        follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let closed = closed_before(calendar, follow.clock());
         let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
         let clock = max_time.map_or(i64::MIN, |t| windows.end(windows.start(t)));
@@ -137,6 +141,25 @@ impl LiveView {
             aberrations: aberrations::batch(&daily.evaluate(registry, closed))?,
         })
     }
+}
+
+/// `rows` with the rows archives being written took out of the state: SQL
+/// sees them in neither the state nor the committed files until the
+/// commit.
+fn with_archived(
+    in_flight: &VecDeque<(Manifest, Writing)>,
+    part: fn(&Writing) -> &Vec<RecordBatch>,
+    rows: RecordBatch,
+) -> Result<RecordBatch> {
+    let archived: Vec<&RecordBatch> = in_flight.iter().flat_map(|(_, w)| part(w)).collect();
+    if archived.is_empty() {
+        return Ok(rows);
+    }
+    let schema = rows.schema();
+    Ok(arrow::compute::concat_batches(
+        &schema,
+        archived.into_iter().chain(std::iter::once(&rows)),
+    )?)
 }
 
 /// The first calendar day not yet closed at `clock`: the day holding it.
@@ -175,11 +198,14 @@ fn load_state(
 }
 
 /// Names of the tables the processors write.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 12] = [
     "symptom_counts",
     "confirmations",
     "bed_occupancy",
     "dead_letters",
+    "follow_ups",
+    "alerts",
+    "aberrations",
     "checkpoint_events",
     "pharmacy_events",
     "door_visits",
@@ -433,6 +459,11 @@ impl Processor {
             .map_err(anyhow::Error::msg)?;
         load_state(&read, &m.follow_ups, |f| self.follow_ups.load(f))?;
         self.follow_ups.restore_alerts(read_alerts(&read, &m)?);
+        if let Some(before) = m.archived_before {
+            self.follow_ups.archived_at(before);
+            self.daily
+                .archived_at(closed_before(self.cfg.calendar, before));
+        }
         self.follow_ups
             .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
         self.follow_ups.take_news();
@@ -623,11 +654,79 @@ impl Processor {
         Ok(())
     }
 
+    /// Once a day: moves what can no longer change — follow-up episodes
+    /// and alerts final, and EARS days closed, before the start of the day
+    /// the retention and lateness reach back to — out of the state into
+    /// the `follow_ups`, `alerts` and `aberrations` files, so the state, its
+    /// files, a checkpoint and a restart stay as large as the retention
+    /// holds, however long paicha runs.
+    fn archive(
+        &mut self,
+        m: &mut Manifest,
+        files: &mut Vec<(String, Content)>,
+        shown: &mut Writing,
+    ) -> Result<()> {
+        let clock = self.follow_ups.clock();
+        if clock == i64::MIN {
+            return Ok(());
+        }
+        let reach = clock.saturating_sub(self.follow_ups.keep_micros());
+        let (before, ..) = self.cfg.calendar.day_bounds(reach);
+        if m.archived_before.is_some_and(|b| b >= before) {
+            return Ok(());
+        }
+        let registry = self.registry.clone();
+        let archived = self.follow_ups.archive(before, &registry)?;
+        let days = self
+            .daily
+            .archive(&registry, closed_before(self.cfg.calendar, before));
+        self.aberrations = None;
+        self.beds
+            .raise_floor(before, self.cfg.bed_alert_share, &registry);
+        // The bed and follow-up logs drop what was archived: full copies
+        // next.
+        self.log_sizes[2].copy = 0;
+        self.log_sizes[3].copy = 0;
+        m.archived_before = Some(before);
+        // One file per table per archive, in the partition of the last day
+        // archived: a first archive may hold years of days (an event from
+        // 2000 starts a district's EARS series there), and a file per day
+        // would be thousands.
+        let day = self.cfg.calendar.day(before.saturating_sub(1));
+        for (table, rows, shown) in [
+            (
+                "aberrations",
+                aberrations::batch(&days)?,
+                &mut shown.aberrations,
+            ),
+            (
+                "alerts",
+                follow_ups::alerts_batch(&archived.alerts)?,
+                &mut shown.alerts,
+            ),
+            ("follow_ups", archived.episodes, &mut shown.follow_ups),
+        ] {
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            let rel = format!("{table}/day={day}/part-{:010}.parquet", m.checkpoint);
+            self.stats.files += 1;
+            self.stats.rows += rows.num_rows() as u64;
+            m.tables.entry(table.into()).or_default().push(rel.clone());
+            shown.push(rows.clone());
+            files.push((rel, Content::Parquet(vec![rows])));
+        }
+        self.follow_up_rows = None;
+        Ok(())
+    }
+
     /// The committed manifest and the rows in memory, consistent with it.
     pub fn live_view(&mut self) -> Result<LiveView> {
         self.settle(usize::MAX)?;
         let windows = self.symptoms.windows();
         self.raw.seal()?;
+        let follow_up_rows = self.follow_up_rows()?;
+        let evaluated = aberrations::batch(self.evaluate_days())?;
         let writing = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
             let mut all: Vec<RecordBatch> = self
                 .in_flight
@@ -672,9 +771,13 @@ impl Processor {
                 all.extend(self.raw.batches(s));
                 all
             }),
-            follow_ups: self.follow_up_rows()?,
-            alerts: follow_ups::alerts_batch(self.follow_ups.alerts())?,
-            aberrations: aberrations::batch(self.evaluate_days())?,
+            follow_ups: with_archived(&self.in_flight, |w| &w.follow_ups, follow_up_rows)?,
+            alerts: with_archived(
+                &self.in_flight,
+                |w| &w.alerts,
+                follow_ups::alerts_batch(self.follow_ups.alerts())?,
+            )?,
+            aberrations: with_archived(&self.in_flight, |w| &w.aberrations, evaluated)?,
         })
     }
 
@@ -752,6 +855,7 @@ impl Processor {
                 continue;
             }
             let runs = self.beds.runs_above(i as u16, share, until, &self.registry);
+            let floor = self.beds.floor(i as u16);
             let ids: Vec<String> = runs
                 .iter()
                 .map(|(first, ..)| format!("bed_utilization:{}:{first}", h.hospital_id))
@@ -764,6 +868,9 @@ impl Processor {
                     a.kind == "bed_utilization"
                         && a.hospital_id.as_deref() == Some(h.hospital_id.as_str())
                         && !ids.contains(&a.alert_id)
+                        // Over before the floor: no sweep sees its run, and
+                        // nothing can change it (it is archived next).
+                        && !a.resolved_at.is_some_and(|r| floor.is_some_and(|f| r <= f))
                 })
                 .map(|a| a.alert_id.clone())
                 .collect();
@@ -942,6 +1049,9 @@ impl Processor {
             |r| r.received_at,
             dead_letters::batch,
         )?;
+        // Alerts first, from the whole state; then what is final leaves it.
+        self.detect();
+        self.archive(&mut m, &mut files, &mut shown)?;
 
         // State changed since the last checkpoint, one file per kind; a
         // full copy instead once the changes outweigh the last copy (or are
@@ -1012,7 +1122,6 @@ impl Processor {
             &mut self.follow_ups,
         )?;
         m.bed_final_until = self.beds.final_until();
-        self.detect();
         let clock = self.follow_ups.clock();
         m.follow_up_clock = (clock != i64::MIN).then_some(clock);
         m.daily = self.daily.save(&self.registry);
@@ -1179,4 +1288,7 @@ struct Writing {
     bed_occupancy: Vec<RecordBatch>,
     dead_letters: Vec<RecordBatch>,
     raw: [Vec<RecordBatch>; 5],
+    follow_ups: Vec<RecordBatch>,
+    alerts: Vec<RecordBatch>,
+    aberrations: Vec<RecordBatch>,
 }

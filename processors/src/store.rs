@@ -130,6 +130,11 @@ pub struct Manifest {
     pub offsets: Vec<Offset>,
     /// The pipeline watermark at the commit, µs.
     pub watermark: Option<i64>,
+    /// Follow-up episodes, alerts and EARS days final before this instant
+    /// (a day's start) are in the `follow_ups`, `alerts` and `aberrations`
+    /// files, no longer in the state; µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_before: Option<i64>,
     /// Files merged away by compaction, deleted after a grace period.
     #[serde(default)]
     pub retired: Vec<Retired>,

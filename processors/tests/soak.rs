@@ -85,6 +85,24 @@ fn events(c: i64) -> Vec<(&'static str, Event)> {
             },
         },
     ));
+    if c % 288 == 0 {
+        // Two days of one bed, two days of a thousand: runs above the
+        // alert share come and go.
+        out.push((
+            "screening.bed",
+            Event {
+                event_id: format!("capacity-{c}"),
+                event_time: t,
+                district: 0,
+                body: Body::Bed {
+                    hospital: 0,
+                    action: BedAction::Capacity,
+                    person_key: None,
+                    beds_total: Some(if (c / 288) % 2 == 0 { 1 } else { 1_000 }),
+                },
+            },
+        ));
+    }
     out.push((
         "screening.bed",
         Event {
@@ -93,7 +111,8 @@ fn events(c: i64) -> Vec<(&'static str, Event)> {
             district: 0,
             body: Body::Bed {
                 hospital: 0,
-                action: if c % 2 == 0 {
+                // One in ten stays: the hospital is never empty.
+                action: if c % 2 == 0 || (c / 2) % 10 == 0 {
                     BedAction::Admit
                 } else {
                     BedAction::Discharge
@@ -173,4 +192,123 @@ fn files_manifest_checkpoint_and_restart_stay_flat_over_uptime() {
     }
     // The manifest also lists each table's file per day: that part grows
     // with the days of data kept (printed above), not with checkpoints.
+}
+
+/// Every row of `table`: its files in the manifest and the rows held, in
+/// one sorted text, so two runs compare whatever their batches.
+fn rows_of(dir: &std::path::Path, view: &paicha_processors::LiveView, table: &str) -> Vec<String> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut batches = Vec::new();
+    for rel in view.manifest.tables.get(table).into_iter().flatten() {
+        let file = std::fs::File::open(dir.join(rel)).expect("a table file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .expect("a Parquet file");
+        batches.extend(reader.map(|b| b.expect("a batch")));
+    }
+    batches.push(match table {
+        "follow_ups" => view.follow_ups.clone(),
+        "alerts" => view.alerts.clone(),
+        _ => view.aberrations.clone(),
+    });
+    let mut out = Vec::new();
+    for b in &batches {
+        let options = FormatOptions::default();
+        let columns: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formats"))
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                columns
+                    .iter()
+                    .map(|c| c.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Archiving moves rows from the state to files once a day; the tables
+/// must not depend on when that happened: checkpoints every simulated
+/// hour with restarts give the rows one checkpoint at the end gives.
+#[test]
+fn archived_rows_are_the_rows_a_single_checkpoint_gives() {
+    let groups: i64 = 20 * 144;
+    let registry = Arc::new(Registry::builtin().expect("the built-in registry"));
+    let run = |every: i64| {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut cfg = Config::new(dir.path().to_path_buf());
+        cfg.retention_micros = 3 * 24 * 60 * MINUTE;
+        let open = || Processor::open(cfg.clone(), registry.clone()).expect("opens");
+        let mut p = open();
+        let mut offsets = std::collections::BTreeMap::new();
+        let mut last = 0;
+        for c in 0..groups {
+            for (topic, e) in events(c) {
+                let high = p.high_mark(topic, 0).max(Some(e.event_time));
+                assert_ne!(p.event(&e, p.horizon(high)), Accepted::TooLate);
+                let next = offsets.entry(topic).or_insert(0i64);
+                *next += 1;
+                last = last.max(e.event_time);
+                p.consumed(topic, 0, *next - 1, Some(e.event_time), Instant::now());
+            }
+            if (c + 1) % every == 0 && c + 1 < groups {
+                p.checkpoint(false, Instant::now()).expect("a checkpoint");
+                if (c + 1) % (every * 50) == 0 {
+                    p.settle_writes().expect("written");
+                    drop(p);
+                    p = open();
+                }
+            }
+        }
+        p.finish_at(last);
+        p.checkpoint(true, Instant::now())
+            .expect("the last checkpoint");
+        let view = p.live_view().expect("a view");
+        assert!(view.manifest.archived_before.is_some(), "nothing archived");
+        let tables: Vec<Vec<String>> = ["follow_ups", "alerts", "aberrations"]
+            .iter()
+            .map(|t| rows_of(dir.path(), &view, t))
+            .collect();
+        let archived = ["follow_ups", "alerts", "aberrations"]
+            .map(|t| view.manifest.tables.get(t).map_or(0, Vec::len));
+        // Every kind of alert is archived: follow-up ones with their
+        // episodes, bed ones once resolved.
+        for kind in ["follow_up_overdue", "bed_utilization"] {
+            assert!(
+                tables[1].iter().any(|r| r.contains(kind)),
+                "no {kind} alert"
+            );
+        }
+        (tables, archived)
+    };
+    let (hourly, files) = run(6);
+    let (once, _) = run(groups);
+    assert!(files.iter().all(|n| *n > 0), "archived files {files:?}");
+    for (t, (a, b)) in ["follow_ups", "alerts", "aberrations"]
+        .iter()
+        .zip(hourly.iter().zip(&once))
+    {
+        assert!(!a.is_empty(), "{t} has no rows");
+        let only = |x: &Vec<String>, y: &Vec<String>| {
+            x.iter()
+                .filter(|r| !y.contains(r))
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{t}: rows; only hourly {:?}; only at the end {:?}",
+            only(a, b),
+            only(b, a)
+        );
+        assert_eq!(a, b, "{t}");
+    }
 }

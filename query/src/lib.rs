@@ -178,19 +178,21 @@ pub async fn open_bounded(
         .await?;
     }
 
-    let in_memory: [(&str, catalog::Rows); 3] = [
+    let held: [(&str, catalog::Rows); 3] = [
         ("follow_ups", |v| vec![v.follow_ups.clone()]),
         ("alerts", |v| vec![v.alerts.clone()]),
         ("aberrations", |v| vec![v.aberrations.clone()]),
     ];
-    for (name, rows) in in_memory {
+    for (name, rows) in held {
         let schema = rows(&first)
             .first()
             .map(|b| b.schema())
             .context("an in-memory table has no schema")?;
+        // Rows final past the retention are archived to files; the rest
+        // are in the state.
         ctx.register_table(
             name,
-            catalog::Current::new(name, schema, source.clone(), rows, false),
+            catalog::Current::new(name, schema, source.clone(), rows, true),
         )?;
     }
     ctx.register_table("districts", districts_table(&registry)?)?;

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion::sql::sqlparser::ast::{Reset, Set, Statement};
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -301,8 +301,9 @@ pub async fn serve(
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                let cancels = handlers.cancel.clone();
                 tokio::spawn(async move {
-                    let refuse = refuse_connection(&mut socket, limits.max_connections);
+                    let refuse = refuse_connection(&mut socket, limits.max_connections, &cancels);
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), refuse).await;
                     drop(refusal);
                 });
@@ -328,8 +329,16 @@ pub async fn serve(
 
 /// Answers a client over the connection limit as PostgreSQL does: past its
 /// SSL or GSS request (declined) and its startup message, an ErrorResponse.
-async fn refuse_connection(socket: &mut tokio::net::TcpStream, max: usize) -> std::io::Result<()> {
+/// A CancelRequest is still carried out: it is how a client stops a query
+/// that is holding the port full.
+async fn refuse_connection(
+    socket: &mut tokio::net::TcpStream,
+    max: usize,
+    cancels: &Cancels,
+) -> std::io::Result<()> {
+    use pgwire::api::cancel::CancelHandler;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CANCEL_REQUEST: u32 = 80_877_102;
     const SSL_REQUEST: u32 = 80_877_103;
     const GSS_REQUEST: u32 = 80_877_104;
     loop {
@@ -345,6 +354,18 @@ async fn refuse_connection(socket: &mut tokio::net::TcpStream, max: usize) -> st
         if code == SSL_REQUEST || code == GSS_REQUEST {
             socket.write_all(b"N").await?;
             continue;
+        }
+        if code == CANCEL_REQUEST && rest.len() >= 12 {
+            let pid = i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            let key = bytes::Bytes::copy_from_slice(&rest[8..]);
+            cancels
+                .on_cancel_request(pgwire::messages::cancel::CancelRequest::new(
+                    pid,
+                    pgwire::messages::startup::SecretKey::Bytes(key),
+                ))
+                .await;
+            // PostgreSQL answers a CancelRequest by closing the connection.
+            return Ok(());
         }
         break;
     }
@@ -417,7 +438,8 @@ pub fn refusal(statement: &Statement) -> Option<String> {
             variable,
             ..
         }) if CLIENT_SETTINGS.contains(&variable.to_string().to_lowercase().as_str()) => None,
-        Statement::Set(_) => Some(format!(
+        Statement::Reset(_) if resets(statement).is_some() => None,
+        Statement::Set(_) | Statement::Reset(_) => Some(format!(
             "`{statement}` is refused: paicha's settings cannot be changed through SQL \
              (a client may set {})",
             CLIENT_SETTINGS.join(", ")
@@ -427,6 +449,37 @@ pub fn refusal(statement: &Statement) -> Option<String> {
             kind(other)
         )),
     }
+}
+
+/// For a `RESET` of a client's own settings: whether it resets
+/// `statement_timeout` (`RESET ALL` does). `None` for any other statement.
+fn resets(statement: &Statement) -> Option<bool> {
+    let Statement::Reset(r) = statement else {
+        return None;
+    };
+    match &r.reset {
+        Reset::ALL => Some(true),
+        Reset::ConfigurationParameter(name) => {
+            let name = name.to_string().to_lowercase();
+            let own = CLIENT_SETTINGS.contains(&name.as_str()) || name == "timezone";
+            own.then_some(name == "statement_timeout")
+        }
+    }
+}
+
+/// Carries out an allowed `RESET`: a client's settings are its
+/// connection's, kept where the session service reads them.
+fn reset(statement: &Statement, client: &mut dyn HookClient) -> Option<PgWireResult<Response>> {
+    let timeout = resets(statement)?;
+    if timeout {
+        client.metadata_mut().remove("statement_timeout_ms");
+        if let Ok(connection) = bounds::CONNECTION.try_with(Arc::clone) {
+            connection.set_timeout(None);
+        }
+    }
+    Some(Ok(Response::Execution(pgwire::api::results::Tag::new(
+        "RESET",
+    ))))
 }
 
 /// The statement's leading keywords, without the rest of its text.
@@ -535,9 +588,10 @@ impl QueryHook for ReadOnly {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         self.note(statement, &*client);
-        refused(statement, ctx)
-            .await
-            .map(|m| Err(read_only_error(m)))
+        if let Some(m) = refused(statement, ctx).await {
+            return Some(Err(read_only_error(m)));
+        }
+        reset(statement, client)
     }
 
     async fn handle_extended_parse_query(
@@ -547,9 +601,18 @@ impl QueryHook for ReadOnly {
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         self.note(statement, client);
-        refused(statement, ctx)
-            .await
-            .map(|m| Err(read_only_error(m)))
+        if let Some(m) = refused(statement, ctx).await {
+            return Some(Err(read_only_error(m)));
+        }
+        resets(statement).map(|_| {
+            let none = Arc::new(datafusion::common::DFSchema::empty());
+            Ok(LogicalPlan::EmptyRelation(
+                datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: none,
+                },
+            ))
+        })
     }
 
     async fn handle_extended_query(
@@ -561,7 +624,10 @@ impl QueryHook for ReadOnly {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         self.note(statement, &*client);
-        refusal(statement).map(|m| Err(read_only_error(m)))
+        if let Some(m) = refusal(statement) {
+            return Some(Err(read_only_error(m)));
+        }
+        reset(statement, client)
     }
 }
 
