@@ -50,7 +50,7 @@ pub struct Merge {
 }
 
 /// The day partition of a file path `TABLE/day=YYYY-MM-DD/…`.
-fn day_of(rel: &str) -> Option<&str> {
+pub(crate) fn day_of(rel: &str) -> Option<&str> {
     rel.split('/').find_map(|p| p.strip_prefix("day="))
 }
 

@@ -496,7 +496,7 @@ impl FollowUps {
         let rows = episodes_batch(episodes.iter().map(|(p, e)| (*p, e)), self.clock, registry)?;
 
         let archived = |a: &Alert| {
-            if !a.final_at().is_some_and(|t| t < before) {
+            if a.final_at().is_none_or(|t| t >= before) {
                 return false;
             }
             if a.kind != "follow_up_overdue" {

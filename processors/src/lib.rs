@@ -44,7 +44,7 @@ use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
 use crate::follow_ups::{Alert, FollowUps};
 use crate::raw::RawEvents;
-use crate::store::{Manifest, Offset, Store, FORMAT};
+use crate::store::{Manifest, Offset, Store, FORMAT, META_DIR};
 use crate::symptoms::SymptomWindows;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
 
@@ -141,6 +141,67 @@ impl LiveView {
             aberrations: aberrations::batch(&daily.evaluate(registry, closed))?,
         })
     }
+}
+
+/// Seals every month wholly behind the archive's horizon whose days are
+/// each down to one file per table: its files leave the manifest's list for
+/// a file of their own, written once. A month gets no new file once behind
+/// the retention, so the manifest each checkpoint rewrites lists the
+/// retention's days and one line per month before.
+fn seal(m: &mut Manifest, files: &mut Vec<(String, Content)>) -> Result<()> {
+    let Some(before) = m.archived_before else {
+        return Ok(());
+    };
+    // Days in paths are reporting-calendar days, as the horizon's is.
+    let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
+    let horizon_month = calendar.day(before).format("%Y-%m").to_string();
+    let mut months: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut crowded: std::collections::BTreeSet<String> = Default::default();
+    for (table, list) in &m.tables {
+        let mut per_day: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in list {
+            let Some(day) = compact::day_of(f) else {
+                continue;
+            };
+            let month = day.get(..7).unwrap_or(day).to_string();
+            if month >= horizon_month {
+                continue;
+            }
+            *per_day.entry(day).or_default() += 1;
+            months
+                .entry(month)
+                .or_default()
+                .entry(table.clone())
+                .or_default()
+                .push(f.clone());
+        }
+        // A day still in several files is compacted first.
+        for (day, n) in per_day {
+            if n > 1 {
+                crowded.insert(day.get(..7).unwrap_or(day).to_string());
+            }
+        }
+    }
+    for (month, tables) in months {
+        if crowded.contains(&month) {
+            continue;
+        }
+        let path = format!("{META_DIR}/sealed/{month}-{:010}.json", m.checkpoint);
+        let sealed_files = Arc::make_mut(&mut m.sealed_files);
+        for (table, list) in &tables {
+            if let Some(open) = m.tables.get_mut(table) {
+                open.retain(|f| !list.contains(f));
+            }
+            sealed_files
+                .entry(table.clone())
+                .or_default()
+                .extend(list.iter().cloned());
+        }
+        m.tables.retain(|_, list| !list.is_empty());
+        files.push((path.clone(), Content::Bytes(serde_json::to_vec(&tables)?)));
+        m.sealed.push(store::Sealed { month, path });
+    }
+    Ok(())
 }
 
 /// `rows` with the rows archives being written took out of the state: SQL
@@ -870,7 +931,7 @@ impl Processor {
                         && !ids.contains(&a.alert_id)
                         // Over before the floor: no sweep sees its run, and
                         // nothing can change it (it is archived next).
-                        && !a.resolved_at.is_some_and(|r| floor.is_some_and(|f| r <= f))
+                        && a.resolved_at.is_none_or(|r| floor.is_none_or(|f| r > f))
                 })
                 .map(|a| a.alert_id.clone())
                 .collect();
@@ -1149,6 +1210,9 @@ impl Processor {
         m.watermark = (watermark != i64::MIN).then_some(watermark);
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
+        if self.compaction.is_none() {
+            seal(&mut m, &mut files)?;
+        }
         self.manifest = m.clone();
         self.dirty = false;
         self.stats.checkpoints += 1;

@@ -189,8 +189,14 @@ impl Remote {
         let Some(bytes) = self.get(&rel)? else {
             return Ok(None);
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
+        let mut m: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is corrupt", self.url_of(&rel)))?;
+        m.read_sealed(&|path| {
+            let rel = format!("{prefix}{path}");
+            self.get(&rel)?
+                .map(|b| b.to_vec())
+                .with_context(|| format!("{} is missing", self.url_of(&rel)))
+        })?;
         Ok(Some((m, bytes)))
     }
 }

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow::record_batch::RecordBatch;
@@ -95,8 +96,17 @@ pub struct Manifest {
     pub window_micros: i64,
     /// Reporting time zone the day partitions use.
     pub time_zone: String,
-    /// Files of each table, relative to the data directory.
+    /// Files of each table, relative to the data directory: the days not
+    /// sealed yet.
     pub tables: BTreeMap<String, Vec<String>>,
+    /// Months sealed: their table files listed once, in a file of their
+    /// own, so the manifest a checkpoint rewrites stays as long as the
+    /// retention, not the uptime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<Sealed>,
+    /// The table files of every sealed month, read from their files.
+    #[serde(skip)]
+    pub sealed_files: Arc<BTreeMap<String, Vec<String>>>,
     /// Dedupe files, relative to the data directory.
     pub dedupe: Vec<String>,
     /// First case reports per person and status, relative to the data
@@ -145,13 +155,56 @@ pub struct Manifest {
     pub partitioner: Option<String>,
 }
 
+/// A sealed month: its table files, listed in `path`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// `YYYY-MM`, in the reporting calendar.
+    pub month: String,
+    /// The file listing them, relative to the directory: JSON, table name
+    /// to files.
+    pub path: String,
+}
+
 impl Manifest {
-    /// Every file the manifest names (tables, state, alerts, and retired
-    /// files still in their grace period), relative to its directory.
+    /// Every file of `table`, sealed months and the rest.
+    pub fn table_files<'a>(&'a self, table: &str) -> impl Iterator<Item = &'a String> + 'a {
+        self.sealed_files
+            .get(table)
+            .into_iter()
+            .flatten()
+            .chain(self.tables.get(table).into_iter().flatten())
+    }
+
+    /// Every table with files, sealed or not.
+    pub fn table_names(&self) -> BTreeSet<&String> {
+        self.sealed_files.keys().chain(self.tables.keys()).collect()
+    }
+
+    /// Reads the files of the sealed months with `read` (a path relative to
+    /// the manifest's directory to its bytes).
+    pub fn read_sealed(&mut self, read: &dyn Fn(&str) -> Result<Vec<u8>>) -> Result<()> {
+        let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in &self.sealed {
+            let bytes = read(&s.path)?;
+            let month: BTreeMap<String, Vec<String>> =
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", s.path))?;
+            for (table, files) in month {
+                all.entry(table).or_default().extend(files);
+            }
+        }
+        self.sealed_files = Arc::new(all);
+        Ok(())
+    }
+
+    /// Every file the manifest names (tables, sealed months, state, alerts,
+    /// and retired files still in their grace period), relative to its
+    /// directory.
     pub fn files(&self) -> impl Iterator<Item = &String> {
         self.tables
             .values()
             .flatten()
+            .chain(self.sealed_files.values().flatten())
+            .chain(self.sealed.iter().map(|s| &s.path))
             .chain(self.dedupe.iter())
             .chain(self.cases.iter())
             .chain(self.beds.iter())
@@ -236,8 +289,11 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let m: Manifest = serde_json::from_str(&text)
+        let mut m: Manifest = serde_json::from_str(&text)
             .with_context(|| format!("{} is corrupt", path.display()))?;
+        m.read_sealed(&|rel| {
+            fs::read(self.root.join(rel)).with_context(|| format!("cannot read {rel}"))
+        })?;
         if m.format != FORMAT {
             bail!(
                 "{} has format `{}`, this paicha reads `{FORMAT}`",

@@ -60,7 +60,7 @@ impl Tasks {
             None => root.display().to_string(),
         };
         match marker {
-            Some(m) if m.checkpoint > 0 || !m.tables.is_empty() => bail!(
+            Some(m) if m.checkpoint > 0 || !m.tables.is_empty() || !m.sealed.is_empty() => bail!(
                 "{place} holds data written before partition tasks (one directory per partition); replay it into a new data directory"
             ),
             Some(m) if m.partitioner.as_deref() != Some(PARTITIONER) => bail!(

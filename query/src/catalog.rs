@@ -249,21 +249,15 @@ impl Snapshots {
     /// manifest gives them, or paths relative to the data directory.
     fn files(&self, view: &LiveView, table: &str) -> Vec<String> {
         view.manifest
-            .tables
-            .get(table)
-            .map(|files| {
-                files
-                    .iter()
-                    .map(|f| {
-                        if f.contains("://") || Path::new(f).is_absolute() {
-                            f.clone()
-                        } else {
-                            self.data_dir.join(f).to_string_lossy().into_owned()
-                        }
-                    })
-                    .collect()
+            .table_files(table)
+            .map(|f| {
+                if f.contains("://") || Path::new(f).is_absolute() {
+                    f.clone()
+                } else {
+                    self.data_dir.join(f).to_string_lossy().into_owned()
+                }
             })
-            .unwrap_or_default()
+            .collect()
     }
 }
 
@@ -291,6 +285,8 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     };
     let mut manifest = first.manifest.clone();
     manifest.tables.clear();
+    manifest.sealed.clear();
+    manifest.sealed_files = Default::default();
     manifest.offsets.clear();
     let mut view = LiveView {
         manifest: Default::default(),
@@ -305,12 +301,12 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     };
     let (mut follow_ups, mut alerts, mut aberrations) = (Vec::new(), Vec::new(), Vec::new());
     for (prefix, part) in parts {
-        for (table, files) in &part.manifest.tables {
-            manifest
-                .tables
-                .entry(table.clone())
-                .or_default()
-                .extend(files.iter().map(|f| format!("{prefix}{f}")));
+        for table in part.manifest.table_names() {
+            manifest.tables.entry(table.clone()).or_default().extend(
+                part.manifest
+                    .table_files(table)
+                    .map(|f| format!("{prefix}{f}")),
+            );
         }
         manifest
             .offsets

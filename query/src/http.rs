@@ -256,7 +256,13 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
         Ok(b) => b,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     };
-    let body = Body::from_stream(rows(head, first, stream, encoder, limits, deadline, permit));
+    let chunks = rows(head, first, stream, encoder, limits, deadline, permit);
+    // Encoding a large result costs as much as computing it: on the query
+    // runtime too, so the port's (and the ingest gateway's) stays free.
+    let body = match &state.queries {
+        Some(queries) => Body::from_stream(drive_on(queries, chunks)),
+        None => Body::from_stream(chunks),
+    };
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
@@ -275,26 +281,35 @@ async fn on_runtime(
 ) -> anyhow::Result<(SchemaRef, SendableRecordBatchStream)> {
     let (started, planned) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::mpsc::channel::<Option<datafusion::error::Result<RecordBatch>>>(1);
+    // A client that goes away drops the receiver: the query stops then,
+    // even while it computes its first row.
+    let gone = tx.clone();
     queries.spawn(async move {
-        let mut stream = match run.await {
-            Ok((schema, stream)) => {
-                if started.send(Ok(schema)).is_err() {
+        let work = async move {
+            let mut stream = match run.await {
+                Ok((schema, stream)) => {
+                    if started.send(Ok(schema)).is_err() {
+                        return;
+                    }
+                    stream
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
                     return;
                 }
-                stream
+            };
+            while let Some(batch) = stream.next().await {
+                let sent = tokio::time::timeout_at(deadline, tx.send(Some(batch))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
             }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
+            let _ = tokio::time::timeout_at(deadline, tx.send(None)).await;
         };
-        while let Some(batch) = stream.next().await {
-            let sent = tokio::time::timeout_at(deadline, tx.send(Some(batch))).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                return;
-            }
+        tokio::select! {
+            () = work => {}
+            () = gone.closed() => {}
         }
-        let _ = tokio::time::timeout_at(deadline, tx.send(None)).await;
     });
     let schema = planned
         .await
@@ -315,6 +330,33 @@ async fn on_runtime(
     let stream =
         datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema.clone(), batches);
     Ok((schema, Box::pin(stream)))
+}
+
+/// Polls `stream` on `runtime`, one item ahead of the reader; stops when
+/// the reader goes.
+fn drive_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    stream: impl futures::Stream<Item = T> + Send + 'static,
+) -> impl futures::Stream<Item = T> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(1);
+    runtime.spawn(async move {
+        let gone = tx.clone();
+        let forward = async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = forward => {}
+            () = gone.closed() => {}
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// The response body: `head`, the encoded batches (`first`, then the rest
