@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{fold_symptom_counts, ok, paicha, wait_for};
@@ -670,7 +670,55 @@ fn hostile_queries_end_with_a_clear_error_and_the_server_stays() {
     assert!(v["reset_secs"].as_f64().unwrap() >= 2.5, "{v}");
     assert!(says("full", "user request"), "{v}");
     assert!(v["full_secs"].as_f64().unwrap() < 20.0, "{v}");
+    // A client that vanishes mid-query leaves nothing computing: over the
+    // wire (psql killed) and over HTTP (the connection dropped).
+    let endless = "SELECT COUNT(*) FROM generate_series(1, 100000000000)";
+    let mut client = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string()])
+        .args(["-U", "analyst", "-d", "paicha", "-X", "-w", "-c", endless])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_idle_after_clients_left(server.child.id(), "psql");
+    let gone = ureq::post(&format!("{http}/sql"))
+        .timeout(Duration::from_millis(1500))
+        .send_string(endless);
+    assert!(gone.is_err(), "the endless query answered");
+    assert_idle_after_clients_left(server.child.id(), "HTTP");
     // Still serving.
     let (status, _) = post(&http, None, "SELECT 1").expect("the server answers");
     assert_eq!(status, 200);
+}
+
+/// CPU seconds (user and system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after it.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The server stops computing within a couple of seconds of its clients
+/// leaving: over two more seconds it uses well under a core.
+fn assert_idle_after_clients_left(pid: u32, how: &str) {
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_secs(pid) - before;
+    assert!(
+        used < 1.0,
+        "the query of a {how} client that left still computes: {used:.2} CPU s in 2 s"
+    );
 }

@@ -45,7 +45,7 @@ pub struct Limits {
     /// Connections open at once, per port.
     pub max_connections: usize,
     /// Threads queries run on: fewer than the cores, so ingestion keeps
-    /// one; also the partitions a query's plan is split into.
+    /// one.
     pub threads: usize,
 }
 

@@ -586,12 +586,20 @@ pub(crate) async fn collect(
     df: datafusion::dataframe::DataFrame,
     max_rows: usize,
 ) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::execution::memory_pool::MemoryConsumer;
     use futures::StreamExt;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    // A result gathered whole (the wire's simple protocol caches it) is
+    // memory a query holds: it counts against the query pool like an
+    // operator's, so four clients each gathering a million rows cannot
+    // take what the pool keeps for everyone.
+    let pool = df.task_ctx().memory_pool().clone();
+    let reservation = MemoryConsumer::new("a result gathered for the wire").register(&pool);
     let mut stream = df.execute_stream().await?;
     let (mut batches, mut rows) = (Vec::new(), 0usize);
     while let Some(b) = stream.next().await {
         let b = b?;
+        reservation.try_grow(b.get_array_memory_size())?;
         rows = rows.saturating_add(b.num_rows());
         if rows > max_rows {
             return Err(DataFusionError::Execution(format!(

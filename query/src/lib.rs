@@ -230,7 +230,6 @@ pub async fn open_bounded(
             SessionConfig::new()
                 .with_information_schema(true)
                 .with_default_catalog_and_schema("datafusion", "public")
-                .with_target_partitions(limits.threads.max(1))
                 .with_extension(Arc::new(catalog::Results::new(
                     source.clone(),
                     limits.max_rows,

@@ -314,17 +314,58 @@ pub async fn serve(
         let running = running.clone();
         tokio::spawn(async move {
             let connection = Arc::new(bounds::Connection::default());
+            let (socket, watch) = match watched(socket) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "cannot serve a PostgreSQL connection");
+                    return;
+                }
+            };
             let served = bounds::CONNECTION.scope(
                 connection.clone(),
                 pgwire::tokio::process_socket(socket, None, handlers),
             );
-            if let Err(e) = served.await {
+            let ended = tokio::select! {
+                ended = served => ended,
+                () = client_gone(watch, &connection) => Ok(()),
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "PostgreSQL connection ended with an error");
             }
             running.forget(&connection);
             drop(permit);
         });
     }
+}
+
+/// The socket to serve, and a second handle on it to notice the client
+/// leave while a query computes (pgwire reads nothing then).
+fn watched(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let watch = socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, watch))
+}
+
+/// Returns once the client has closed the connection, after canceling the
+/// query it left running: a query nobody waits for stops within a second,
+/// not at its timeout.
+async fn client_gone(watch: std::net::TcpStream, connection: &bounds::Connection) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // Nonblocking (shared with the served handle): data not read yet
+        // is the next request, not the end.
+        match watch.peek(&mut [0u8; 1]) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+    }
+    connection.cancel();
+    // The served side sees the end too; it finishes the connection.
+    std::future::pending::<()>().await
 }
 
 /// Answers a client over the connection limit as PostgreSQL does: past its
