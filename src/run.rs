@@ -51,12 +51,35 @@ fn query_runtime(threads: usize) -> Result<&'static tokio::runtime::Runtime> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
+        .on_thread_start(yield_to_ingestion)
         .thread_name("paicha-sql")
         .enable_all()
         .build()
         .context("cannot start the query runtime")?;
     Ok(QUERIES.get_or_init(|| rt))
 }
+
+/// Lowers the calling query thread's priority: its workers and its
+/// blocking threads (file reads, sort spills) alike. Queries use every
+/// core the pipeline leaves idle, but when both want one, the consumer,
+/// the processors and the writer come first, so no load of queries slows
+/// ingestion.
+fn yield_to_ingestion() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority has no memory effects; on Linux, PRIO_PROCESS
+        // with id 0 names the calling thread alone.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, QUERY_NICE) };
+        if done != 0 {
+            tracing::debug!("cannot lower a query thread's priority");
+        }
+    }
+}
+
+/// The nice value of query threads: a tenth of a pipeline thread's share
+/// of a busy core.
+#[cfg(target_os = "linux")]
+const QUERY_NICE: libc::c_int = 10;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
