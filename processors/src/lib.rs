@@ -106,10 +106,7 @@ impl LiveView {
         daily
             .restore(&m.daily, registry)
             .map_err(anyhow::Error::msg)?;
-        if let Some(before) = m.archived_before {
-            follow.archived_at(before);
-            daily.archived_at(closed_before(calendar, before));
-        }
+        archived_at(m, calendar, &mut follow, &mut daily);
         follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let closed = closed_before(calendar, follow.clock());
         let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
@@ -204,23 +201,13 @@ fn seal(m: &mut Manifest, files: &mut Vec<(String, Content)>) -> Result<()> {
     Ok(())
 }
 
-/// `rows` with the rows archives being written took out of the state: SQL
-/// sees them in neither the state nor the committed files until the
-/// commit.
-fn with_archived(
-    in_flight: &VecDeque<(Manifest, Writing)>,
-    part: fn(&Writing) -> &Vec<RecordBatch>,
-    rows: RecordBatch,
-) -> Result<RecordBatch> {
-    let archived: Vec<&RecordBatch> = in_flight.iter().flat_map(|(_, w)| part(w)).collect();
-    if archived.is_empty() {
-        return Ok(rows);
+/// Tells restored state where the last archive of `m` stood, so nothing
+/// archived is raised or evaluated again.
+fn archived_at(m: &Manifest, calendar: Calendar, follow: &mut FollowUps, daily: &mut DailyCounts) {
+    if let Some(before) = m.archived_before {
+        follow.archived_at(before);
+        daily.archived_at(closed_before(calendar, before));
     }
-    let schema = rows.schema();
-    Ok(arrow::compute::concat_batches(
-        &schema,
-        archived.into_iter().chain(std::iter::once(&rows)),
-    )?)
 }
 
 /// The first calendar day not yet closed at `clock`: the day holding it.
@@ -520,11 +507,7 @@ impl Processor {
             .map_err(anyhow::Error::msg)?;
         load_state(&read, &m.follow_ups, |f| self.follow_ups.load(f))?;
         self.follow_ups.restore_alerts(read_alerts(&read, &m)?);
-        if let Some(before) = m.archived_before {
-            self.follow_ups.archived_at(before);
-            self.daily
-                .archived_at(closed_before(self.cfg.calendar, before));
-        }
+        archived_at(&m, self.cfg.calendar, &mut self.follow_ups, &mut self.daily);
         self.follow_ups
             .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
         self.follow_ups.take_news();
@@ -797,6 +780,12 @@ impl Processor {
             all.push(now);
             all
         };
+        // The tables held as one batch: rows an archive being written took
+        // out of the state are in neither it nor the committed files yet.
+        let whole = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
+            let schema = now.schema();
+            arrow::compute::concat_batches(&schema, &writing(part, now))
+        };
         Ok(LiveView {
             manifest: self.committed.clone(),
             symptom_counts: writing(
@@ -832,13 +821,12 @@ impl Processor {
                 all.extend(self.raw.batches(s));
                 all
             }),
-            follow_ups: with_archived(&self.in_flight, |w| &w.follow_ups, follow_up_rows)?,
-            alerts: with_archived(
-                &self.in_flight,
+            follow_ups: whole(|w| &w.follow_ups, follow_up_rows)?,
+            alerts: whole(
                 |w| &w.alerts,
                 follow_ups::alerts_batch(self.follow_ups.alerts())?,
             )?,
-            aberrations: with_archived(&self.in_flight, |w| &w.aberrations, evaluated)?,
+            aberrations: whole(|w| &w.aberrations, evaluated)?,
         })
     }
 
