@@ -75,6 +75,16 @@ pub struct ConsumerConfig {
 /// in a query within this much of being consumed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
+/// Publishing takes at most one part in this many of the consumer thread:
+/// when the state is large or the machine loaded, views are published less
+/// often rather than ingestion falling behind the offered rate.
+const PUBLISH_SHARE: u32 = 10;
+
+/// The pause after a publication that took `took`.
+fn publish_pause(took: Duration) -> Duration {
+    PUBLISH_EVERY.max(took.saturating_mul(PUBLISH_SHARE - 1))
+}
+
 fn publish(tasks: &mut Tasks, live: &Option<paicha_query::Live>) -> Result<()> {
     if let Some(live) = live {
         let mut views = BTreeMap::new();
@@ -362,6 +372,7 @@ pub fn consume(
     let mut last_checkpoint = Instant::now();
     let mut lag_checked: Option<Instant> = None;
     let mut last_publish = Instant::now();
+    let mut publish_every = PUBLISH_EVERY;
     let mut end_checked = Instant::now();
     let mut stage_ends: Option<(&str, Ends)> = None;
     let mut failed_forwards = 0;
@@ -486,10 +497,12 @@ pub fn consume(
             }
             last_checkpoint = Instant::now();
         }
-        if last_publish.elapsed() >= PUBLISH_EVERY {
+        if last_publish.elapsed() >= publish_every {
+            let started = Instant::now();
             at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
                 publish(tasks, &cfg.live)
             })?;
+            publish_every = publish_pause(started.elapsed());
             last_publish = Instant::now();
         }
         if let Some(end) = &end {
@@ -1191,4 +1204,19 @@ pub fn log_summary(s: &RunSummary) {
         rerouted = s.rerouted,
         "consumer finished"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_publication_spaces_the_next_ones_out() {
+        assert_eq!(publish_pause(Duration::from_millis(1)), PUBLISH_EVERY);
+        assert_eq!(
+            publish_pause(Duration::from_millis(50)),
+            Duration::from_millis(450)
+        );
+        assert_eq!(publish_pause(Duration::MAX), Duration::MAX);
+    }
 }

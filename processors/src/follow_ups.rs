@@ -384,6 +384,9 @@ pub struct FollowUps {
     news: Vec<Alert>,
     pending: Vec<Logged>,
     alerts_changed: bool,
+    /// Counts every change to `alerts`, so their rows are rebuilt only
+    /// when one happened.
+    alerts_version: u64,
     /// How far behind the clock an event can still count (retention plus
     /// lateness): changes of persons never under observation older than
     /// that can no longer join an episode, so they are forgotten.
@@ -541,6 +544,7 @@ impl FollowUps {
                     .collect();
             }
             self.alerts_changed = true;
+            self.alerts_version += 1;
         } else {
             self.alerts = kept;
         }
@@ -799,6 +803,7 @@ impl FollowUps {
             a.resolved_at = resolved_at;
             self.news.push(a.clone());
             self.alerts_changed = true;
+            self.alerts_version += 1;
         }
     }
 
@@ -833,6 +838,7 @@ impl FollowUps {
         a.detail.push_str(why);
         self.news.push(a.clone());
         self.alerts_changed = true;
+        self.alerts_version += 1;
     }
 
     /// Withdraws the alert `id` if it was raised (see `withdraw_at`).
@@ -893,12 +899,18 @@ impl FollowUps {
         self.news.push(alert.clone());
         self.alerts.push(alert);
         self.alerts_changed = true;
+        self.alerts_version += 1;
         k
     }
 
     /// Alerts raised or resolved since the last call.
     pub fn take_news(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.news)
+    }
+
+    /// Changes when any alert is raised, resolved, archived or restored.
+    pub fn alerts_version(&self) -> u64 {
+        self.alerts_version
     }
 
     /// Whether an alert was raised or resolved since the last call.
@@ -1002,6 +1014,7 @@ impl FollowUps {
         }
         self.news.clear();
         self.alerts_changed = false;
+        self.alerts_version += 1;
     }
 
     /// The `follow_ups` rows at the clock.

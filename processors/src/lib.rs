@@ -57,8 +57,9 @@ use crate::writer::{Commit, Content, Writer};
 /// snapshot (which would count a window twice) or the reverse.
 #[derive(Debug, Clone)]
 pub struct LiveView {
-    /// The manifest of the last checkpoint.
-    pub manifest: Manifest,
+    /// The manifest of the last checkpoint, shared: a view is published
+    /// five times a second and the manifest is most of its bookkeeping.
+    pub manifest: Arc<Manifest>,
     /// `symptom_counts` rows in memory (being written, or not yet).
     pub symptom_counts: Vec<RecordBatch>,
     /// `confirmations` rows in memory.
@@ -119,7 +120,7 @@ impl LiveView {
             .restore(&m.open_confirmations, registry)
             .map_err(anyhow::Error::msg)?;
         Ok(LiveView {
-            manifest: m.clone(),
+            manifest: Arc::new(m.clone()),
             symptom_counts: vec![symptoms::batch(&s.snapshot(), windows, registry)?],
             confirmations: vec![confirmations::batch(
                 &c.counts().snapshot(),
@@ -403,6 +404,8 @@ pub struct Processor {
     /// The last `follow_ups` rows built for SQL, and when: rebuilding every
     /// episode is not free, so live SQL sees it at most a second old.
     follow_up_rows: Option<(Instant, arrow::record_batch::RecordBatch)>,
+    /// The `alerts` rows in memory, with the alerts' version they show.
+    alert_rows: Option<(u64, arrow::record_batch::RecordBatch)>,
     daily: DailyCounts,
     /// The last EARS evaluation and the first open day it was made for.
     aberrations: Option<(i32, Vec<aberrations::Row>)>,
@@ -418,11 +421,11 @@ pub struct Processor {
     compaction: Option<(Vec<Merge>, std::thread::JoinHandle<Result<()>>)>,
     /// The last manifest on disk: what SQL reads files by and compaction
     /// plans from. `manifest` runs ahead of it while checkpoints are written.
-    committed: Manifest,
+    committed: Arc<Manifest>,
     writer: Writer,
     /// Checkpoints handed to the writer, oldest first, with the rows SQL
     /// must keep seeing from memory until each is committed.
-    in_flight: VecDeque<(Manifest, Writing)>,
+    in_flight: VecDeque<(Arc<Manifest>, Writing)>,
     dirty: bool,
     /// The bytes of each kind of state's last full copy and of the changes
     /// written since (dedupe, cases, beds, follow-ups); unknown (zero) after
@@ -445,6 +448,7 @@ impl Processor {
             follow_ups: FollowUps::new()
                 .keeping(cfg.retention_micros.saturating_add(cfg.lateness_micros)),
             follow_up_rows: None,
+            alert_rows: None,
             daily: DailyCounts::default(),
             aberrations: None,
             ears_unchecked: false,
@@ -460,7 +464,7 @@ impl Processor {
             dead_letters: Vec::new(),
             max_time: i64::MIN,
             compaction: None,
-            committed: Manifest::default(),
+            committed: Default::default(),
             writer: Writer::start(store.clone())?,
             in_flight: VecDeque::new(),
             dirty: false,
@@ -470,7 +474,7 @@ impl Processor {
             registry,
             store,
         };
-        p.committed = p.manifest.clone();
+        p.committed = Arc::new(p.manifest.clone());
         let (districts, hospitals) = p.registry.to_csv();
         p.store
             .write_file("_paicha/registry/districts.csv", districts.as_bytes())?;
@@ -526,7 +530,7 @@ impl Processor {
                 self.watermarks.restore(&o.topic, o.partition, t, now);
             }
         }
-        self.committed = m.clone();
+        self.committed = Arc::new(m.clone());
         self.manifest = m;
         Ok(())
     }
@@ -770,6 +774,7 @@ impl Processor {
         let windows = self.symptoms.windows();
         self.raw.seal()?;
         let follow_up_rows = self.follow_up_rows()?;
+        let alert_rows = self.alert_rows()?;
         let evaluated = aberrations::batch(self.evaluate_days())?;
         let writing = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
             let mut all: Vec<RecordBatch> = self
@@ -782,9 +787,13 @@ impl Processor {
         };
         // The tables held as one batch: rows an archive being written took
         // out of the state are in neither it nor the committed files yet.
+        // Without such rows (every day but one) the batch is shared, not
+        // copied.
         let whole = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
             let schema = now.schema();
-            arrow::compute::concat_batches(&schema, &writing(part, now))
+            let mut all = writing(part, now);
+            all.retain(|b| b.num_rows() > 0);
+            arrow::compute::concat_batches(&schema, &all)
         };
         Ok(LiveView {
             manifest: self.committed.clone(),
@@ -822,10 +831,7 @@ impl Processor {
                 all
             }),
             follow_ups: whole(|w| &w.follow_ups, follow_up_rows)?,
-            alerts: whole(
-                |w| &w.alerts,
-                follow_ups::alerts_batch(self.follow_ups.alerts())?,
-            )?,
+            alerts: whole(|w| &w.alerts, alert_rows)?,
             aberrations: whole(|w| &w.aberrations, evaluated)?,
         })
     }
@@ -948,6 +954,18 @@ impl Processor {
                 });
             }
         }
+    }
+
+    fn alert_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
+        let version = self.follow_ups.alerts_version();
+        if let Some((v, rows)) = &self.alert_rows {
+            if *v == version {
+                return Ok(rows.clone());
+            }
+        }
+        let rows = follow_ups::alerts_batch(self.follow_ups.alerts())?;
+        self.alert_rows = Some((version, rows.clone()));
+        Ok(rows)
     }
 
     fn follow_up_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
@@ -1206,7 +1224,7 @@ impl Processor {
         self.stats.checkpoints += 1;
         // At most one checkpoint queued behind the one being written.
         self.settle(1)?;
-        self.in_flight.push_back((m.clone(), shown));
+        self.in_flight.push_back((Arc::new(m.clone()), shown));
         self.writer.submit(Commit {
             files,
             manifest: m,
@@ -1289,7 +1307,7 @@ impl Processor {
         self.stats.merges += compact::commit(&mut m, merges, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
         self.store.commit(&m)?;
-        self.committed = m.clone();
+        self.committed = Arc::new(m.clone());
         self.manifest = m;
         Ok(())
     }

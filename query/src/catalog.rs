@@ -28,7 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use paicha_ingest::registry::Registry;
 use paicha_processors::remote::Remote;
-use paicha_processors::store::{Store, META_DIR};
+use paicha_processors::store::{Manifest, Store, META_DIR};
 use paicha_processors::tasks::TASK_PREFIX;
 use paicha_processors::LiveView;
 
@@ -283,7 +283,7 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     let Some((_, first)) = parts.first() else {
         anyhow::bail!("the data directory has no manifest");
     };
-    let mut manifest = first.manifest.clone();
+    let mut manifest = Manifest::clone(&first.manifest);
     manifest.tables.clear();
     manifest.sealed.clear();
     manifest.sealed_files = Default::default();
@@ -334,7 +334,7 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     view.follow_ups = concat(follow_ups, &first.follow_ups)?;
     view.alerts = concat(alerts, &first.alerts)?;
     view.aberrations = concat(aberrations, &first.aberrations)?;
-    view.manifest = manifest;
+    view.manifest = Arc::new(manifest);
     Ok(view)
 }
 
