@@ -340,6 +340,7 @@ impl Store {
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         // Ids are unique per row: a dictionary for them only costs an
         // interner lookup per value before the writer gives up on it.
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
         for (id, pseudonym) in [
             ("event_id", false),
@@ -349,7 +350,12 @@ impl Store {
             ("alert_id", false),
         ] {
             if first.schema().field_with_name(id).is_ok() {
-                props = props.set_column_dictionary_enabled(id.into(), false);
+                // A lookup of one event or one person (tracing a contact)
+                // reads each file's filter instead of the whole column.
+                props = props
+                    .set_column_dictionary_enabled(id.into(), false)
+                    .set_column_bloom_filter_fpp(id.into(), 0.01)
+                    .set_column_bloom_filter_max_ndv(id.into(), rows.clamp(1, 1 << 20));
                 if pseudonym {
                     // Random hex: Snappy finds nothing to shorten and only
                     // costs time.
