@@ -202,6 +202,8 @@ pub struct BoundedPlanner {
     pub timeout: Duration,
     /// The long lane: one permit per query thread.
     pub long_lane: Arc<tokio::sync::Semaphore>,
+    /// The compute after which a query is long ([`SHORT_COMPUTE`]).
+    pub short_compute: Duration,
 }
 
 impl BoundedPlanner {
@@ -210,6 +212,7 @@ impl BoundedPlanner {
         BoundedPlanner {
             timeout: limits.timeout,
             long_lane: Arc::new(tokio::sync::Semaphore::new(limits.threads.max(1))),
+            short_compute: SHORT_COMPUTE,
         }
     }
 }
@@ -229,12 +232,196 @@ impl QueryPlanner for BoundedPlanner {
             Some(t) => t.min(self.timeout),
             None => self.timeout,
         };
-        Ok(Arc::new(DeadlineExec::new(
-            plan,
-            timeout,
-            connection,
-            self.long_lane.clone(),
-        )))
+        let lane = Arc::new(Lane {
+            long: self.long_lane.clone(),
+            short_nanos: u64::try_from(self.short_compute.as_nanos()).unwrap_or(u64::MAX),
+            computed_nanos: AtomicU64::new(0),
+        });
+        let plan = gate_spawned_inputs(plan, &lane)?;
+        Ok(Arc::new(DeadlineExec::new(plan, timeout, connection, lane)))
+    }
+}
+
+/// Operators that drive their inputs from tasks of their own: the root's
+/// step does not cover those tasks, so each input is stepped on its own.
+fn spawns_inputs(plan: &dyn ExecutionPlan) -> bool {
+    matches!(
+        plan.name(),
+        "RepartitionExec" | "CoalescePartitionsExec" | "SortPreservingMergeExec"
+    )
+}
+
+/// Puts a [`LaneExec`] above every input of an operator that spawns tasks
+/// to drive them.
+fn gate_spawned_inputs(
+    plan: Arc<dyn ExecutionPlan>,
+    lane: &Arc<Lane>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
+    plan.transform_up(|node| {
+        if !spawns_inputs(node.as_ref()) {
+            return Ok(Transformed::no(node));
+        }
+        let children = node
+            .children()
+            .into_iter()
+            .map(|c| {
+                Arc::new(LaneExec {
+                    input: c.clone(),
+                    lane: lane.clone(),
+                }) as Arc<dyn ExecutionPlan>
+            })
+            .collect();
+        // A lane node has its input's properties: the parent's stay.
+        let keep = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
+        Ok(Transformed::yes(node.replace_children(children, keep)?))
+    })
+    .map(|t| t.data)
+}
+
+/// One query's place in the lanes, shared by every task it runs: its
+/// compute so far, and the long lane it steps in once that passes
+/// [`SHORT_COMPUTE`].
+#[derive(Debug)]
+struct Lane {
+    long: Arc<tokio::sync::Semaphore>,
+    short_nanos: u64,
+    computed_nanos: AtomicU64,
+}
+
+std::thread_local! {
+    /// Set while a step polls: a stream polled inside another's step (an
+    /// operator that drives its input inline) is part of that step.
+    static IN_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`IN_STEP`] when a step ends, even by a panic.
+struct StepGuard;
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        IN_STEP.with(|s| s.set(false));
+    }
+}
+
+/// A stream of one query, polled in steps: short while the query has
+/// computed less than [`SHORT_COMPUTE`], then only holding a long-lane
+/// permit, taken for one step and given back after it (the semaphore is
+/// fair, so long queries step in turn).
+struct Stepped {
+    input: SendableRecordBatchStream,
+    lane: Arc<Lane>,
+    permits: tokio_util::sync::PollSemaphore,
+}
+
+impl Stepped {
+    fn new(input: SendableRecordBatchStream, lane: Arc<Lane>) -> Self {
+        let permits = tokio_util::sync::PollSemaphore::new(lane.long.clone());
+        Stepped {
+            input,
+            lane,
+            permits,
+        }
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<RecordBatch>>> {
+        if IN_STEP.with(|s| s.get()) {
+            return self.input.as_mut().poll_next(cx);
+        }
+        let long = self.lane.computed_nanos.load(Ordering::Relaxed) >= self.lane.short_nanos;
+        let _permit = if long {
+            match self.permits.poll_acquire(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(permit) => permit,
+            }
+        } else {
+            None
+        };
+        IN_STEP.with(|s| s.set(true));
+        let _guard = StepGuard;
+        let started = std::time::Instant::now();
+        let polled = self.input.as_mut().poll_next(cx);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.lane.computed_nanos.fetch_add(took, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl Stream for Stepped {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.step(cx)
+    }
+}
+
+impl RecordBatchStream for Stepped {
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+}
+
+/// Steps its input in its query's lane (see [`Stepped`]); put above the
+/// inputs an operator drives from tasks of its own.
+#[derive(Debug)]
+struct LaneExec {
+    input: Arc<dyn ExecutionPlan>,
+    lane: Arc<Lane>,
+}
+
+impl DisplayAs for LaneExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LaneExec")
+    }
+}
+
+impl ExecutionPlan for LaneExec {
+    fn name(&self) -> &str {
+        "LaneExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal("LaneExec has one input".into()));
+        }
+        Ok(Arc::new(LaneExec {
+            input: children.swap_remove(0),
+            lane: self.lane.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(Stepped::new(input, self.lane.clone())))
     }
 }
 
@@ -250,7 +437,7 @@ pub struct DeadlineExec {
     connection: Option<Arc<Connection>>,
     /// The connection's cancels when the query started.
     cancels: u64,
-    long_lane: Arc<tokio::sync::Semaphore>,
+    lane: Arc<Lane>,
 }
 
 impl DeadlineExec {
@@ -258,7 +445,7 @@ impl DeadlineExec {
         input: Arc<dyn ExecutionPlan>,
         timeout: Duration,
         connection: Option<Arc<Connection>>,
-        long_lane: Arc<tokio::sync::Semaphore>,
+        lane: Arc<Lane>,
     ) -> Self {
         let cancels = connection
             .as_ref()
@@ -269,7 +456,7 @@ impl DeadlineExec {
             started: tokio::time::Instant::now(),
             connection,
             cancels,
-            long_lane,
+            lane,
         }
     }
 }
@@ -319,7 +506,7 @@ impl ExecutionPlan for DeadlineExec {
             started: self.started,
             connection: self.connection.clone(),
             cancels: self.cancels,
-            long_lane: self.long_lane.clone(),
+            lane: self.lane.clone(),
         }))
     }
 
@@ -331,13 +518,11 @@ impl ExecutionPlan for DeadlineExec {
         let input = self.input.execute(partition, context)?;
         Ok(Box::pin(Bounded {
             schema: input.schema(),
-            input: Some(input),
+            input: Some(Stepped::new(input, self.lane.clone())),
             sleep: Box::pin(tokio::time::sleep_until(self.started + self.timeout)),
             timeout: self.timeout,
             connection: self.connection.clone(),
             cancels: self.cancels,
-            computed: Duration::ZERO,
-            long_lane: tokio_util::sync::PollSemaphore::new(self.long_lane.clone()),
         }))
     }
 }
@@ -345,14 +530,11 @@ impl ExecutionPlan for DeadlineExec {
 struct Bounded {
     schema: SchemaRef,
     /// `None` once ended.
-    input: Option<SendableRecordBatchStream>,
+    input: Option<Stepped>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
     connection: Option<Arc<Connection>>,
     cancels: u64,
-    /// Time spent in the input's polls so far.
-    computed: Duration,
-    long_lane: tokio_util::sync::PollSemaphore,
 }
 
 impl Stream for Bounded {
@@ -378,22 +560,10 @@ impl Stream for Bounded {
             );
             return Poll::Ready(Some(Err(DataFusionError::Execution(m))));
         }
-        // Taken for one step and given back after it: the semaphore is
-        // fair, so the long queries step in turn.
-        let _permit = if self.computed >= SHORT_COMPUTE {
-            match self.long_lane.poll_acquire(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(permit) => permit,
-            }
-        } else {
-            None
-        };
-        let started = std::time::Instant::now();
         let polled = self
             .input
             .as_mut()
-            .map_or(Poll::Ready(None), |s| s.as_mut().poll_next(cx));
-        self.computed += started.elapsed();
+            .map_or(Poll::Ready(None), |s| s.step(cx));
         if let Poll::Ready(None) = polled {
             self.input = None;
         }
@@ -410,6 +580,78 @@ impl RecordBatchStream for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A session whose queries are all long from their first step, with one
+    /// long-lane permit.
+    fn long_from_the_start(partitions: usize) -> (SessionContext, Arc<tokio::sync::Semaphore>) {
+        let limits = Limits {
+            threads: 1,
+            ..Limits::default()
+        };
+        let mut planner = BoundedPlanner::new(&limits);
+        planner.short_compute = Duration::ZERO;
+        let lane = planner.long_lane.clone();
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(SessionConfig::new().with_target_partitions(partitions))
+            .with_query_planner(Arc::new(planner))
+            .build();
+        (SessionContext::new_with_state(state), lane)
+    }
+
+    const SPAWNING: &str = "SELECT value % 7 AS k, COUNT(*) AS n FROM generate_series(1, 200000) \
+                            GROUP BY value % 7 ORDER BY k";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn every_input_driven_by_a_task_of_its_own_steps_in_the_lane() -> Result<()> {
+        let (ctx, _) = long_from_the_start(2);
+        let plan = ctx.sql(SPAWNING).await?.create_physical_plan().await?;
+        let mut spawners = 0;
+        let mut nodes = vec![plan];
+        while let Some(node) = nodes.pop() {
+            if spawns_inputs(node.as_ref()) {
+                spawners += 1;
+                for c in node.children() {
+                    assert_eq!(c.name(), "LaneExec", "{} has an ungated input", node.name());
+                }
+            }
+            nodes.extend(node.children().into_iter().cloned());
+        }
+        assert!(
+            spawners > 0,
+            "the query plans no operator that spawns tasks"
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn long_queries_finish_with_one_permit_however_their_steps_nest() -> Result<()> {
+        for partitions in [1, 2, 4] {
+            let (ctx, _) = long_from_the_start(partitions);
+            let rows = ctx.sql(SPAWNING).await?.collect().await?;
+            let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
+            assert_eq!(n, 7, "with {partitions} partitions");
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_query_waits_while_the_lane_is_taken() -> Result<()> {
+        let (ctx, lane) = long_from_the_start(2);
+        let taken = lane.clone().acquire_owned().await;
+        let query = tokio::spawn(async move { ctx.sql(SPAWNING).await?.collect().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!query.is_finished(), "a long query ran without a permit");
+        drop(taken);
+        let rows = tokio::time::timeout(Duration::from_secs(60), query)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 7);
+        Ok(())
+    }
 
     #[test]
     fn statement_timeouts_parse_as_postgresql_reads_them() {
