@@ -44,8 +44,9 @@ pub struct Limits {
     pub memory: usize,
     /// Connections open at once, per port.
     pub max_connections: usize,
-    /// Threads queries run on: fewer than the cores, so ingestion keeps
-    /// one.
+    /// Threads queries run on (at a lower priority than ingestion); long
+    /// queries step on one fewer at a time, so a short one always finds
+    /// a thread.
     pub threads: usize,
 }
 
@@ -62,16 +63,16 @@ impl Default for Limits {
     }
 }
 
-/// The default query threads: one less than the cores, at least one.
+/// The default query threads: one per core, at least two (one for long
+/// queries, one kept for short ones).
 pub fn query_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .saturating_sub(1)
-        .max(1)
+        .max(2)
 }
 
 /// The compute a query may take before it is long: a long query runs only
-/// with one of the long lane's permits (one per query thread), taken per
+/// with one of the long lane's permits (one fewer than the query threads), taken per
 /// step in turn, so however many long queries run, a short one (an
 /// analyst's count, a dashboard's refresh) still gets about half a thread
 /// and answers in its own time, not in a share of the crowd's.
@@ -200,7 +201,7 @@ impl Connections {
 pub struct BoundedPlanner {
     /// The server's timeout.
     pub timeout: Duration,
-    /// The long lane: one permit per query thread.
+    /// The long lane: one permit fewer than the query threads.
     pub long_lane: Arc<tokio::sync::Semaphore>,
     /// The compute after which a query is long ([`SHORT_COMPUTE`]).
     pub short_compute: Duration,
@@ -211,7 +212,9 @@ impl BoundedPlanner {
     pub fn new(limits: &Limits) -> Self {
         BoundedPlanner {
             timeout: limits.timeout,
-            long_lane: Arc::new(tokio::sync::Semaphore::new(limits.threads.max(1))),
+            long_lane: Arc::new(tokio::sync::Semaphore::new(
+                limits.threads.saturating_sub(1).max(1),
+            )),
             short_compute: SHORT_COMPUTE,
         }
     }
