@@ -33,6 +33,16 @@ use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+/// A child process killed when dropped.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
 fn consumed(http: &str) -> Result<f64> {
     let text = ureq::get(&format!("http://{http}/metrics"))
         .call()?
@@ -96,10 +106,13 @@ fn main() -> Result<()> {
         .arg(data.path().join("data"))
         .env("PAICHA_HMAC_KEY", "bench")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
+    // Stopped however this run ends, a failed probe included: a paicha
+    // left behind would load the next run.
+    let child = Stopped(child);
     let mut brokers = None;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
@@ -128,7 +141,7 @@ fn main() -> Result<()> {
         .collect();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let watch = {
-        let (stop, peak, pid) = (stop.clone(), peak.clone(), child.id());
+        let (stop, peak, pid) = (stop.clone(), peak.clone(), child.0.id());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 peak.fetch_max(rss(pid), std::sync::atomic::Ordering::AcqRel);
@@ -177,8 +190,7 @@ fn main() -> Result<()> {
             *ended.entry(k).or_default() += n;
         }
     }
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
+    drop(child);
     took.sort();
     let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
     println!(

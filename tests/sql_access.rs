@@ -475,6 +475,15 @@ fn http_limits_rows_time_and_concurrency() {
             "{code} {msg}"
         ),
     }
+    // EXPLAIN ANALYZE runs (DataFusion plans it only at the root, so the
+    // row limit is not put above it), and its plan shows the files pruned.
+    let (_, body) = post(
+        &http,
+        None,
+        "EXPLAIN ANALYZE SELECT COUNT(*) FROM checkpoint_events WHERE event_id = 'none'",
+    )
+    .expect("EXPLAIN ANALYZE over HTTP");
+    assert!(body.contains("Plan with Metrics"), "{body}");
     // CSV keeps its header for an empty result.
     let r = ureq::post(&format!("{http}/sql"))
         .set("Accept", "text/csv")

@@ -1241,6 +1241,7 @@ impl Processor {
                 &self.committed,
                 &self.cfg.calendar.day(watermark).to_string(),
                 seq,
+                compact::SETTLE_CHECKPOINTS,
             );
             if !merges.is_empty() {
                 let store = self.store.clone();
@@ -1292,6 +1293,7 @@ impl Processor {
             &self.manifest,
             "9999-12-31",
             self.manifest.checkpoint + 1,
+            0,
         );
         if merges.is_empty() {
             return Ok(());

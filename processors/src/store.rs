@@ -457,6 +457,42 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_by_id_is_answered_by_bloom_filters() {
+        use arrow::array::{ArrayRef, StringArray};
+        use parquet::file::properties::ReaderProperties;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::file::serialized_reader::ReadOptionsBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..5000).map(|i| format!("evt-{i:06}")),
+        ));
+        let batch =
+            RecordBatch::try_from_iter([("event_id", ids.clone()), ("source", ids)]).unwrap();
+        store.write_parquet("t/day=1/a.parquet", &[batch]).unwrap();
+        let file = File::open(dir.path().join("t/day=1/a.parquet")).unwrap();
+        let read = ReaderProperties::builder()
+            .set_read_bloom_filter(true)
+            .build();
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(read)
+            .build();
+        let reader = SerializedFileReader::new_with_options(file, options).unwrap();
+        let group = reader.get_row_group(0).unwrap();
+        let filter = group
+            .get_column_bloom_filter(0)
+            .expect("event_id has a filter");
+        assert!(filter.check(&"evt-001234"));
+        // Inside the column's min and max, so only the filter can skip it.
+        let absent = (0..100).filter(|i| filter.check(&format!("evt-0012{i:02}x").as_str()));
+        assert!(absent.count() <= 5, "the filter is not selective");
+        assert!(
+            group.get_column_bloom_filter(1).is_none(),
+            "only id columns"
+        );
+    }
+
+    #[test]
     fn commit_and_cleanup_of_uncommitted_files() {
         let dir = std::env::temp_dir().join(format!("paicha-store2-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

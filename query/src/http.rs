@@ -224,8 +224,19 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     let text = text.to_string();
     let run = async move {
         let df = crate::plan(&ctx, &text).await?;
-        // One row past the limit tells a full result from a cut one.
-        let df = df.limit(0, Some(limits.max_rows.saturating_add(1)))?;
+        // One row past the limit tells a full result from a cut one. An
+        // EXPLAIN's few rows are not limited: DataFusion plans ANALYZE
+        // only at the root.
+        let explains = matches!(
+            df.logical_plan(),
+            datafusion::logical_expr::LogicalPlan::Explain(_)
+                | datafusion::logical_expr::LogicalPlan::Analyze(_)
+        );
+        let df = if explains {
+            df
+        } else {
+            df.limit(0, Some(limits.max_rows.saturating_add(1)))?
+        };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         anyhow::Ok((schema, df.execute_stream().await?))
     };
