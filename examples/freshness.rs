@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         .arg(data.path().join("data"))
         .env("PAICHA_HMAC_KEY", "bench")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;

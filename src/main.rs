@@ -11,6 +11,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, as Vector and many Rust data systems use: under queries
+/// that allocate and free gigabytes on several threads beside the
+/// pipeline, glibc's per-thread arenas kept about 750 MiB more resident
+/// (docs/benchmarks.md, issue #17), beyond `--query-memory` and the
+/// pipeline's own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Err(e) = cli::apply_config_file(&args) {

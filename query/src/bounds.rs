@@ -196,7 +196,7 @@ impl Connections {
     }
 }
 
-/// Plans as DataFusion does, then puts a [`DeadlineExec`] at the root.
+/// Plans as DataFusion does, then puts a [`Deadline`] at the root.
 #[derive(Debug)]
 pub struct BoundedPlanner {
     /// The server's timeout.
@@ -241,7 +241,10 @@ impl QueryPlanner for BoundedPlanner {
             computed_nanos: AtomicU64::new(0),
         });
         let plan = gate_spawned_inputs(plan, &lane)?;
-        Ok(Arc::new(DeadlineExec::new(plan, timeout, connection, lane)))
+        Ok(Arc::new(GateExec {
+            input: plan,
+            gate: Deadline::new(timeout, connection, lane),
+        }))
     }
 }
 
@@ -254,7 +257,7 @@ fn spawns_inputs(plan: &dyn ExecutionPlan) -> bool {
     )
 }
 
-/// Puts a [`LaneExec`] above every input of an operator that spawns tasks
+/// Puts a lane step (`LaneExec`) above every input of an operator that spawns tasks
 /// to drive them.
 fn gate_spawned_inputs(
     plan: Arc<dyn ExecutionPlan>,
@@ -272,9 +275,9 @@ fn gate_spawned_inputs(
             .children()
             .into_iter()
             .map(|c| {
-                Arc::new(LaneExec {
+                Arc::new(GateExec {
                     input: c.clone(),
-                    lane: lane.clone(),
+                    gate: LaneStep(lane.clone()),
                 }) as Arc<dyn ExecutionPlan>
             })
             .collect();
@@ -367,23 +370,31 @@ impl RecordBatchStream for Stepped {
     }
 }
 
-/// Steps its input in its query's lane (see [`Stepped`]); put above the
-/// inputs an operator drives from tasks of its own.
-#[derive(Debug)]
-struct LaneExec {
-    input: Arc<dyn ExecutionPlan>,
-    lane: Arc<Lane>,
+/// What a node that passes its input through adds to the input's stream.
+trait Gate: fmt::Debug + Clone + Send + Sync + 'static {
+    /// The node's name in plans.
+    const NAME: &'static str;
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream;
 }
 
-impl DisplayAs for LaneExec {
+/// A plan node passing its input through a [`Gate`]: with the input's
+/// properties, so the plan around it is unchanged.
+#[derive(Debug)]
+struct GateExec<G: Gate> {
+    input: Arc<dyn ExecutionPlan>,
+    gate: G,
+}
+
+impl<G: Gate> DisplayAs for GateExec<G> {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LaneExec")
+        self.gate.describe(f)
     }
 }
 
-impl ExecutionPlan for LaneExec {
+impl<G: Gate> ExecutionPlan for GateExec<G> {
     fn name(&self) -> &str {
-        "LaneExec"
+        G::NAME
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -410,11 +421,14 @@ impl ExecutionPlan for LaneExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal("LaneExec has one input".into()));
+            return Err(DataFusionError::Internal(format!(
+                "{} has one input",
+                G::NAME
+            )));
         }
-        Ok(Arc::new(LaneExec {
+        Ok(Arc::new(GateExec {
             input: children.swap_remove(0),
-            lane: self.lane.clone(),
+            gate: self.gate.clone(),
         }))
     }
 
@@ -423,17 +437,33 @@ impl ExecutionPlan for LaneExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        Ok(Box::pin(Stepped::new(input, self.lane.clone())))
+        Ok(self.gate.wrap(self.input.execute(partition, context)?))
+    }
+}
+
+/// Steps its input in its query's lane (see [`Stepped`]); put above the
+/// inputs an operator drives from tasks of its own.
+#[derive(Debug, Clone)]
+struct LaneStep(Arc<Lane>);
+
+impl Gate for LaneStep {
+    const NAME: &'static str = "LaneExec";
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Self::NAME)
+    }
+
+    fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(Stepped::new(input, self.0.clone()))
     }
 }
 
 /// Passes its input through until the deadline or a CancelRequest, then
 /// ends it with an error; once the query has computed for
-/// [`SHORT_COMPUTE`], it goes on only in the long lane.
-#[derive(Debug)]
-pub struct DeadlineExec {
-    input: Arc<dyn ExecutionPlan>,
+/// [`SHORT_COMPUTE`], it goes on only in the long lane. The root of every
+/// plan (`DeadlineExec`).
+#[derive(Debug, Clone)]
+struct Deadline {
     timeout: Duration,
     /// When the query started: set when it is planned, as it runs next.
     started: tokio::time::Instant,
@@ -443,18 +473,12 @@ pub struct DeadlineExec {
     lane: Arc<Lane>,
 }
 
-impl DeadlineExec {
-    fn new(
-        input: Arc<dyn ExecutionPlan>,
-        timeout: Duration,
-        connection: Option<Arc<Connection>>,
-        lane: Arc<Lane>,
-    ) -> Self {
+impl Deadline {
+    fn new(timeout: Duration, connection: Option<Arc<Connection>>, lane: Arc<Lane>) -> Self {
         let cancels = connection
             .as_ref()
             .map_or(0, |c| c.cancels.load(Ordering::Acquire));
-        DeadlineExec {
-            input,
+        Deadline {
             timeout,
             started: tokio::time::Instant::now(),
             connection,
@@ -464,69 +488,22 @@ impl DeadlineExec {
     }
 }
 
-impl DisplayAs for DeadlineExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeadlineExec: timeout={:?}", self.timeout)
-    }
-}
+impl Gate for Deadline {
+    const NAME: &'static str = "DeadlineExec";
 
-impl ExecutionPlan for DeadlineExec {
-    fn name(&self) -> &str {
-        "DeadlineExec"
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: timeout={:?}", Self::NAME, self.timeout)
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "DeadlineExec has one input".into(),
-            ));
-        }
-        Ok(Arc::new(DeadlineExec {
-            input: children.swap_remove(0),
-            timeout: self.timeout,
-            started: self.started,
-            connection: self.connection.clone(),
-            cancels: self.cancels,
-            lane: self.lane.clone(),
-        }))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        Ok(Box::pin(Bounded {
+    fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(Bounded {
             schema: input.schema(),
             input: Some(Stepped::new(input, self.lane.clone())),
             sleep: Box::pin(tokio::time::sleep_until(self.started + self.timeout)),
             timeout: self.timeout,
             connection: self.connection.clone(),
             cancels: self.cancels,
-        }))
+        })
     }
 }
 
