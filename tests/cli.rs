@@ -172,3 +172,24 @@ fn settings_from_a_config_file_lose_to_flags() {
     let err = fails(&["sql", "--config", c, "SELECT 1"]);
     assert!(err.contains("paicha.toml"), "{err}");
 }
+
+/// The binary allocates with jemalloc, set to hand freed pages back within
+/// a second (docs/benchmarks.md, issue #17's third pass).
+#[test]
+fn the_allocator_returns_freed_memory_within_a_second() {
+    let out = paicha()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run paicha");
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stats.contains("opt.dirty_decay_ms: 1000") && stats.contains("opt.muzzy_decay_ms: 0"),
+        "jemalloc's options are not paicha's: {}",
+        stats
+            .lines()
+            .filter(|l| l.contains("decay"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
