@@ -383,10 +383,11 @@ pub struct FollowUps {
     /// Alerts raised or resolved since last taken, for the alerts topic.
     news: Vec<Alert>,
     pending: Vec<Logged>,
-    alerts_changed: bool,
     /// Counts every change to `alerts`, so their rows are rebuilt only
     /// when one happened.
     alerts_version: u64,
+    /// The version the last checkpoint wrote.
+    alerts_written: u64,
     /// How far behind the clock an event can still count (retention plus
     /// lateness): changes of persons never under observation older than
     /// that can no longer join an episode, so they are forgotten.
@@ -543,7 +544,6 @@ impl FollowUps {
                     .filter_map(|k| moved.get(k).copied())
                     .collect();
             }
-            self.alerts_changed = true;
             self.alerts_version += 1;
         } else {
             self.alerts = kept;
@@ -802,7 +802,6 @@ impl FollowUps {
             }
             a.resolved_at = resolved_at;
             self.news.push(a.clone());
-            self.alerts_changed = true;
             self.alerts_version += 1;
         }
     }
@@ -837,7 +836,6 @@ impl FollowUps {
         a.detail.push_str(WITHDRAWN);
         a.detail.push_str(why);
         self.news.push(a.clone());
-        self.alerts_changed = true;
         self.alerts_version += 1;
     }
 
@@ -898,7 +896,6 @@ impl FollowUps {
         self.alert_index.insert(alert.alert_id.clone(), k);
         self.news.push(alert.clone());
         self.alerts.push(alert);
-        self.alerts_changed = true;
         self.alerts_version += 1;
         k
     }
@@ -915,7 +912,9 @@ impl FollowUps {
 
     /// Whether an alert was raised or resolved since the last call.
     pub fn take_alerts_changed(&mut self) -> bool {
-        std::mem::replace(&mut self.alerts_changed, false)
+        let changed = self.alerts_version != self.alerts_written;
+        self.alerts_written = self.alerts_version;
+        changed
     }
 
     /// Whether changes arrived since the last checkpoint.
@@ -1013,8 +1012,9 @@ impl FollowUps {
             }
         }
         self.news.clear();
-        self.alerts_changed = false;
+        // Restored alerts are already written; their rows are new to SQL.
         self.alerts_version += 1;
+        self.alerts_written = self.alerts_version;
     }
 
     /// The `follow_ups` rows at the clock.

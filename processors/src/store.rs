@@ -338,9 +338,9 @@ impl Store {
         let tmp = self.tmp_path(rel);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         // Ids are unique per row: a dictionary for them only costs an
         // interner lookup per value before the writer gives up on it.
-        let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
         for (id, pseudonym) in [
             ("event_id", false),
