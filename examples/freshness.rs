@@ -139,12 +139,26 @@ fn main() -> Result<()> {
             std::thread::spawn(move || hostile_client(i, &http, pg_port, &stop))
         })
         .collect();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Peak RSS, the query pool's reservation at that moment, the pool's
+    // own peak, and the peak of RSS less the reservation: the last is the
+    // memory outside the pool (the pipeline's own, and whatever queries
+    // hold without counting it).
+    let peak = std::sync::Arc::new(std::sync::Mutex::new([0u64; 4]));
     let watch = {
-        let (stop, peak, pid) = (stop.clone(), peak.clone(), child.0.id());
+        let (stop, peak, pid, http) = (stop.clone(), peak.clone(), child.0.id(), http.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::AcqRel);
+                let rss = rss(pid);
+                let pool =
+                    metric_sum(&http, "paicha_query_memory_reserved_bytes").unwrap_or(0.0) as u64;
+                if let Ok(mut p) = peak.lock() {
+                    if rss > p[0] {
+                        p[0] = rss;
+                        p[1] = pool;
+                    }
+                    p[2] = p[2].max(pool);
+                    p[3] = p[3].max(rss.saturating_sub(pool));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -201,11 +215,19 @@ fn main() -> Result<()> {
         pct(0.99),
         took[took.len() - 1]
     );
-    if hostile > 0 {
+    {
+        let p = peak.lock().map(|p| *p).unwrap_or_default();
         println!(
-            "{hostile} hostile clients; peak RSS {} MiB; consumer lag at the end {lag:.0} messages",
-            peak.load(std::sync::atomic::Ordering::Acquire) >> 20
+            "{hostile} hostile clients; peak RSS {} MiB (query pool {} MiB at that moment, \
+             {} MiB at its peak); peak RSS outside the pool {} MiB; \
+             consumer lag at the end {lag:.0} messages",
+            p[0] >> 20,
+            p[1] >> 20,
+            p[2] >> 20,
+            p[3] >> 20
         );
+    }
+    if hostile > 0 {
         for (k, n) in ended {
             println!("  {n:>5}  {k}");
         }

@@ -63,6 +63,10 @@ struct Shared {
     running: Arc<Semaphore>,
     /// `paicha_sql_queries_running`, read off `running` at each scrape.
     queries_running: prometheus::IntGauge,
+    /// `paicha_query_memory_reserved_bytes`, read off the query memory
+    /// pool at each scrape, and the pool's limit.
+    query_memory: prometheus::IntGauge,
+    query_memory_limit: prometheus::IntGauge,
 }
 
 /// The router of the HTTP port.
@@ -80,6 +84,16 @@ pub fn router(state: HttpState) -> Router {
             queries_running: prometheus::IntGauge::new(
                 "paicha_sql_queries_running",
                 "SQL queries over HTTP holding one of the --max-concurrent-queries slots",
+            )
+            .expect("a valid metric name"),
+            query_memory: prometheus::IntGauge::new(
+                "paicha_query_memory_reserved_bytes",
+                "Bytes the running queries hold in the query memory pool (--query-memory)",
+            )
+            .expect("a valid metric name"),
+            query_memory_limit: prometheus::IntGauge::new(
+                "paicha_query_memory_limit_bytes",
+                "The query memory pool's size (--query-memory)",
             )
             .expect("a valid metric name"),
         }));
@@ -559,10 +573,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let max = shared.state.limits.max_concurrent.max(1);
     let free = shared.running.available_permits();
     shared.queries_running.set(max.saturating_sub(free) as i64);
+    let pool = shared.state.ctx.runtime_env().memory_pool.clone();
+    shared.query_memory.set(pool.reserved() as i64);
+    if let datafusion::execution::memory_pool::MemoryLimit::Finite(limit) = pool.memory_limit() {
+        shared.query_memory_limit.set(limit as i64);
+    }
     let mut families = shared.state.metrics.gather();
-    families.extend(prometheus::core::Collector::collect(
+    for gauge in [
         &shared.queries_running,
-    ));
+        &shared.query_memory,
+        &shared.query_memory_limit,
+    ] {
+        families.extend(prometheus::core::Collector::collect(gauge));
+    }
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
