@@ -23,7 +23,8 @@
 //! tables, a long scan, an endless count, `SELECT … INTO`: 3 of 4 over
 //! HTTP, 1 of 4 with psql), paicha runs with `--query-memory 1GiB
 //! --query-timeout 10s`, and the run also prints how each kind of query
-//! ended and paicha's peak RSS.
+//! ended and paicha's peak RSS. `PAICHA_HOSTILE_ONLY=WORD` runs only the
+//! hostile queries whose kind has WORD in it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -284,9 +285,15 @@ fn hostile_client(
 ) -> Vec<(String, usize)> {
     let mut ended: std::collections::BTreeMap<String, usize> = Default::default();
     let mut n = i;
+    // `PAICHA_HOSTILE_ONLY=scan` runs only the kinds whose name has it: to
+    // tell which kind holds memory outside the pool.
+    let only = std::env::var("PAICHA_HOSTILE_ONLY").ok();
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         let (kind, sql) = HOSTILE[n % HOSTILE.len()];
         n += 1;
+        if only.as_deref().is_some_and(|o| !kind.contains(o)) {
+            continue;
+        }
         let outcome = if i % 4 == 3 {
             let out = Command::new("psql")
                 .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])

@@ -12,6 +12,7 @@ pub mod bounds;
 mod catalog;
 pub mod http;
 pub mod pg;
+mod reads;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -225,6 +226,19 @@ pub async fn open_bounded(
         // Spills stay a small share of the disk the data shares.
         .with_max_temp_directory_size((limits.memory as u64).saturating_mul(4))
         .build_arc()?;
+    // What queries fetch from files counts against the same pool.
+    let pool = runtime.memory_pool.clone();
+    let local = url::Url::parse("file://").context("the file URL")?;
+    runtime.register_object_store(
+        &local,
+        reads::Counted::new(
+            Arc::new(object_store::local::LocalFileSystem::new()),
+            pool.clone(),
+        ),
+    );
+    if let Some(r) = &remote {
+        runtime.register_object_store(r.url(), reads::Counted::new(r.object_store(), pool));
+    }
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(
             SessionConfig::new()
