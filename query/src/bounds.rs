@@ -23,6 +23,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool,
+};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
@@ -77,6 +81,95 @@ pub fn query_threads() -> usize {
 /// analyst's count, a dashboard's refresh) still gets about half a thread
 /// and answers in its own time, not in a share of the crowd's.
 pub const SHORT_COMPUTE: Duration = Duration::from_millis(200);
+
+/// The query memory pool: `limit` bytes, of which the last eighth only
+/// small reservations may take.
+///
+/// DataFusion's greedy pool lets whoever asks first take everything: a few
+/// analysts' sorts and scans of whole tables filled it, and a dashboard's
+/// point lookup, needing a hundred kilobytes for a file's footer and bloom
+/// filter, was refused. Here a reservation that is or would grow past
+/// [`SMALL_RESERVATION`] stops short of the last eighth (a sort spills
+/// there, an aggregate fails), so small queries still run while large
+/// ones are turned away.
+pub fn query_pool(limit: usize) -> Arc<dyn MemoryPool> {
+    let limit = limit.max(1 << 20);
+    Arc::new(SmallFirst {
+        inner: TrackConsumersPool::new(
+            GreedyMemoryPool::new(limit),
+            std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN),
+        ),
+        limit,
+        large_limit: limit - limit / 8,
+    })
+}
+
+/// The largest reservation [`query_pool`] counts as small.
+pub const SMALL_RESERVATION: usize = 2 << 20;
+
+#[derive(Debug)]
+struct SmallFirst {
+    inner: TrackConsumersPool<GreedyMemoryPool>,
+    limit: usize,
+    /// What reservations past [`SMALL_RESERVATION`] may bring the pool to.
+    large_limit: usize,
+}
+
+impl fmt::Display for SmallFirst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "query pool of {} bytes, the last {} for small reservations",
+            self.limit,
+            self.limit - self.large_limit
+        )
+    }
+}
+
+impl MemoryPool for SmallFirst {
+    fn name(&self) -> &str {
+        "small-first"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional)
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let large = reservation.size().saturating_add(additional) > SMALL_RESERVATION;
+        if large && self.inner.reserved().saturating_add(additional) > self.large_limit {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} cannot take {additional} more bytes: the query memory pool \
+                 (--query-memory) has {} of {} bytes in use, and its last eighth is kept \
+                 for small queries",
+                reservation.consumer().name(),
+                self.inner.reserved(),
+                self.limit,
+            )));
+        }
+        self.inner.try_grow(reservation, additional)
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
 
 /// The default `--query-memory`: a quarter of the machine's memory (or of
 /// the container's limit), so queries can never take what the pipeline
@@ -579,6 +672,36 @@ mod tests {
             .with_query_planner(Arc::new(planner))
             .build();
         (SessionContext::new_with_state(state), lane)
+    }
+
+    #[test]
+    fn the_last_eighth_of_the_pool_is_kept_for_small_reservations() {
+        let pool = query_pool(64 << 20);
+        let sort = MemoryConsumer::new("a sort").register(&pool);
+        sort.try_grow(56 << 20).expect("seven eighths");
+        let refused = sort.try_grow(1).expect_err("past seven eighths");
+        assert!(
+            refused.to_string().contains("kept for small queries"),
+            "{refused}"
+        );
+        // A read of a footer and a bloom filter still fits, up to the limit.
+        let lookup = MemoryConsumer::new("a lookup").register(&pool);
+        lookup
+            .try_grow(SMALL_RESERVATION)
+            .expect("a small reservation");
+        let scan = MemoryConsumer::new("a row group").register(&pool);
+        assert!(scan.try_grow(SMALL_RESERVATION + 1).is_err());
+        let others: Vec<_> = (0..3)
+            .map(|_| {
+                let r = MemoryConsumer::new("a lookup").register(&pool);
+                r.try_grow(SMALL_RESERVATION).map(|()| r)
+            })
+            .collect();
+        assert!(others.iter().all(Result::is_ok));
+        let past = MemoryConsumer::new("a lookup").register(&pool);
+        assert!(past.try_grow(1).is_err(), "the pool's limit holds for all");
+        drop((sort, others));
+        scan.try_grow(SMALL_RESERVATION + 1).expect("room again");
     }
 
     const SPAWNING: &str = "SELECT value % 7 AS k, COUNT(*) AS n FROM generate_series(1, 200000) \

@@ -222,7 +222,7 @@ pub async fn open_bounded(
     // Operators that can spill (sorts, joins, grouped aggregates) do, to
     // the OS's temp directory; the rest fail once the pool is spent.
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory.max(1 << 20), 1.0)
+        .with_memory_pool(bounds::query_pool(limits.memory))
         // Spills stay a small share of the disk the data shares.
         .with_max_temp_directory_size((limits.memory as u64).saturating_mul(4))
         .build_arc()?;
