@@ -51,6 +51,12 @@ fn query_runtime(threads: usize) -> Result<&'static tokio::runtime::Runtime> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
+        // Every file a query opens is read on a blocking thread. Tokio
+        // allows 512 and keeps each for 10 s: sixteen clients of cross
+        // joins held 166 of them, each with its stack and its allocator
+        // cache, a few hundred MiB outside the query pool. Reads of local
+        // files wait briefly for one of these instead.
+        .max_blocking_threads(QUERY_BLOCKING_THREADS_PER_WORKER * threads.max(1))
         .on_thread_start(yield_to_ingestion)
         .thread_name("paicha-sql")
         .enable_all()
@@ -58,6 +64,10 @@ fn query_runtime(threads: usize) -> Result<&'static tokio::runtime::Runtime> {
         .context("cannot start the query runtime")?;
     Ok(QUERIES.get_or_init(|| rt))
 }
+
+/// Blocking threads (file reads, spills) the query runtime may have per
+/// worker thread.
+const QUERY_BLOCKING_THREADS_PER_WORKER: usize = 4;
 
 /// Lowers the calling query thread's priority: its workers and its
 /// blocking threads (file reads, sort spills) alike. Queries use every

@@ -731,3 +731,49 @@ fn assert_idle_after_clients_left(pid: u32, how: &str) {
         "the query of a {how} client that left still computes: {used:.2} CPU s in 2 s"
     );
 }
+
+/// What a scan fetches from Parquet counts against `--query-memory`: a
+/// column chunk larger than the whole pool refuses the query with a clear
+/// error instead of being held outside it, while a lookup that reads only
+/// footers and bloom filters still answers (issue #17).
+#[test]
+fn file_reads_count_against_the_query_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    let data = dir.path().join("data");
+    ok(&[
+        "simulate",
+        "--out",
+        events.to_str().unwrap(),
+        "--days",
+        "1",
+        "--scale",
+        "4",
+    ]);
+    ok(&[
+        "run",
+        "--replay",
+        events.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let server = start(
+        dir,
+        &["serve", "--data", data.to_str().unwrap()],
+        &["--query-memory", "1MiB"],
+    );
+    let wide = "SELECT MAX(length(person_id)), MAX(length(household_id)), \
+                MAX(length(event_id)), MAX(length(grid_id)) FROM door_visits";
+    match post(&server.http, None, wide) {
+        Err((400, body)) => assert!(
+            body.contains("Resources exhausted") && body.contains("--query-memory"),
+            "{body}"
+        ),
+        other => panic!("a scan past the pool was not refused: {other:?}"),
+    }
+    let lookup = "SELECT COUNT(*) AS n FROM door_visits WHERE event_id = 'no-such-event'";
+    match post(&server.http, None, lookup) {
+        Ok((200, body)) => assert!(body.contains(r#""n":0"#), "{body}"),
+        other => panic!("the lookup failed: {other:?}"),
+    }
+}
