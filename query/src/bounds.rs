@@ -104,6 +104,16 @@ pub fn query_pool(limit: usize) -> Arc<dyn MemoryPool> {
     })
 }
 
+/// The message a query refused by the pool ends with, on either port: what
+/// to do first, DataFusion's own words after.
+pub(crate) fn over_the_pool(error: &str) -> String {
+    format!(
+        "the query needs more memory than the server's --query-memory allows; \
+         filter or aggregate more ({})",
+        error.lines().next().unwrap_or_default()
+    )
+}
+
 /// The largest reservation [`query_pool`] counts as small.
 pub const SMALL_RESERVATION: usize = 2 << 20;
 

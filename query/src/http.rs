@@ -266,7 +266,15 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     .await;
     let (schema, stream, first) = match planned {
         Err(_) => return timed_out(),
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Ok(Err(e)) => {
+            let text = format!("{e:#}");
+            let text = if text.contains("Resources exhausted") {
+                crate::bounds::over_the_pool(&text)
+            } else {
+                text
+            };
+            return error(StatusCode::BAD_REQUEST, text);
+        }
         Ok(Ok(p)) => p,
     };
     if first

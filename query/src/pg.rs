@@ -202,11 +202,7 @@ impl ErrorHandler for QuietErrors {
             return;
         };
         let message = if code == "53200" {
-            format!(
-                "the query needs more memory than the server's --query-memory allows; \
-                 filter or aggregate more ({})",
-                text.lines().next().unwrap_or_default()
-            )
+            bounds::over_the_pool(&text)
         } else {
             text
         };
