@@ -215,8 +215,9 @@ fn main() -> Result<()> {
     took.sort();
     let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
     println!(
-        "freshness over {probes} probes ({partitioner}) at {rate} events/s offered ({achieved:.0} consumed/s): \
+        "freshness over {probes} probes ({partitioner}, {:.0} s) at {rate} events/s offered ({achieved:.0} consumed/s): \
          p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        t0.elapsed().as_secs_f64(),
         pct(0.5),
         pct(0.9),
         pct(0.99),
