@@ -776,4 +776,17 @@ fn file_reads_count_against_the_query_pool() {
         Ok((200, body)) => assert!(body.contains(r#""n":0"#), "{body}"),
         other => panic!("the lookup failed: {other:?}"),
     }
+    // Nothing stays reserved once the queries are done: no read is kept by
+    // a cache (the Parquet metadata cache holds decoded footers, not the
+    // bytes read).
+    let metrics = ureq::get(&format!("{}/metrics", server.http))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    assert!(
+        metrics.contains("\npaicha_query_memory_reserved_bytes 0\n")
+            && metrics.contains("\npaicha_query_memory_limit_bytes 1048576\n"),
+        "{metrics}"
+    );
 }
