@@ -24,15 +24,19 @@ fn fixture() -> PathBuf {
 /// A replayed data directory.
 fn replayed() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
+    replay(&fixture(), &dir.path().join("data"));
+    dir
+}
+
+/// Replays `events` into `data`.
+fn replay(events: &Path, data: &Path) {
     ok(&[
         "run",
         "--replay",
-        fixture().to_str().unwrap(),
+        events.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
     ]);
-    dir
 }
 
 /// `paicha serve` (or `run`) with the directory it reads.
@@ -750,13 +754,7 @@ fn file_reads_count_against_the_query_pool() {
         "--scale",
         "4",
     ]);
-    ok(&[
-        "run",
-        "--replay",
-        events.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    replay(&events, &data);
     let server = start(
         dir,
         &["serve", "--data", data.to_str().unwrap()],
