@@ -1,6 +1,6 @@
 //! The command line (`shared/contract/cli.md`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -330,6 +330,7 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| format!("config file {}: {}", path.display(), e.message()))?;
+    let known = config_variables();
     for (key, value) in table {
         let value = match value {
             toml::Value::String(s) => s,
@@ -360,11 +361,64 @@ pub fn apply_config_file(args: &[std::ffi::OsString]) -> Result<(), String> {
             }
         };
         let var = format!("PAICHA_{}", key.to_uppercase().replace('-', "_"));
+        if !known.contains(&var) {
+            return Err(unknown_key(&path, &key, &known));
+        }
         if std::env::var_os(&var).is_none() {
             std::env::set_var(var, value);
         }
     }
     Ok(())
+}
+
+/// The variables a config file's keys may set: those of every command's
+/// flags, and the HMAC key, which is read from the environment alone.
+fn config_variables() -> std::collections::BTreeSet<String> {
+    fn walk(cmd: &clap::Command, vars: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                vars.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, vars);
+        }
+    }
+    let mut vars = std::collections::BTreeSet::from(["PAICHA_HMAC_KEY".to_string()]);
+    walk(&<Cli as clap::CommandFactory>::command(), &mut vars);
+    vars
+}
+
+/// The one line for a key no command reads: a misspelled key used to be
+/// ignored, and the default it meant to change silently kept.
+fn unknown_key(path: &Path, key: &str, known: &std::collections::BTreeSet<String>) -> String {
+    let spelled = |var: &str| {
+        var.trim_start_matches("PAICHA_")
+            .to_lowercase()
+            .replace('_', "-")
+    };
+    let nearest = known
+        .iter()
+        .map(|v| spelled(v))
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&k, &key.to_lowercase().replace('_', "-")),
+                k,
+            )
+        })
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match nearest {
+        Some((_, k)) => format!(
+            "config file {}: unknown key `{key}`; did you mean `{k}`?",
+            path.display()
+        ),
+        None => format!(
+            "config file {}: unknown key `{key}` (keys are the long flags of paicha's \
+             commands, such as `data` or `query-memory`)",
+            path.display()
+        ),
+    }
 }
 
 /// An RFC 3339 instant as µs since the epoch.

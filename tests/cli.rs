@@ -171,6 +171,15 @@ fn settings_from_a_config_file_lose_to_flags() {
     std::fs::write(&config, "data = [1, 2]\n").unwrap();
     let err = fails(&["sql", "--config", c, "SELECT 1"]);
     assert!(err.contains("paicha.toml"), "{err}");
+    // A misspelled key is an error naming the key meant, not a default
+    // silently kept; one line, whichever command reads the file.
+    std::fs::write(&config, "windw = \"30m\"\n").unwrap();
+    let err = fails(&["sql", "--config", c, "SELECT 1"]);
+    assert!(
+        err.contains("unknown key `windw`; did you mean `window`?")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
 }
 
 /// The binary allocates with jemalloc, set to hand freed pages back within
