@@ -25,6 +25,8 @@
 //! --query-timeout 10s`, and the run also prints how each kind of query
 //! ended and paicha's peak RSS. `PAICHA_HOSTILE_ONLY=WORD` runs only the
 //! hostile queries whose kind has WORD in it.
+// A benchmark, not the pipeline: a panic is the run failing, with its line.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -30,6 +30,8 @@
 //! `paicha_gateway_request_duration_seconds` over the run (quantiles
 //! interpolated within its buckets). The last line is the same as one
 //! tab-separated `RESULT` record.
+// A benchmark, not the pipeline: a panic is the run failing, with its line.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

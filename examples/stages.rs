@@ -26,6 +26,8 @@
 //!   only the newest 5 MiB per partition); only the consuming is timed.
 //!
 //! With `--json`, a last line holds the figures for `bench/harness.py`.
+// A benchmark, not the pipeline: a panic is the run failing, with its line.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,8 @@
 //!
 //! Needs the Debian packages `prometheus` and `prometheus-alertmanager`
 //! (deploy/check.sh installs them); without them the test fails.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! whole input through the gateway and resends whatever was not
 //! acknowledged; afterwards every table equals a fold over the input, so
 //! nothing acknowledged was lost and nothing counted twice.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

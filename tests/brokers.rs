@@ -1,6 +1,8 @@
 //! `paicha run --brokers` against a cluster it did not start: here a
 //! librdkafka mock cluster owned by the test process, reached over loopback
 //! by the `paicha` process like any broker.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! User errors: one clear line on stderr, a non-zero exit, no backtrace.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! `kill -9` at a random moment of a replay, then the same command again to
 //! completion, as a user would after a crash: the tables equal the fold.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -10,6 +10,8 @@
 //! event time; a `seen` visit inside the open episode moves `last_seen_at`;
 //! `released` and a `confirmed` case close it; the clock is the highest event
 //! time of the input.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! table must equal a fold over the input, and no output (files, SQL
 //! results, logs, metrics, any topic but the dead-letter one) may hold a
 //! raw person, household or vehicle id.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

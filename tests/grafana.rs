@@ -18,6 +18,8 @@
 //!
 //! Results are read as Arrow IPC (`Accept: application/vnd.apache.arrow.stream`)
 //! from `POST /sql`, so column types are DataFusion's own.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! same table from the same file, and every stage of `examples/stages.rs`
 //! must run. No timing is asserted: these machines are too noisy for that;
 //! the figures come from `bench/harness.py` at full size (docs/benchmarks.md).
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

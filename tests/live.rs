@@ -1,5 +1,7 @@
 //! The README's main command: `paicha run` with the embedded Kafka and the
 //! simulator, queried over HTTP while it runs, stopped with SIGTERM.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

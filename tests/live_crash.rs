@@ -3,6 +3,8 @@
 //! it outlives every `paicha` process), killed with SIGKILL at several
 //! moments and started again as an operator would; once it has caught up
 //! and stopped, every table equals an independent fold over the input.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

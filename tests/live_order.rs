@@ -4,6 +4,8 @@
 //! producers with different partitioners, and with a kill -9 and a restart
 //! in the middle. The live view must equal what a restart shows at the same
 //! clock, every episode must be the replay's, and the counts the folds'.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

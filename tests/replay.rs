@@ -1,5 +1,7 @@
 //! End to end: simulate, replay through the embedded Kafka, query with SQL,
 //! and compare with an independent fold over the same file.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

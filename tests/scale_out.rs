@@ -7,6 +7,8 @@
 //! that consumed the same topics alone, and the counting tables equal
 //! independent folds over the input. Every step waits for a state the
 //! system guarantees, never for a time.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

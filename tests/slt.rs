@@ -2,6 +2,8 @@
 //! fixed data directory: `tests/slt/events.jsonl`, replayed by the binary
 //! as a user would. The expected results in the `.slt` files were worked out
 //! by hand from the events (see the comments there), not by running paicha.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //!
 //! Needs `psql` (Debian's postgresql-client) and Python's `psycopg`; `.ci/run`
 //! installs both.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -26,7 +26,7 @@ impl Pseudonymizer {
     /// A pseudonymizer under `key` (any length; HMAC hashes long keys).
     pub fn new(key: &[u8]) -> Self {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        let mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         Pseudonymizer { mac }
     }

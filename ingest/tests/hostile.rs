@@ -39,6 +39,8 @@
 //!   decode and round-trip every field exactly, from raw ids and from
 //!   pseudonymized ones. Case counts are bounded by [`config`];
 //!   `PROPTEST_CASES` overrides them.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,5 +1,7 @@
 //! Keeps `schema/events.schema.json` (the schema shipped for producers) in
 //! step with the Rust types and validation rules of the event contract.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use paicha_ingest::event::*;
 use serde_json::Value;

@@ -1,6 +1,8 @@
 //! Checkpoints written on the writer thread: while one is being written, the
 //! live view still holds each of its rows exactly once (from memory until
 //! the manifest listing its files is committed, from the files after).
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::sync::Arc;

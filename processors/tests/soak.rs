@@ -6,6 +6,8 @@
 //! `PAICHA_SOAK_RETENTION_DAYS` the retention (default 3 here, so the
 //! state stops growing early and January is sealed; 30 in production);
 //! the figures are printed.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Instant;

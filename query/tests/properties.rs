@@ -3,6 +3,8 @@
 //! back to 1900, so the epoch and dates before it occur), go through
 //! processing, a checkpoint, a restore and SQL on every table without a
 //! panic or an error, and every accepted event is in its raw table once.
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: run the `paicha` binary as a user would
 //! and fold over input files independently of the code under test.
-
+// Helpers of tests, outside #[test] functions: a panic is the test failing.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 pub mod gateway;
