@@ -108,14 +108,17 @@ pub fn query_pool(limit: usize) -> Arc<dyn MemoryPool> {
     })
 }
 
-/// The message a query refused by the pool ends with, on either port: what
-/// to do first, DataFusion's own words after.
-pub(crate) fn over_the_pool(error: &str) -> String {
-    format!(
-        "the query needs more memory than the server's --query-memory allows; \
-         filter or aggregate more ({})",
-        error.lines().next().unwrap_or_default()
-    )
+/// The message for an error that is the pool refusing a query, on either
+/// port: what to do first, DataFusion's own words after; `None` for any
+/// other error.
+pub(crate) fn over_the_pool(error: &str) -> Option<String> {
+    error.contains("Resources exhausted").then(|| {
+        format!(
+            "the query needs more memory than the server's --query-memory allows; \
+             filter or aggregate more ({})",
+            error.lines().next().unwrap_or_default()
+        )
+    })
 }
 
 /// The largest reservation [`query_pool`] counts as small.

@@ -64,7 +64,7 @@ struct Shared {
     /// `paicha_sql_queries_running`, read off `running` at each scrape.
     queries_running: prometheus::IntGauge,
     /// `paicha_query_memory_reserved_bytes`, read off the query memory
-    /// pool at each scrape, and the pool's limit.
+    /// pool at each scrape, and the pool's limit, set once.
     query_memory: prometheus::IntGauge,
     query_memory_limit: prometheus::IntGauge,
 }
@@ -72,6 +72,16 @@ struct Shared {
 /// The router of the HTTP port.
 pub fn router(state: HttpState) -> Router {
     let running = Arc::new(Semaphore::new(state.limits.max_concurrent.max(1)));
+    let query_memory_limit = prometheus::IntGauge::new(
+        "paicha_query_memory_limit_bytes",
+        "The query memory pool's size (--query-memory)",
+    )
+    .expect("a valid metric name");
+    if let datafusion::execution::memory_pool::MemoryLimit::Finite(limit) =
+        state.ctx.runtime_env().memory_pool.memory_limit()
+    {
+        query_memory_limit.set(limit as i64);
+    }
     let extra = state.extra.clone();
     let router = Router::new()
         .route("/sql", post(sql))
@@ -91,11 +101,7 @@ pub fn router(state: HttpState) -> Router {
                 "Bytes the running queries hold in the query memory pool (--query-memory)",
             )
             .expect("a valid metric name"),
-            query_memory_limit: prometheus::IntGauge::new(
-                "paicha_query_memory_limit_bytes",
-                "The query memory pool's size (--query-memory)",
-            )
-            .expect("a valid metric name"),
+            query_memory_limit,
         }));
     match extra {
         Some(extra) => router.merge(extra),
@@ -268,11 +274,7 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
         Err(_) => return timed_out(),
         Ok(Err(e)) => {
             let text = format!("{e:#}");
-            let text = if text.contains("Resources exhausted") {
-                crate::bounds::over_the_pool(&text)
-            } else {
-                text
-            };
+            let text = crate::bounds::over_the_pool(&text).unwrap_or(text);
             return error(StatusCode::BAD_REQUEST, text);
         }
         Ok(Ok(p)) => p,
@@ -581,11 +583,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let max = shared.state.limits.max_concurrent.max(1);
     let free = shared.running.available_permits();
     shared.queries_running.set(max.saturating_sub(free) as i64);
-    let pool = shared.state.ctx.runtime_env().memory_pool.clone();
+    let pool = &shared.state.ctx.runtime_env().memory_pool;
     shared.query_memory.set(pool.reserved() as i64);
-    if let datafusion::execution::memory_pool::MemoryLimit::Finite(limit) = pool.memory_limit() {
-        shared.query_memory_limit.set(limit as i64);
-    }
     let mut families = shared.state.metrics.gather();
     for gauge in [
         &shared.queries_running,

@@ -194,17 +194,13 @@ impl ErrorHandler for QuietErrors {
         // The SQLSTATE PostgreSQL gives each, so drivers raise the right
         // exception (psycopg's QueryCanceled, OutOfMemory).
         let text = error.to_string();
-        let code = if text.contains(bounds::TIMED_OUT) || text.contains(bounds::CANCELED) {
-            "57014"
-        } else if text.contains("Resources exhausted") {
-            "53200"
+        let (code, message) = if text.contains(bounds::TIMED_OUT) || text.contains(bounds::CANCELED)
+        {
+            ("57014", text)
+        } else if let Some(message) = bounds::over_the_pool(&text) {
+            ("53200", message)
         } else {
             return;
-        };
-        let message = if code == "53200" {
-            bounds::over_the_pool(&text)
-        } else {
-            text
         };
         *error = PgWireError::UserError(Box::new(ErrorInfo::new(
             "ERROR".to_string(),
