@@ -22,9 +22,9 @@ What it measures, on one file of N events (`paicha simulate`, or `--file`)
    the live mode, p50/p90/p99).
 
 `--smoke` (about 30k events) checks only that the comparison holds: tables
-equal, every stage ran.  It runs inside the test suite (tests/harness.rs).
+equal, every stage ran.  It runs inside the test suite (tests/it/harness.rs).
 
-How the DuckDB SQL mirrors tests/common/mod.rs
+How the DuckDB SQL mirrors tests/it/common/mod.rs
 ----------------------------------------------
 `valid()` (contract validity) and `fold_symptom_counts()` (the independent fold):
 
@@ -124,7 +124,7 @@ ORDER BY 1, 2, 3
 
 def registry_districts():
     """First field of each line of registry/districts.csv after the header,
-    as `districts()` in tests/common/mod.rs reads it."""
+    as `districts()` in tests/it/common/mod.rs reads it."""
     with open(os.path.join(ROOT, "registry", "districts.csv"), encoding="utf-8") as f:
         lines = f.read().splitlines()
     return sorted({l.split(",")[0] for l in lines[1:]})

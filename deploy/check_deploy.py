@@ -26,7 +26,7 @@ except ImportError:  # Python < 3.11 (Debian/Ubuntu package python3-tomli)
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
-SOURCE_DIRS = ["src", "ingest/src", "processors/src", "query/src"]
+SOURCE_DIRS = ["src", "contract/src", "simulator/src", "ingest/src", "processors/src", "query/src"]
 
 problems = []
 
@@ -78,7 +78,7 @@ def known_flags():
 
 
 def known_topics():
-    text = (ROOT / "ingest/src/event.rs").read_text(encoding="utf-8")
+    text = (ROOT / "contract/src/event.rs").read_text(encoding="utf-8")
     return sorted(set(re.findall(r'"(screening\.[a-z_]+)"', text)))
 
 
@@ -495,7 +495,7 @@ def check_compose(path):
         for topic in known_topics():
             short = topic.split(".", 1)[1]
             if topic not in words and short not in words:
-                problem(f"services.kafka-init: does not create {topic} (ingest/src/event.rs)")
+                problem(f"services.kafka-init: does not create {topic} (contract/src/event.rs)")
         if "--if-not-exists" not in script:
             problem("services.kafka-init: --create without --if-not-exists fails on the second `up`")
         ok(f"kafka-init creates {', '.join(known_topics())}")

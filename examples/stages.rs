@@ -35,10 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use paicha_ingest::event::{route_and_pseudonymize, Decoder, Event, Ids, Source};
-use paicha_ingest::kafka::{self, partition_for, EmbeddedCluster};
-use paicha_ingest::pseudonym::Pseudonymizer;
-use paicha_ingest::registry::Registry;
+use paicha_contract::event::{route_and_pseudonymize, Decoder, Event, Ids, Source};
+use paicha_contract::pseudonym::Pseudonymizer;
+use paicha_contract::registry::Registry;
+use paicha_contract::topics::partition_for;
+use paicha_ingest::kafka::{self, EmbeddedCluster};
 use paicha_processors::dedupe::{self, Dedupe};
 use paicha_processors::symptoms::SymptomWindows;
 use paicha_processors::time::Windows;

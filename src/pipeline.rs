@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use paicha_ingest::event::{
+use paicha_contract::event::{
     pseudonymize, Decoder, Ids, Reject, RejectReason, Source, ALERTS_TOPIC, DEAD_LETTER_TOPIC,
     REPARTITION_TOPIC,
 };
+use paicha_contract::pseudonym;
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl, Origin};
 use paicha_ingest::metrics::Metrics;
-use paicha_ingest::pseudonym;
 use paicha_processors::dead_letters::DeadLetter;
 use paicha_processors::tasks::Tasks;
 use paicha_processors::{Accepted, Processor};
@@ -350,7 +350,7 @@ pub fn consume(
         .registry()
         .districts()
         .iter()
-        .map(|d| kafka::partition_for(&d.district, partitions))
+        .map(|d| paicha_contract::topics::partition_for(&d.district, partitions))
         .collect();
     if cfg.subscribe {
         consumer

@@ -64,7 +64,7 @@ pub struct Crashes {
 
 impl Crashes {
     /// The crashes remembered under `data` (none if the file is absent).
-    pub fn load(data: &Path, key: &paicha_ingest::pseudonym::Pseudonymizer) -> Result<Self> {
+    pub fn load(data: &Path, key: &paicha_contract::pseudonym::Pseudonymizer) -> Result<Self> {
         let seed = xxhash_rust::xxh3::xxh3_64(key.key("paicha crash digest").as_bytes());
         let path = data.join("_paicha").join("crashes.json");
         let records = match std::fs::read(&path) {
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn a_message_is_poison_after_two_crashes_one_pinned_to_it() {
         let dir = tempfile::tempdir().unwrap();
-        let key = paicha_ingest::pseudonym::Pseudonymizer::new(b"key");
+        let key = paicha_contract::pseudonym::Pseudonymizer::new(b"key");
         let mut c = Crashes::load(dir.path(), &key).unwrap();
         let t = "screening.checkpoint";
         assert_eq!(c.verdict(t, 0, 7, b"x"), Verdict::Process);

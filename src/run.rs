@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use paicha_ingest::event::{Decoder, Source};
+use paicha_contract::event::{Decoder, Source};
+use paicha_contract::pseudonym::Pseudonymizer;
+use paicha_contract::registry::Registry;
 use paicha_ingest::gateway::{Gateway, GatewayConfig, SourceTokens};
 use paicha_ingest::kafka::{self, BatchProducer, Batching, EmbeddedCluster, FlowControl};
 use paicha_ingest::metrics::Metrics;
-use paicha_ingest::pseudonym::Pseudonymizer;
-use paicha_ingest::registry::Registry;
-use paicha_ingest::simulate::{self, SimConfig, Simulator};
 use paicha_processors::remote::Remote;
 use paicha_processors::tasks::Tasks;
 use paicha_processors::time::Calendar;
 use paicha_processors::Config;
+use paicha_simulator::{self as simulate, SimConfig, Simulator};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::cli::{
@@ -629,7 +629,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let rejected: u64 = summary.rejected.values().sum::<u64>() + p.unroutable;
         let mut reasons = summary.rejected.clone();
         for (r, n) in &p.unroutable_by_reason {
-            if let Some(known) = paicha_ingest::event::RejectReason::parse(r) {
+            if let Some(known) = paicha_contract::event::RejectReason::parse(r) {
                 *reasons.entry(known.as_str()).or_default() += n;
             }
         }
@@ -833,7 +833,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut publish = || -> Result<()> {
         let view = paicha_query::snapshot(&ctx)?;
         if !published.as_ref().is_some_and(|p| Arc::ptr_eq(p, &view)) {
-            publish_follow_ups(&view.follow_ups, &metrics)?;
+            let rows = arrow::compute::concat_batches(
+                &paicha_processors::follow_ups::schema(),
+                &view.rows("follow_ups"),
+            )?;
+            publish_follow_ups(&rows, &metrics)?;
             published = Some(view);
         }
         Ok(())

@@ -36,10 +36,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::bearer::Tokens;
-use crate::event::{Decoder, Reject, Source, DEAD_LETTER_TOPIC};
 use crate::kafka::{self, DeadLetterHeaders, FlowControl, KafkaHealth};
 use crate::metrics::Metrics;
-use crate::pseudonym;
+use paicha_contract::event::{Decoder, Reject, Source, DEAD_LETTER_TOPIC};
+use paicha_contract::pseudonym;
 
 /// Bounds and credentials of the gateway.
 #[derive(Debug, Clone)]
@@ -502,7 +502,8 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
     let room_deadline = tokio::time::Instant::now() + gw.cfg.timeout / 2;
     for (district, buf, members) in &batches {
         let district = &gw.decoder.registry().district(*district).district;
-        let partition = kafka::partition_for(district, gw.partitions[source as usize]);
+        let partition =
+            paicha_contract::topics::partition_for(district, gw.partitions[source as usize]);
         if let Some(flow) = &gw.flow {
             while !flow.has_room(source, partition, buf.len())
                 && tokio::time::Instant::now() < room_deadline

@@ -1,12 +1,8 @@
-//! The ingest edge of paicha: the event contract (types, decoding and
-//! validation), pseudonymization, the registries, the Kafka source and
-//! producers, dead letters and the simulator.
+//! The ingest edge of paicha: the Kafka source and producers (the embedded
+//! cluster, replay, flow control, dead letters), the HTTP gateway and the
+//! pipeline's metrics. The event contract itself is `paicha-contract`.
 
 pub mod bearer;
-pub mod event;
 pub mod gateway;
 pub mod kafka;
 pub mod metrics;
-pub mod pseudonym;
-pub mod registry;
-pub mod simulate;

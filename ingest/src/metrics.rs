@@ -5,7 +5,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::event::{RejectReason, Source};
+use paicha_contract::event::{RejectReason, Source};
 
 /// Every metric the pipeline updates.
 #[derive(Clone)]

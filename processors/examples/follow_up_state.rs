@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use paicha_ingest::event::{Body, Event, Observation, Outcome, Symptoms, VisitKind};
-use paicha_ingest::registry::Registry;
+use paicha_contract::event::{Body, Event, Observation, Outcome, Symptoms, VisitKind};
+use paicha_contract::registry::Registry;
 use paicha_processors::follow_ups::{FollowUps, Status};
 use paicha_processors::time::HOUR_MICROS;
 

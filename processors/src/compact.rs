@@ -252,8 +252,8 @@ mod tests {
     use super::*;
     use crate::symptoms;
     use crate::time::{Windows, HOUR_MICROS};
-    use paicha_ingest::event::Source;
-    use paicha_ingest::registry::Registry;
+    use paicha_contract::event::Source;
+    use paicha_contract::registry::Registry;
 
     #[test]
     fn folding_sums_corrections_into_one_row_per_key() {

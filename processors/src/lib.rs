@@ -8,23 +8,22 @@
 //! [`writer`] thread write them and commit them in one manifest together
 //! with the Kafka offsets they cover, in order, while counting goes on.
 
-pub mod aberrations;
-pub mod beds;
 pub mod compact;
-pub mod confirmations;
-pub mod dead_letters;
 pub mod dedupe;
-pub mod ears;
-pub mod follow_ups;
-pub mod raw;
+pub mod operators;
 pub mod remote;
 pub mod store;
-pub mod symptoms;
+pub mod tables;
 pub mod tasks;
 pub mod time;
 pub mod watermark;
-pub mod window_counts;
 pub mod writer;
+
+// The operators' modules, by their old paths too: the query layer builds
+// its rows with their schemas and batches.
+pub use operators::{
+    aberrations, beds, confirmations, dead_letters, ears, follow_ups, raw, symptoms, window_counts,
+};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -33,21 +32,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arrow::record_batch::RecordBatch;
-use paicha_ingest::event::{Event, Source};
-use paicha_ingest::registry::Registry;
+use paicha_contract::event::Event;
+use paicha_contract::registry::Registry;
 
 use crate::aberrations::DailyCounts;
-use crate::beds::Beds;
 use crate::compact::Merge;
-use crate::confirmations::Confirmations;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
 use crate::follow_ups::{Alert, FollowUps};
-use crate::raw::RawEvents;
+use crate::operators::{
+    load_state, ChangeLog, Cx, Final, LogSize, Operators, ReadFile, StateFiles,
+};
 use crate::store::{Manifest, Offset, Store, FORMAT, META_DIR};
-use crate::symptoms::SymptomWindows;
+use crate::tables::Kind;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
-
 use crate::watermark::Watermarks;
 use crate::writer::{Commit, Content, Writer};
 
@@ -60,23 +58,10 @@ pub struct LiveView {
     /// The manifest of the last checkpoint, shared: a view is published
     /// five times a second and the manifest is most of its bookkeeping.
     pub manifest: Arc<Manifest>,
-    /// `symptom_counts` rows in memory (being written, or not yet).
-    pub symptom_counts: Vec<RecordBatch>,
-    /// `confirmations` rows in memory.
-    pub confirmations: Vec<RecordBatch>,
-    /// `dead_letters` rows in memory.
-    pub dead_letters: Vec<RecordBatch>,
-    /// `bed_occupancy` rows in memory: windows not yet written, and
-    /// corrections to written ones.
-    pub bed_occupancy: Vec<RecordBatch>,
-    /// Raw event rows in memory, in the order of [`Source::ALL`].
-    pub raw: [Vec<arrow::record_batch::RecordBatch>; 5],
-    /// Every follow-up episode at the clock.
-    pub follow_ups: arrow::record_batch::RecordBatch,
-    /// Every alert raised.
-    pub alerts: arrow::record_batch::RecordBatch,
-    /// EARS output for every closed day.
-    pub aberrations: arrow::record_batch::RecordBatch,
+    /// Each table's rows in memory (of [`tables::all`]): windows being
+    /// written or not yet final, raw rows and dead letters not yet written,
+    /// the follow-ups, alerts and EARS days the state holds.
+    pub rows: BTreeMap<&'static str, Vec<RecordBatch>>,
 }
 
 impl LiveView {
@@ -90,16 +75,20 @@ impl LiveView {
     /// The view of a stopped pipeline's manifest `m`, reading the files it
     /// names (relative to its directory) with `read`: from a local
     /// directory or an object store.
-    pub fn from_files(
-        read: &dyn Fn(&str) -> Result<Vec<u8>>,
-        m: &Manifest,
-        registry: &Registry,
-    ) -> Result<Self> {
+    pub fn from_files(read: &ReadFile, m: &Manifest, registry: &Registry) -> Result<Self> {
         let windows = Windows::new(m.window_micros);
-        let mut beds = Beds::new(windows);
-        load_state(read, &m.beds, |f| beds.load(f))?;
-        beds.restore_written(m.bed_final_until, registry);
         let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
+        let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
+        let cx = context(registry, windows, calendar, max_time.unwrap_or(i64::MIN));
+        let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
+        // The alert share only matters to the archive, which a view never runs.
+        let mut ops = Operators::new(windows, calendar, 1.0);
+        for op in ops.each() {
+            op.restore_view(m, read, &cx)?;
+            for (table, batch) in op.live(&cx)? {
+                rows.entry(table).or_default().push(batch);
+            }
+        }
         let mut follow = FollowUps::new();
         load_state(read, &m.follow_ups, |f| follow.load(f))?;
         follow.restore_alerts(read_alerts(read, m)?);
@@ -110,34 +99,21 @@ impl LiveView {
         archived_at(m, calendar, &mut follow, &mut daily);
         follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
         let closed = closed_before(calendar, follow.clock());
-        let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
-        let clock = max_time.map_or(i64::MIN, |t| windows.end(windows.start(t)));
-        let mut s = SymptomWindows::new(windows);
-        s.restore(&m.open_windows, registry)
-            .map_err(anyhow::Error::msg)?;
-        let mut c = Confirmations::new(windows);
-        c.counts_mut()
-            .restore(&m.open_confirmations, registry)
-            .map_err(anyhow::Error::msg)?;
+        rows.insert("follow_ups", vec![follow.batch(registry)?]);
+        rows.insert("alerts", vec![follow_ups::alerts_batch(follow.alerts())?]);
+        rows.insert(
+            "aberrations",
+            vec![aberrations::batch(&daily.evaluate(registry, closed))?],
+        );
         Ok(LiveView {
             manifest: Arc::new(m.clone()),
-            symptom_counts: vec![symptoms::batch(&s.snapshot(), windows, registry)?],
-            confirmations: vec![confirmations::batch(
-                &c.counts().snapshot(),
-                windows,
-                registry,
-            )?],
-            dead_letters: Vec::new(),
-            bed_occupancy: vec![beds::batch(
-                &beds.snapshot(clock, registry),
-                windows,
-                registry,
-            )?],
-            raw: Default::default(),
-            follow_ups: follow.batch(registry)?,
-            alerts: follow_ups::alerts_batch(follow.alerts())?,
-            aberrations: aberrations::batch(&daily.evaluate(registry, closed))?,
+            rows,
         })
+    }
+
+    /// The rows of `table` in memory.
+    pub fn rows(&self, table: &str) -> Vec<RecordBatch> {
+        self.rows.get(table).cloned().unwrap_or_default()
     }
 }
 
@@ -220,7 +196,7 @@ fn closed_before(calendar: Calendar, clock: i64) -> i32 {
 }
 
 /// The alerts saved with the checkpoint of `m`.
-fn read_alerts(read: &dyn Fn(&str) -> Result<Vec<u8>>, m: &Manifest) -> Result<Vec<Alert>> {
+fn read_alerts(read: &ReadFile, m: &Manifest) -> Result<Vec<Alert>> {
     let Some(rel) = &m.alerts else {
         return Ok(Vec::new());
     };
@@ -232,35 +208,6 @@ fn read_local(root: &Path, rel: &str) -> Result<Vec<u8>> {
     let path = root.join(rel);
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
-
-/// Reads the state files `rels` in order.
-fn load_state(
-    read: &dyn Fn(&str) -> Result<Vec<u8>>,
-    rels: &[String],
-    mut load: impl FnMut(&mut &[u8]) -> std::io::Result<()>,
-) -> Result<()> {
-    for rel in rels {
-        let bytes = read(rel)?;
-        load(&mut bytes.as_slice()).with_context(|| format!("cannot read {rel}"))?;
-    }
-    Ok(())
-}
-
-/// Names of the tables the processors write.
-pub const TABLES: [&str; 12] = [
-    "symptom_counts",
-    "confirmations",
-    "bed_occupancy",
-    "dead_letters",
-    "follow_ups",
-    "alerts",
-    "aberrations",
-    "checkpoint_events",
-    "pharmacy_events",
-    "door_visits",
-    "case_events",
-    "bed_events",
-];
 
 /// How the processors count and where they write.
 #[derive(Debug, Clone)]
@@ -335,25 +282,6 @@ pub struct Stats {
     pub windows: u64,
 }
 
-/// Most files one kind of state is kept in: at the default 2 s interval a
-/// forced full copy every 8 or so minutes at most.
-const STATE_FILES_KEPT: usize = 256;
-
-/// See [`Processor::log_sizes`].
-#[derive(Debug, Clone, Copy, Default)]
-struct LogSize {
-    copy: usize,
-    changes: usize,
-}
-
-/// State a processor saves as the changes of each checkpoint.
-trait ChangeLog {
-    fn has_pending(&self) -> bool;
-    /// Makes the next write a full copy of the state.
-    fn pend_all(&mut self);
-    fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()>;
-}
-
 macro_rules! change_log {
     ($($t:ty),*) => {$(
         impl ChangeLog for $t {
@@ -370,7 +298,7 @@ macro_rules! change_log {
     )*};
 }
 
-change_log!(Dedupe, Confirmations, Beds, FollowUps);
+change_log!(Dedupe, FollowUps);
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -396,10 +324,11 @@ pub struct Processor {
     registry: Arc<Registry>,
     store: Store,
     manifest: Manifest,
-    symptoms: SymptomWindows,
-    confirmations: Confirmations,
-    beds: Beds,
-    raw: RawEvents,
+    windows: Windows,
+    /// The tables' operators but the follow-up ones below.
+    ops: Operators,
+    /// Tables whose rows are windows, for [`Stats::windows`].
+    windowed: Vec<&'static str>,
     follow_ups: FollowUps,
     /// The last `follow_ups` rows built for SQL, and when: rebuilding every
     /// episode is not free, so live SQL sees it at most a second old.
@@ -414,7 +343,6 @@ pub struct Processor {
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
-    dead_letters: Vec<DeadLetter>,
     /// Highest event time of any event consumed, µs.
     max_time: i64,
     /// The merges running in the background, if any.
@@ -427,10 +355,8 @@ pub struct Processor {
     /// must keep seeing from memory until each is committed.
     in_flight: VecDeque<(Arc<Manifest>, Writing)>,
     dirty: bool,
-    /// The bytes of each kind of state's last full copy and of the changes
-    /// written since (dedupe, cases, beds, follow-ups); unknown (zero) after
-    /// a restart, so the first checkpoint writes full copies.
-    log_sizes: [LogSize; 4],
+    /// The sizes of the dedupe and follow-up logs.
+    log_sizes: [LogSize; 2],
     stats: Stats,
 }
 
@@ -441,10 +367,13 @@ impl Processor {
         let store = Store::create(&cfg.data_dir)?.mirrored(cfg.mirror.clone());
         let windows = Windows::new(cfg.window_micros);
         let mut p = Processor {
-            symptoms: SymptomWindows::new(windows),
-            confirmations: Confirmations::new(windows),
-            beds: Beds::new(windows),
-            raw: RawEvents::new(cfg.calendar),
+            windows,
+            ops: Operators::new(windows, cfg.calendar, cfg.bed_alert_share),
+            windowed: tables::all()
+                .into_iter()
+                .filter(|t| t.kind == Kind::Windowed)
+                .map(|t| t.name)
+                .collect(),
             follow_ups: FollowUps::new()
                 .keeping(cfg.retention_micros.saturating_add(cfg.lateness_micros)),
             follow_up_rows: None,
@@ -461,14 +390,13 @@ impl Processor {
             },
             dedupe: Dedupe::default(),
             offsets: BTreeMap::new(),
-            dead_letters: Vec::new(),
             max_time: i64::MIN,
             compaction: None,
             committed: Default::default(),
             writer: Writer::start(store.clone())?,
             in_flight: VecDeque::new(),
             dirty: false,
-            log_sizes: [LogSize::default(); 4],
+            log_sizes: [LogSize::default(); 2],
             stats: Stats::default(),
             cfg,
             registry,
@@ -498,14 +426,15 @@ impl Processor {
                 self.cfg.window_micros / 1_000_000
             );
         }
-        self.store.remove_uncommitted(&m, &TABLES)?;
+        self.store.remove_uncommitted(&m, &tables::names())?;
         let root = self.store.root().to_path_buf();
         let read = |rel: &str| read_local(&root, rel);
         load_state(&read, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
-        load_state(&read, &m.cases, |f| self.confirmations.load(f))?;
-        load_state(&read, &m.beds, |f| self.beds.load(f))?;
-        self.beds.restore_written(m.bed_final_until, &self.registry);
         let registry = self.registry.clone();
+        let cx = context(&registry, self.windows, self.cfg.calendar, i64::MIN);
+        for op in self.ops.each() {
+            op.restore(&m, &read, &cx)?;
+        }
         self.daily
             .restore(&m.daily, &registry)
             .map_err(anyhow::Error::msg)?;
@@ -515,13 +444,6 @@ impl Processor {
         self.follow_ups
             .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
         self.follow_ups.take_news();
-        self.symptoms
-            .restore(&m.open_windows, &self.registry)
-            .map_err(anyhow::Error::msg)?;
-        self.confirmations
-            .counts_mut()
-            .restore(&m.open_confirmations, &self.registry)
-            .map_err(anyhow::Error::msg)?;
         let now = Instant::now();
         for o in &m.offsets {
             self.offsets.insert((o.topic.clone(), o.partition), o.next);
@@ -595,12 +517,17 @@ impl Processor {
             self.stats.duplicates += 1;
             return Accepted::Duplicate;
         }
-        self.symptoms.add(e);
-        self.confirmations.add(e);
-        self.beds.add(e);
-        self.raw.add(e, &self.registry);
+        let cx = context(
+            &self.registry,
+            self.windows,
+            self.cfg.calendar,
+            self.max_time,
+        );
+        for op in self.ops.each() {
+            op.add(e, &cx);
+        }
         self.follow_ups.add(e, &self.registry);
-        let day = self.raw.day(e.event_time);
+        let day = self.ops.raw.events.day(e.event_time);
         self.daily.add(day, e.district, e.source(), e.suspicious());
         self.stats.accepted += 1;
         self.dirty = true;
@@ -617,7 +544,7 @@ impl Processor {
         {
             return false;
         }
-        self.dead_letters.push(dl);
+        self.ops.dead_letters.push(dl);
         self.stats.dead_letters += 1;
         self.dirty = true;
         true
@@ -662,7 +589,7 @@ impl Processor {
     /// Each hospital with bed events: (index, beds_total, occupied) at the
     /// latest window.
     pub fn beds_now(&self) -> Vec<(u16, i64, i64)> {
-        self.beds.latest(self.clock_end(), &self.registry)
+        self.ops.beds.state.latest(self.clock_end(), &self.registry)
     }
 
     /// Alerts raised or resolved since the last call, to publish.
@@ -670,36 +597,36 @@ impl Processor {
         self.follow_ups.take_news()
     }
 
-    /// Writes `rows` of `table` as one Parquet file per calendar day of the
-    /// instant `at` gives, and lists the files in `m`.
-    #[allow(clippy::too_many_arguments)]
-    fn write_by_day<R>(
+    /// Lists the rows `finals` in `m` as Parquet files of checkpoint
+    /// `m.checkpoint`, shows them to SQL until committed (`shown`), and
+    /// counts them.
+    fn write_finals(
         &mut self,
         m: &mut Manifest,
         files: &mut Vec<(String, Content)>,
-        shown: &mut Vec<RecordBatch>,
-        table: &str,
-        rows: Vec<R>,
-        at: impl Fn(&R) -> i64,
-        batch: impl Fn(&[R]) -> arrow::error::Result<arrow::record_batch::RecordBatch>,
-    ) -> Result<()> {
-        let mut by_day: BTreeMap<String, Vec<R>> = BTreeMap::new();
-        for row in rows {
-            by_day
-                .entry(self.cfg.calendar.day(at(&row)).to_string())
-                .or_default()
-                .push(row);
-        }
-        for (day, rows) in by_day {
+        shown: &mut Writing,
+        finals: Vec<Final>,
+    ) {
+        for Final {
+            table,
+            day,
+            batches,
+        } in finals
+        {
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            if self.windowed.contains(&table) {
+                self.stats.windows += rows;
+            }
             let rel = format!("{table}/day={day}/part-{:010}.parquet", m.checkpoint);
-            let b = batch(&rows)?;
-            shown.push(b.clone());
-            files.push((rel.clone(), Content::Parquet(vec![b])));
             self.stats.files += 1;
-            self.stats.rows += rows.len() as u64;
-            m.tables.entry(table.into()).or_default().push(rel);
+            self.stats.rows += rows;
+            m.tables.entry(table.into()).or_default().push(rel.clone());
+            shown
+                .entry(table)
+                .or_default()
+                .extend(batches.iter().cloned());
+            files.push((rel, Content::Parquet(batches)));
         }
-        Ok(())
     }
 
     /// Once a day: moves what can no longer change — follow-up episodes
@@ -729,30 +656,22 @@ impl Processor {
             .daily
             .archive(&registry, closed_before(self.cfg.calendar, before));
         self.aberrations = None;
-        self.beds
-            .raise_floor(before, self.cfg.bed_alert_share, &registry);
-        // The bed and follow-up logs drop what was archived: full copies
-        // next.
-        self.log_sizes[2].copy = 0;
-        self.log_sizes[3].copy = 0;
+        let cx = context(&registry, self.windows, self.cfg.calendar, self.max_time);
+        for op in self.ops.each() {
+            op.archive(before, &cx);
+        }
+        // The follow-up log drops what was archived: a full copy next.
+        self.log_sizes[FOLLOW_UP_LOG].forget_copy();
         m.archived_before = Some(before);
         // One file per table per archive, in the partition of the last day
         // archived: a first archive may hold years of days (an event from
         // 2000 starts a district's EARS series there), and a file per day
         // would be thousands.
         let day = self.cfg.calendar.day(before.saturating_sub(1));
-        for (table, rows, shown) in [
-            (
-                "aberrations",
-                aberrations::batch(&days)?,
-                &mut shown.aberrations,
-            ),
-            (
-                "alerts",
-                follow_ups::alerts_batch(&archived.alerts)?,
-                &mut shown.alerts,
-            ),
-            ("follow_ups", archived.episodes, &mut shown.follow_ups),
+        for (table, rows) in [
+            ("aberrations", aberrations::batch(&days)?),
+            ("alerts", follow_ups::alerts_batch(&archived.alerts)?),
+            ("follow_ups", archived.episodes),
         ] {
             if rows.num_rows() == 0 {
                 continue;
@@ -761,7 +680,7 @@ impl Processor {
             self.stats.files += 1;
             self.stats.rows += rows.num_rows() as u64;
             m.tables.entry(table.into()).or_default().push(rel.clone());
-            shown.push(rows.clone());
+            shown.entry(table).or_default().push(rows.clone());
             files.push((rel, Content::Parquet(vec![rows])));
         }
         self.follow_up_rows = None;
@@ -771,68 +690,47 @@ impl Processor {
     /// The committed manifest and the rows in memory, consistent with it.
     pub fn live_view(&mut self) -> Result<LiveView> {
         self.settle(usize::MAX)?;
-        let windows = self.symptoms.windows();
-        self.raw.seal()?;
-        let follow_up_rows = self.follow_up_rows()?;
-        let alert_rows = self.alert_rows()?;
-        let evaluated = aberrations::batch(self.evaluate_days())?;
-        let writing = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
-            let mut all: Vec<RecordBatch> = self
-                .in_flight
-                .iter()
-                .flat_map(|(_, w)| part(w).iter().cloned())
-                .collect();
-            all.push(now);
-            all
-        };
-        // The tables held as one batch: rows an archive being written took
+        let mut now: Vec<(&'static str, RecordBatch)> = Vec::new();
+        let cx = context(
+            &self.registry,
+            self.windows,
+            self.cfg.calendar,
+            self.max_time,
+        );
+        for op in self.ops.each() {
+            now.extend(op.live(&cx)?);
+        }
+        let held = [
+            ("follow_ups", self.follow_up_rows()?),
+            ("alerts", self.alert_rows()?),
+            ("aberrations", aberrations::batch(self.evaluate_days())?),
+        ];
+        // Rows of checkpoints being written first, then the state's.
+        let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
+        for (_, writing) in &self.in_flight {
+            for (table, batches) in writing {
+                rows.entry(table)
+                    .or_default()
+                    .extend(batches.iter().cloned());
+            }
+        }
+        for (table, batch) in now {
+            rows.entry(table).or_default().push(batch);
+        }
+        // The held tables as one batch: rows an archive being written took
         // out of the state are in neither it nor the committed files yet.
         // Without such rows (every day but one) the batch is shared, not
         // copied.
-        let whole = |part: fn(&Writing) -> &Vec<RecordBatch>, now: RecordBatch| {
-            let schema = now.schema();
-            let mut all = writing(part, now);
+        for (table, batch) in held {
+            let schema = batch.schema();
+            let all = rows.entry(table).or_default();
+            all.push(batch);
             all.retain(|b| b.num_rows() > 0);
-            arrow::compute::concat_batches(&schema, &all)
-        };
+            *all = vec![arrow::compute::concat_batches(&schema, all.iter())?];
+        }
         Ok(LiveView {
             manifest: self.committed.clone(),
-            symptom_counts: writing(
-                |w| &w.symptom_counts,
-                symptoms::batch(&self.symptoms.snapshot(), windows, &self.registry)?,
-            ),
-            confirmations: writing(
-                |w| &w.confirmations,
-                confirmations::batch(
-                    &self.confirmations.counts().snapshot(),
-                    windows,
-                    &self.registry,
-                )?,
-            ),
-            dead_letters: writing(
-                |w| &w.dead_letters,
-                dead_letters::batch(&self.dead_letters)?,
-            ),
-            bed_occupancy: writing(
-                |w| &w.bed_occupancy,
-                beds::batch(
-                    &self.beds.snapshot(self.clock_end(), &self.registry),
-                    windows,
-                    &self.registry,
-                )?,
-            ),
-            raw: Source::ALL.map(|s| {
-                let mut all: Vec<RecordBatch> = self
-                    .in_flight
-                    .iter()
-                    .flat_map(|(_, w)| w.raw[s as usize].iter().cloned())
-                    .collect();
-                all.extend(self.raw.batches(s));
-                all
-            }),
-            follow_ups: whole(|w| &w.follow_ups, follow_up_rows)?,
-            alerts: whole(|w| &w.alerts, alert_rows)?,
-            aberrations: whole(|w| &w.aberrations, evaluated)?,
+            rows,
         })
     }
 
@@ -909,8 +807,9 @@ impl Processor {
             if !h.designated() {
                 continue;
             }
-            let runs = self.beds.runs_above(i as u16, share, until, &self.registry);
-            let floor = self.beds.floor(i as u16);
+            let beds = &self.ops.beds.state;
+            let runs = beds.runs_above(i as u16, share, until, &self.registry);
+            let floor = beds.floor(i as u16);
             let ids: Vec<String> = runs
                 .iter()
                 .map(|(first, ..)| format!("bed_utilization:{}:{first}", h.hospital_id))
@@ -982,11 +881,7 @@ impl Processor {
     /// The end of the window holding the highest event time consumed: the
     /// last window that has begun.
     fn clock_end(&self) -> i64 {
-        if self.max_time == i64::MIN {
-            return i64::MIN;
-        }
-        let w = self.symptoms.windows();
-        w.end(w.start(self.max_time))
+        clock_end(self.windows, self.max_time)
     }
 
     /// Forgets the consumed positions: the embedded cluster is new each run,
@@ -1038,182 +933,37 @@ impl Processor {
                 .evict_before(self.behind(low).div_euclid(DAY_MICROS) as i32);
         }
         let cut = if finish { i64::MAX } else { watermark };
-        let finals = self.symptoms.take_final(cut);
-        let confirmed = self.confirmations.counts_mut().take_final(cut);
-        let occupancy = self
-            .beds
-            .take_final(cut.min(self.clock_end()), &self.registry);
+        let cx = context(
+            &self.registry,
+            self.windows,
+            self.cfg.calendar,
+            self.max_time,
+        );
+        let mut finals = Vec::new();
+        for op in self.ops.each() {
+            finals.extend(op.take_final(cut, &cx)?);
+        }
         if finish && self.max_time != i64::MIN {
             // The end of a replay: the clock stands at the highest event time.
             self.follow_ups.advance(self.max_time, &self.registry);
             self.follow_up_rows = None;
         }
-        self.stats.windows += (finals.len() + confirmed.len() + occupancy.len()) as u64;
         let merged = self.finished_merges();
-        if !self.dirty
-            && !self.follow_ups.has_pending()
-            && finals.is_empty()
-            && confirmed.is_empty()
-            && occupancy.is_empty()
-            && merged.is_empty()
-        {
+        if !self.dirty && !self.follow_ups.has_pending() && finals.is_empty() && merged.is_empty() {
             return Ok(());
         }
         let seq = self.manifest.checkpoint + 1;
         let mut m = self.manifest.clone();
         m.checkpoint = seq;
-
-        let windows = self.symptoms.windows();
-        let registry = self.registry.clone();
-        let letters = std::mem::take(&mut self.dead_letters);
         let mut files = Vec::new();
-        let mut shown = Writing::default();
-        self.write_by_day(
-            &mut m,
-            &mut files,
-            &mut shown.symptom_counts,
-            "symptom_counts",
-            finals,
-            |r| r.0 .0,
-            |rows| symptoms::batch(rows, windows, &registry),
-        )?;
-        self.write_by_day(
-            &mut m,
-            &mut files,
-            &mut shown.confirmations,
-            "confirmations",
-            confirmed,
-            |r| r.0 .0,
-            |rows| confirmations::batch(rows, windows, &registry),
-        )?;
-        self.write_by_day(
-            &mut m,
-            &mut files,
-            &mut shown.bed_occupancy,
-            "bed_occupancy",
-            occupancy,
-            |r| r.0,
-            |rows| beds::batch(rows, windows, &registry),
-        )?;
-        for ((source, day), batches) in self.raw.take()? {
-            let day = time::from_date32(day);
-            let rel = format!("{}/day={day}/part-{seq:010}.parquet", raw::table(source));
-            self.stats.files += 1;
-            self.stats.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            m.tables
-                .entry(raw::table(source).into())
-                .or_default()
-                .push(rel.clone());
-            shown.raw[source as usize].extend(batches.iter().cloned());
-            files.push((rel, Content::Parquet(batches)));
-        }
-        self.write_by_day(
-            &mut m,
-            &mut files,
-            &mut shown.dead_letters,
-            "dead_letters",
-            letters,
-            |r| r.received_at,
-            dead_letters::batch,
-        )?;
+        let mut shown = Writing::new();
+        self.write_finals(&mut m, &mut files, &mut shown, finals);
         // Alerts first, from the whole state; then what is final leaves it.
         self.detect();
         self.archive(&mut m, &mut files, &mut shown)?;
-
-        // State changed since the last checkpoint, one file per kind; a
-        // full copy instead once the changes outweigh the last copy (or are
-        // too many files), which retires every earlier file. So a kind's
-        // files never pass STATE_FILES_KEPT nor twice its state's size, and
-        // each byte of state is rewritten a bounded number of times.
         let now_secs = unix_now();
-        let mut save = |list: &mut Vec<String>,
-                        retired: &mut Vec<store::Retired>,
-                        size: &mut LogSize,
-                        name: &str,
-                        log: &mut dyn ChangeLog|
-         -> Result<()> {
-            if !log.has_pending() {
-                return Ok(());
-            }
-            let mut buf = Vec::new();
-            log.write_pending(&mut buf)?;
-            let full = list.len() + 1 >= STATE_FILES_KEPT
-                || size.changes.saturating_add(buf.len()) > size.copy;
-            if full {
-                buf.clear();
-                log.pend_all();
-                log.write_pending(&mut buf)?;
-                retired.extend(list.drain(..).map(|path| store::Retired {
-                    path,
-                    since: now_secs,
-                }));
-                *size = LogSize {
-                    copy: buf.len(),
-                    changes: 0,
-                };
-            } else {
-                size.changes += buf.len();
-            }
-            let rel = format!("_paicha/state/{name}-{seq:010}.bin");
-            list.push(rel.clone());
-            files.push((rel, Content::Bytes(buf)));
-            Ok(())
-        };
-        let sizes = &mut self.log_sizes;
-        save(
-            &mut m.dedupe,
-            &mut m.retired,
-            &mut sizes[0],
-            "dedupe",
-            &mut self.dedupe,
-        )?;
-        save(
-            &mut m.cases,
-            &mut m.retired,
-            &mut sizes[1],
-            "cases",
-            &mut self.confirmations,
-        )?;
-        save(
-            &mut m.beds,
-            &mut m.retired,
-            &mut sizes[2],
-            "beds",
-            &mut self.beds,
-        )?;
-        save(
-            &mut m.follow_ups,
-            &mut m.retired,
-            &mut sizes[3],
-            "follow-ups",
-            &mut self.follow_ups,
-        )?;
-        m.bed_final_until = self.beds.final_until();
-        let clock = self.follow_ups.clock();
-        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
-        m.daily = self.daily.save(&self.registry);
-        let mut old_alerts = None;
-        if self.follow_ups.take_alerts_changed() {
-            let rel = format!("_paicha/state/alerts-{seq:010}.json");
-            let bytes = serde_json::to_vec(self.follow_ups.alerts())?;
-            old_alerts = m.alerts.replace(rel.clone());
-            files.push((rel, Content::Bytes(bytes)));
-        }
-
-        m.open_windows = self.symptoms.open(&self.registry);
-        m.open_confirmations = self.confirmations.counts().open(&self.registry);
-        let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
-        m.offsets = self
-            .offsets
-            .iter()
-            .map(|((topic, partition), next)| Offset {
-                topic: topic.clone(),
-                partition: *partition,
-                next: *next,
-                max_event_time: marks.get(&(topic.clone(), *partition)).copied(),
-            })
-            .collect();
-        m.watermark = (watermark != i64::MIN).then_some(watermark);
+        let old_alerts = self.save_state(&mut m, &mut files, now_secs)?;
+        self.record_positions(&mut m, watermark);
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
         if self.compaction.is_none() {
@@ -1234,25 +984,100 @@ impl Processor {
             self.settle(0)?;
         }
         if self.compaction.is_none() {
-            // Planned from what is on disk: the files of checkpoints still
-            // being written cannot be merged yet.
-            let merges = compact::plan(
-                &self.store,
-                &self.committed,
-                &self.cfg.calendar.day(watermark).to_string(),
-                seq,
-                compact::SETTLE_CHECKPOINTS,
-            );
-            if !merges.is_empty() {
-                let store = self.store.clone();
-                let job = merges.clone();
-                let handle = std::thread::Builder::new()
-                    .name("paicha-compact".into())
-                    .spawn(move || compact::run(&store, &job))
-                    .context("cannot start the compaction thread")?;
-                self.compaction = Some((merges, handle));
-            }
+            self.start_compaction(seq, watermark)?;
         }
+        Ok(())
+    }
+
+    /// Saves the state a restart needs into `m`: the dedupe ids, each
+    /// operator's, the follow-ups and the EARS counts. Returns the alerts
+    /// file the new one supersedes, if it was rewritten.
+    fn save_state(
+        &mut self,
+        m: &mut Manifest,
+        files: &mut Vec<(String, Content)>,
+        now_secs: i64,
+    ) -> Result<Option<String>> {
+        let seq = m.checkpoint;
+        let mut state = StateFiles {
+            seq,
+            now_secs,
+            files,
+        };
+        let sizes = &mut self.log_sizes;
+        state.log(
+            &mut m.dedupe,
+            &mut m.retired,
+            &mut sizes[DEDUPE_LOG],
+            "dedupe",
+            &mut self.dedupe,
+        )?;
+        let cx = context(
+            &self.registry,
+            self.windows,
+            self.cfg.calendar,
+            self.max_time,
+        );
+        for op in self.ops.each() {
+            op.save(m, &mut state, &cx)?;
+        }
+        state.log(
+            &mut m.follow_ups,
+            &mut m.retired,
+            &mut sizes[FOLLOW_UP_LOG],
+            "follow-ups",
+            &mut self.follow_ups,
+        )?;
+        let clock = self.follow_ups.clock();
+        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
+        m.daily = self.daily.save(&self.registry);
+        if !self.follow_ups.take_alerts_changed() {
+            return Ok(None);
+        }
+        let rel = format!("_paicha/state/alerts-{seq:010}.json");
+        let bytes = serde_json::to_vec(self.follow_ups.alerts())?;
+        let old = m.alerts.replace(rel.clone());
+        files.push((rel, Content::Bytes(bytes)));
+        Ok(old)
+    }
+
+    /// Records in `m` the Kafka positions and watermark its files cover.
+    fn record_positions(&self, m: &mut Manifest, watermark: i64) {
+        let marks: BTreeMap<_, _> = self.watermarks.marks().collect();
+        m.offsets = self
+            .offsets
+            .iter()
+            .map(|((topic, partition), next)| Offset {
+                topic: topic.clone(),
+                partition: *partition,
+                next: *next,
+                max_event_time: marks.get(&(topic.clone(), *partition)).copied(),
+            })
+            .collect();
+        m.watermark = (watermark != i64::MIN).then_some(watermark);
+    }
+
+    /// Starts merging small files in the background, if any day has them.
+    fn start_compaction(&mut self, seq: u64, watermark: i64) -> Result<()> {
+        // Planned from what is on disk: the files of checkpoints still
+        // being written cannot be merged yet.
+        let merges = compact::plan(
+            &self.store,
+            &self.committed,
+            &self.cfg.calendar.day(watermark).to_string(),
+            seq,
+            compact::SETTLE_CHECKPOINTS,
+        );
+        if merges.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let job = merges.clone();
+        let handle = std::thread::Builder::new()
+            .name("paicha-compact".into())
+            .spawn(move || compact::run(&store, &job))
+            .context("cannot start the compaction thread")?;
+        self.compaction = Some((merges, handle));
         Ok(())
     }
 
@@ -1350,17 +1175,31 @@ impl Processor {
     }
 }
 
-/// Rows of checkpoints handed to the writer and not yet committed: SQL keeps
-/// seeing them from memory until their manifest is on disk, so a query never
-/// misses a row in between.
-#[derive(Default)]
-struct Writing {
-    symptom_counts: Vec<RecordBatch>,
-    confirmations: Vec<RecordBatch>,
-    bed_occupancy: Vec<RecordBatch>,
-    dead_letters: Vec<RecordBatch>,
-    raw: [Vec<RecordBatch>; 5],
-    follow_ups: Vec<RecordBatch>,
-    alerts: Vec<RecordBatch>,
-    aberrations: Vec<RecordBatch>,
+/// Rows of checkpoints handed to the writer and not yet committed, by
+/// table: SQL keeps seeing them from memory until their manifest is on disk,
+/// so a query never misses a row in between.
+type Writing = BTreeMap<&'static str, Vec<RecordBatch>>;
+
+/// Which of [`Processor::log_sizes`] is which.
+const DEDUPE_LOG: usize = 0;
+const FOLLOW_UP_LOG: usize = 1;
+
+/// What the operators read, at the clock `max_time` (the highest event time
+/// consumed) stands for.
+fn context(registry: &Registry, windows: Windows, calendar: Calendar, max_time: i64) -> Cx<'_> {
+    Cx {
+        registry,
+        windows,
+        calendar,
+        clock_end: clock_end(windows, max_time),
+    }
+}
+
+/// The end of the window holding `max_time`: the last window that has
+/// begun.
+fn clock_end(windows: Windows, max_time: i64) -> i64 {
+    if max_time == i64::MIN {
+        return i64::MIN;
+    }
+    windows.end(windows.start(max_time))
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use paicha_ingest::registry::Registry;
+use paicha_contract::registry::Registry;
 
 use crate::remote::Mirror;
 use crate::store::{Manifest, Store, FORMAT, META_DIR, PARTITIONER};

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use arrow::array::Int64Array;
 use arrow::record_batch::RecordBatch;
-use paicha_ingest::event::{Body, Disposition, Event, Source, Symptoms};
-use paicha_ingest::registry::Registry;
+use paicha_contract::event::{Body, Disposition, Event, Source, Symptoms};
+use paicha_contract::registry::Registry;
 use paicha_processors::{Accepted, Config, LiveView, Processor};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -92,14 +92,18 @@ fn rows_being_written_stay_visible_exactly_once() {
         }
         let view = p.live_view().expect("a live view");
         let (raw_stored, _) = stored(dir.path(), &view, "checkpoint_events");
-        let raw_memory: i64 = view.raw[0].iter().map(|b| b.num_rows() as i64).sum();
+        let raw_memory: i64 = view
+            .rows("checkpoint_events")
+            .iter()
+            .map(|b| b.num_rows() as i64)
+            .sum();
         assert_eq!(
             raw_stored + raw_memory,
             counted,
             "checkpoint_events after chunk {chunk}"
         );
         let (_, counts_stored) = stored(dir.path(), &view, "symptom_counts");
-        let counts_memory: i64 = view.symptom_counts.iter().map(events_column).sum();
+        let counts_memory: i64 = view.rows("symptom_counts").iter().map(events_column).sum();
         assert_eq!(
             counts_stored + counts_memory,
             counted,

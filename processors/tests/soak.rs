@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use paicha_ingest::event::{
+use paicha_contract::event::{
     BedAction, Body, CaseStatus, Disposition, Event, Observation, Outcome, Symptoms, VisitKind,
 };
-use paicha_ingest::registry::Registry;
+use paicha_contract::registry::Registry;
 use paicha_processors::{Accepted, Config, Processor};
 
 /// 2020-01-20T00:00:00Z.
@@ -262,11 +262,7 @@ fn rows_of(dir: &std::path::Path, view: &paicha_processors::LiveView, table: &st
             .expect("a Parquet file");
         batches.extend(reader.map(|b| b.expect("a batch")));
     }
-    batches.push(match table {
-        "follow_ups" => view.follow_ups.clone(),
-        "alerts" => view.alerts.clone(),
-        _ => view.aberrations.clone(),
-    });
+    batches.extend(view.rows(table));
     let mut out = Vec::new();
     for b in &batches {
         let options = FormatOptions::default();

@@ -26,16 +26,13 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use paicha_ingest::registry::Registry;
+use paicha_contract::registry::Registry;
 use paicha_processors::remote::Remote;
 use paicha_processors::store::{Manifest, Store, META_DIR};
 use paicha_processors::tasks::TASK_PREFIX;
 use paicha_processors::LiveView;
 
 use crate::Live;
-
-/// Picks a table's in-memory rows out of a [`LiveView`].
-pub(crate) type Rows = fn(&LiveView) -> Vec<RecordBatch>;
 
 /// Where a table's rows come from: every partition task's directory under
 /// the data directory (shared by all instances of a consumer group), read
@@ -288,18 +285,7 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
     manifest.sealed.clear();
     manifest.sealed_files = Default::default();
     manifest.offsets.clear();
-    let mut view = LiveView {
-        manifest: Default::default(),
-        symptom_counts: Vec::new(),
-        confirmations: Vec::new(),
-        dead_letters: Vec::new(),
-        bed_occupancy: Vec::new(),
-        raw: Default::default(),
-        follow_ups: first.follow_ups.clone(),
-        alerts: first.alerts.clone(),
-        aberrations: first.aberrations.clone(),
-    };
-    let (mut follow_ups, mut alerts, mut aberrations) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
     for (prefix, part) in parts {
         for table in part.manifest.table_names() {
             manifest.tables.entry(table.clone()).or_default().extend(
@@ -314,27 +300,16 @@ fn merge(parts: &[(String, Arc<LiveView>)]) -> Result<LiveView> {
         if !part.manifest.time_zone.is_empty() {
             manifest.time_zone = part.manifest.time_zone.clone();
         }
-        view.symptom_counts
-            .extend(part.symptom_counts.iter().cloned());
-        view.confirmations
-            .extend(part.confirmations.iter().cloned());
-        view.dead_letters.extend(part.dead_letters.iter().cloned());
-        view.bed_occupancy
-            .extend(part.bed_occupancy.iter().cloned());
-        for (all, rows) in view.raw.iter_mut().zip(part.raw.iter()) {
-            all.extend(rows.iter().cloned());
+        for (table, batches) in &part.rows {
+            rows.entry(table)
+                .or_default()
+                .extend(batches.iter().cloned());
         }
-        follow_ups.push(part.follow_ups.clone());
-        alerts.push(part.alerts.clone());
-        aberrations.push(part.aberrations.clone());
     }
-    let concat = |batches: Vec<RecordBatch>, like: &RecordBatch| {
-        arrow::compute::concat_batches(&like.schema(), &batches)
+    let view = LiveView {
+        manifest: Arc::new(manifest),
+        rows,
     };
-    view.follow_ups = concat(follow_ups, &first.follow_ups)?;
-    view.alerts = concat(alerts, &first.alerts)?;
-    view.aberrations = concat(aberrations, &first.aberrations)?;
-    view.manifest = Arc::new(manifest);
     Ok(view)
 }
 
@@ -343,8 +318,6 @@ pub(crate) struct Current {
     name: &'static str,
     schema: SchemaRef,
     source: Arc<Snapshots>,
-    rows: Rows,
-    stored: bool,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -356,21 +329,13 @@ impl std::fmt::Debug for Snapshots {
 }
 
 impl Current {
-    /// A table named `name` in the manifest (when `stored`) whose in-memory
-    /// rows `rows` picks.
-    pub(crate) fn new(
-        name: &'static str,
-        schema: SchemaRef,
-        source: Arc<Snapshots>,
-        rows: Rows,
-        stored: bool,
-    ) -> Arc<Self> {
+    /// The table `name`: its files in the manifest and its rows in the
+    /// live view.
+    pub(crate) fn new(name: &'static str, schema: SchemaRef, source: Arc<Snapshots>) -> Arc<Self> {
         Arc::new(Current {
             name,
             schema,
             source,
-            rows,
-            stored,
         })
     }
 }
@@ -407,16 +372,12 @@ impl TableProvider for Current {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let view = self.source.current().map_err(external)?;
         let mut plans = Vec::with_capacity(2);
-        let files = if self.stored {
-            self.source.files(&view, self.name)
-        } else {
-            Vec::new()
-        };
+        let files = self.source.files(&view, self.name);
         if !files.is_empty() {
             let table = parquet_table(files, self.schema.clone())?;
             plans.push(table.scan(state, projection, filters, limit).await?);
         }
-        let rows = (self.rows)(&view);
+        let rows = view.rows(self.name);
         let memory = MemTable::try_new(self.schema.clone(), vec![rows])?;
         plans.push(memory.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(plans)

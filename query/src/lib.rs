@@ -25,11 +25,11 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionConfig;
-use paicha_ingest::event::Source;
-use paicha_ingest::registry::Registry;
+
+use paicha_contract::registry::Registry;
 use paicha_processors::store::{Store, META_DIR};
-use paicha_processors::symptoms::COUNT_COLUMNS;
-use paicha_processors::{beds, confirmations, dead_letters, raw, symptoms, LiveView};
+use paicha_processors::tables::{self, Kind, View};
+use paicha_processors::{beds, LiveView};
 
 /// The DataFusion session type [`open`] returns.
 pub use datafusion::prelude::SessionContext;
@@ -119,43 +119,6 @@ pub async fn open_bounded(
     catalog.register_schema(INTERNAL_SCHEMA, internal.clone())?;
 
     use datafusion::catalog::SchemaProvider;
-    let windowed: [(&str, SchemaRef, catalog::Rows); 4] = [
-        ("symptom_counts", symptoms::schema(), |v| {
-            v.symptom_counts.clone()
-        }),
-        ("confirmations", confirmations::schema(), |v| {
-            v.confirmations.clone()
-        }),
-        ("bed_occupancy", beds::schema(), |v| v.bed_occupancy.clone()),
-        ("dead_letters", dead_letters::schema(), |v| {
-            v.dead_letters.clone()
-        }),
-    ];
-    for (name, schema, rows) in windowed {
-        internal.register_table(
-            name.into(),
-            catalog::Current::new(name, schema, source.clone(), rows, true),
-        )?;
-    }
-    let raw_rows: [catalog::Rows; 5] = [
-        |v| v.raw[0].clone(),
-        |v| v.raw[1].clone(),
-        |v| v.raw[2].clone(),
-        |v| v.raw[3].clone(),
-        |v| v.raw[4].clone(),
-    ];
-    for (s, rows) in Source::ALL.into_iter().zip(raw_rows) {
-        internal.register_table(
-            raw::table(s).into(),
-            catalog::Current::new(raw::table(s), raw::schema(s), source.clone(), rows, true),
-        )?;
-    }
-    view(
-        &ctx,
-        "dead_letters",
-        &format!("SELECT * FROM {INTERNAL_SCHEMA}.dead_letters"),
-    )
-    .await?;
     // `day` is the directory partition of the raw files; the view derives
     // the same calendar day from `event_time` in the data's time zone.
     let tz = if first.manifest.time_zone.is_empty() {
@@ -166,54 +129,39 @@ pub async fn open_bounded(
     if tz.parse::<chrono_tz::Tz>().is_err() {
         anyhow::bail!("the manifest names an unknown time zone `{tz}`");
     }
-    for name in raw::TABLES {
-        view(
-            &ctx,
-            name,
-            &format!(
-                "SELECT *, \
-                   CAST(arrow_cast(event_time, 'Timestamp(Microsecond, Some(\"{tz}\"))') AS DATE) AS day \
-                 FROM {INTERNAL_SCHEMA}.{name}"
-            ),
-        )
-        .await?;
-    }
-
-    let held: [(&str, catalog::Rows); 3] = [
-        ("follow_ups", |v| vec![v.follow_ups.clone()]),
-        ("alerts", |v| vec![v.alerts.clone()]),
-        ("aberrations", |v| vec![v.aberrations.clone()]),
-    ];
-    for (name, rows) in held {
-        let schema = rows(&first)
-            .first()
-            .map(|b| b.schema())
-            .context("an in-memory table has no schema")?;
-        // Rows final past the retention are archived to files; the rest
-        // are in the state.
-        ctx.register_table(
-            name,
-            catalog::Current::new(name, schema, source.clone(), rows, true),
-        )?;
-    }
     ctx.register_table("districts", districts_table(&registry)?)?;
     ctx.register_table("hospitals", hospitals_table(&registry)?)?;
-
-    folding_view(
-        &ctx,
-        "symptom_counts",
-        "window_start, window_end, district, district_name, source",
-        &COUNT_COLUMNS,
-    )
-    .await?;
-    folding_view(
-        &ctx,
-        "confirmations",
-        "window_start, window_end, district, district_name",
-        &confirmations::COUNT_COLUMNS,
-    )
-    .await?;
-    bed_views(&ctx).await?;
+    // Every table the processors declare: stored rows plus the rows in
+    // memory, shown as its declaration says (the held tables as they are).
+    for table in tables::all() {
+        let name = table.name;
+        let rows = catalog::Current::new(name, table.schema.clone(), source.clone());
+        if table.kind == Kind::Held {
+            // Rows final past the retention are archived to files; the rest
+            // are in the state.
+            ctx.register_table(name, rows)?;
+            continue;
+        }
+        internal.register_table(name.into(), rows)?;
+        let stored = format!("{INTERNAL_SCHEMA}.{name}");
+        match table.view {
+            View::AsStored => view(&ctx, name, &format!("SELECT * FROM {stored}")).await?,
+            View::WithDay => {
+                view(
+                    &ctx,
+                    name,
+                    &format!(
+                        "SELECT *, \
+                           CAST(arrow_cast(event_time, 'Timestamp(Microsecond, Some(\"{tz}\"))') AS DATE) AS day \
+                         FROM {stored}"
+                    ),
+                )
+                .await?
+            }
+            View::Folded { keys, counts } => folding_view(&ctx, name, keys, counts).await?,
+            View::Custom => custom_views(&ctx, name).await?,
+        }
+    }
 
     // The session clients get holds the public tables only: the stored rows
     // behind them are reached through the plans above, not by name, so they
@@ -286,6 +234,14 @@ async fn view(ctx: &SessionContext, name: &str, select: &str) -> Result<()> {
 /// derived) and `bed_occupancy_now`: every hospital of the registry at the
 /// latest window, or at its registry capacity and no patients if it never
 /// had a bed event.
+/// The public views of a table declared [`View::Custom`].
+async fn custom_views(ctx: &SessionContext, table: &str) -> Result<()> {
+    match table {
+        "bed_occupancy" => bed_views(ctx).await,
+        _ => anyhow::bail!("no views are defined for the table `{table}`"),
+    }
+}
+
 async fn bed_views(ctx: &SessionContext) -> Result<()> {
     let keys = "window_start, window_end, hospital_id, hospital_name, district, designated";
     let sums = beds::COUNT_COLUMNS

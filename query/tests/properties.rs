@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use arrow::array::Int64Array;
 use chrono::{FixedOffset, TimeZone};
-use paicha_ingest::event::{Decoder, Source, SYMPTOM_NAMES};
-use paicha_ingest::pseudonym::Pseudonymizer;
-use paicha_ingest::registry::Registry;
+use paicha_contract::event::{Decoder, Source, SYMPTOM_NAMES};
+use paicha_contract::pseudonym::Pseudonymizer;
+use paicha_contract::registry::Registry;
 use paicha_processors::tasks::Tasks;
 use paicha_processors::{Accepted, Config};
 use proptest::prelude::*;

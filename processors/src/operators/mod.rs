@@ -1,0 +1,257 @@
+//! Operators: each table's state and rules, behind one trait.
+//!
+//! An operator declares the tables it fills ([`Table`]), counts the events
+//! handed to it, gives the rows that became final at a checkpoint and the
+//! rows SQL sees from memory meanwhile, and saves and restores its own
+//! state. [`crate::Processor`] runs them all the same way, and the table
+//! list, the live view and the SQL catalog come from their declarations
+//! ([`crate::tables`]), so a table is one module here.
+//!
+//! Follow-ups, alerts and EARS (`follow_ups`, `aberrations`) share one
+//! clock and raise each other's alerts; the processor drives them itself.
+
+pub mod aberrations;
+pub mod beds;
+pub mod confirmations;
+pub mod dead_letters;
+pub mod ears;
+pub mod follow_ups;
+pub mod raw;
+pub mod symptoms;
+pub mod window_counts;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use arrow::record_batch::RecordBatch;
+use paicha_contract::event::Event;
+use paicha_contract::registry::Registry;
+
+use crate::store::{Manifest, Retired};
+use crate::tables::Table;
+use crate::time::{Calendar, Windows};
+use crate::writer::Content;
+
+/// What every operator reads besides the event.
+#[derive(Clone, Copy)]
+pub struct Cx<'a> {
+    pub registry: &'a Registry,
+    pub windows: Windows,
+    pub calendar: Calendar,
+    /// The end of the window holding the highest event time consumed (the
+    /// last window that has begun), `i64::MIN` before the first event.
+    pub clock_end: i64,
+}
+
+/// Rows of one table that became final, for one calendar day's partition.
+pub struct Final {
+    pub table: &'static str,
+    /// `YYYY-MM-DD` in the reporting calendar.
+    pub day: String,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// One table's state and rules.
+pub trait Operator: Send {
+    /// The tables this operator fills.
+    fn tables(&self) -> Vec<Table>;
+
+    /// Counts one event whose id was not counted before.
+    fn add(&mut self, e: &Event, cx: &Cx);
+
+    /// Takes the rows final before `cut` (event time; `i64::MAX` at the end
+    /// of a replay), by calendar day, to write at this checkpoint.
+    fn take_final(&mut self, cut: i64, cx: &Cx) -> Result<Vec<Final>>;
+
+    /// Rows SQL sees from memory now, by table.
+    fn live(&mut self, cx: &Cx) -> Result<Vec<(&'static str, RecordBatch)>>;
+
+    /// Saves what a restart needs into the manifest `m` being committed,
+    /// larger state as files through `state`.
+    fn save(&mut self, m: &mut Manifest, state: &mut StateFiles, cx: &Cx) -> Result<()>;
+
+    /// Restores the state `m` saved, reading its files with `read`.
+    fn restore(&mut self, m: &Manifest, read: &ReadFile, cx: &Cx) -> Result<()>;
+
+    /// Restores only what [`Operator::live`] shows: a stopped pipeline's
+    /// view. The same as [`Operator::restore`] unless the state has parts
+    /// only counting needs.
+    fn restore_view(&mut self, m: &Manifest, read: &ReadFile, cx: &Cx) -> Result<()> {
+        self.restore(m, read, cx)
+    }
+
+    /// Drops state final before `before` (a day's start) that the daily
+    /// archive moved out: the retention has passed it.
+    fn archive(&mut self, _before: i64, _cx: &Cx) {}
+
+    /// Whether anything changed since the last [`Operator::save`].
+    fn dirty(&self) -> bool {
+        false
+    }
+}
+
+/// Reads a file of the data directory (or its object store), by path
+/// relative to it.
+pub type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>> + 'a;
+
+/// Reads the state files `rels` in order into `load`.
+pub fn load_state(
+    read: &ReadFile,
+    rels: &[String],
+    mut load: impl FnMut(&mut &[u8]) -> std::io::Result<()>,
+) -> Result<()> {
+    for rel in rels {
+        let bytes = read(rel)?;
+        load(&mut bytes.as_slice()).with_context(|| format!("cannot read {rel}"))?;
+    }
+    Ok(())
+}
+
+/// Groups `rows` by the calendar day of the instant `at` gives and builds
+/// one batch per day.
+pub fn by_day<R>(
+    table: &'static str,
+    calendar: Calendar,
+    rows: Vec<R>,
+    at: impl Fn(&R) -> i64,
+    batch: impl Fn(&[R]) -> arrow::error::Result<RecordBatch>,
+) -> Result<Vec<Final>> {
+    let mut days: BTreeMap<String, Vec<R>> = BTreeMap::new();
+    for row in rows {
+        days.entry(calendar.day(at(&row)).to_string())
+            .or_default()
+            .push(row);
+    }
+    days.into_iter()
+        .map(|(day, rows)| {
+            Ok(Final {
+                table,
+                day,
+                batches: vec![batch(&rows)?],
+            })
+        })
+        .collect()
+}
+
+/// State a processor saves as the changes of each checkpoint.
+pub trait ChangeLog {
+    fn has_pending(&self) -> bool;
+    /// Makes the next write a full copy of the state.
+    fn pend_all(&mut self);
+    fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()>;
+}
+
+/// Most files one kind of state is kept in: at the default 2 s interval a
+/// forced full copy every 8 or so minutes at most.
+const STATE_FILES_KEPT: usize = 256;
+
+/// The bytes of a change log's last full copy and of the changes written
+/// since; unknown (zero) after a restart, so the first checkpoint writes a
+/// full copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogSize {
+    copy: usize,
+    changes: usize,
+}
+
+impl LogSize {
+    /// Makes the next write a full copy (the state shrank).
+    pub fn forget_copy(&mut self) {
+        self.copy = 0;
+    }
+}
+
+/// The state files of the checkpoint being written.
+pub struct StateFiles<'a> {
+    pub seq: u64,
+    /// Unix seconds now, when files retired by a full copy leave.
+    pub now_secs: i64,
+    pub files: &'a mut Vec<(String, Content)>,
+}
+
+impl StateFiles<'_> {
+    /// Writes the changes of `log` since the last checkpoint as one file
+    /// named after `name`, listed in `list`; a full copy instead once the
+    /// changes outweigh the last copy (or are too many files), which
+    /// retires every earlier file. So a log's files never pass
+    /// [`STATE_FILES_KEPT`] nor twice its state's size, and each byte of
+    /// state is rewritten a bounded number of times.
+    pub fn log(
+        &mut self,
+        list: &mut Vec<String>,
+        retired: &mut Vec<Retired>,
+        size: &mut LogSize,
+        name: &str,
+        log: &mut dyn ChangeLog,
+    ) -> Result<()> {
+        if !log.has_pending() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        log.write_pending(&mut buf)?;
+        let full = list.len() + 1 >= STATE_FILES_KEPT
+            || size.changes.saturating_add(buf.len()) > size.copy;
+        if full {
+            buf.clear();
+            log.pend_all();
+            log.write_pending(&mut buf)?;
+            let since = self.now_secs;
+            retired.extend(list.drain(..).map(|path| Retired { path, since }));
+            *size = LogSize {
+                copy: buf.len(),
+                changes: 0,
+            };
+        } else {
+            size.changes += buf.len();
+        }
+        let rel = format!("_paicha/state/{name}-{:010}.bin", self.seq);
+        list.push(rel.clone());
+        self.files.push((rel, Content::Bytes(buf)));
+        Ok(())
+    }
+}
+
+/// The operators a processor runs: typed, where the processor needs more
+/// of one than the trait (the bed alerts, the raw tables' day cache).
+pub struct Operators {
+    pub symptoms: symptoms::SymptomCounts,
+    pub confirmations: confirmations::ConfirmationCounts,
+    pub beds: beds::BedOccupancy,
+    pub dead_letters: dead_letters::DeadLetters,
+    pub raw: raw::RawTables,
+}
+
+impl Operators {
+    pub fn new(windows: Windows, calendar: Calendar, bed_alert_share: f64) -> Self {
+        Operators {
+            symptoms: symptoms::SymptomCounts::new(windows),
+            confirmations: confirmations::ConfirmationCounts::new(windows),
+            beds: beds::BedOccupancy::new(windows, bed_alert_share),
+            dead_letters: dead_letters::DeadLetters::default(),
+            raw: raw::RawTables::new(calendar),
+        }
+    }
+
+    /// Each operator, in the order their files are written.
+    pub fn each(&mut self) -> [&mut dyn Operator; 5] {
+        [
+            &mut self.symptoms,
+            &mut self.confirmations,
+            &mut self.beds,
+            &mut self.raw,
+            &mut self.dead_letters,
+        ]
+    }
+
+    /// The tables they fill.
+    pub fn tables() -> Vec<Table> {
+        [
+            symptoms::tables(),
+            confirmations::tables(),
+            beds::tables(),
+            dead_letters::tables(),
+            raw::tables(),
+        ]
+        .concat()
+    }
+}
