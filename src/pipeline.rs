@@ -311,62 +311,11 @@ pub fn consume(
         forward: forward.clone(),
         crashed: AtomicBool::new(false),
     };
-    let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
-    let mut client = kafka::client_config(&cfg.brokers);
-    if let Some(name) = &cfg.instance {
-        client.set("group.instance.id", name);
-    }
-    let consumer: BaseConsumer<Membership> = client
-        .set("group.id", &cfg.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // Partition p of every topic to the same member: range assignment
-        // does that for topics of equal partition counts; sticky ones do not.
-        .set("partition.assignment.strategy", "range")
-        .set("session.timeout.ms", session_ms.to_string())
-        .set("heartbeat.interval.ms", (session_ms / 4).to_string())
-        .set("fetch.wait.max.ms", "20")
-        // Bound librdkafka's prefetch so a backlog cannot fill memory, and
-        // fetch again soon once it drains (the default waits a whole second,
-        // which caps a replay at 8 MiB/s).
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.queue.backoff.ms", "2")
-        .set("fetch.message.max.bytes", "2097152")
-        .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
-        .create_with_context(membership)
-        .context("cannot create Kafka consumer")?;
+    let consumer = create_consumer(cfg, membership)?;
     let (dlq, dlq_counter) = &kafka::producer(&cfg.brokers)?;
     let (forwarder, forwarded) = (&forward.0, &forward.1);
 
-    let mut topics: Vec<&str> = Source::ALL.iter().map(|s| s.topic()).collect();
-    topics.push(DEAD_LETTER_TOPIC);
-    let partitions = co_partitioned(&consumer, &topics, &cfg.brokers)?;
-    kafka::ensure_topic(&cfg.brokers, REPARTITION_TOPIC, partitions)?;
-    topics.push(REPARTITION_TOPIC);
-    co_partitioned(&consumer, &topics, &cfg.brokers)?;
-    // The partition each district belongs on, by registry index.
-    let homes: Vec<i32> = decoder
-        .registry()
-        .districts()
-        .iter()
-        .map(|d| paicha_contract::topics::partition_for(&d.district, partitions))
-        .collect();
-    if cfg.subscribe {
-        consumer
-            .subscribe(&topics)
-            .context("cannot join the consumer group")?;
-    } else {
-        let mut tpl = TopicPartitionList::new();
-        for topic in &topics {
-            for p in 0..partitions {
-                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            }
-        }
-        consumer.context().assign(&mut tpl)?;
-        consumer.assign(&tpl).context("cannot assign partitions")?;
-        cfg.ready.store(true, Ordering::Release);
-    }
+    let (partitions, homes) = join(&consumer, cfg, decoder)?;
 
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
@@ -374,7 +323,7 @@ pub fn consume(
     let mut last_publish = Instant::now();
     let mut publish_every = PUBLISH_EVERY;
     let mut end_checked = Instant::now();
-    let mut stage_ends: Option<(&str, Ends)> = None;
+    let mut stage_ends: Option<(&'static str, Ends)> = None;
     let mut failed_forwards = 0;
     let mut crashes = Crashes::load(&cfg.data, decoder.pseudonymizer())?;
     let mut test_crash = TestCrash::new(cfg.crash_on.as_deref());
@@ -511,29 +460,15 @@ pub fn consume(
             }
             end_checked = Instant::now();
             let positions = guard.positions();
-            // A replay is processed once its source messages are, then the
-            // events they forwarded, then the dead letters of both.
-            let stage = match &stage_ends {
-                None => end.source_ends.lock().ok().and_then(|e| e.clone()),
-                Some((_, ends)) => Some(ends.clone()),
-            };
-            if let Some(ends) = stage {
-                if reached(&positions, &ends) {
-                    kafka::finish(forwarder, forwarded)?;
-                    kafka::finish(dlq, dlq_counter)?;
-                    let next = match stage_ends.as_ref().map(|(t, _)| *t) {
-                        None => Some(REPARTITION_TOPIC),
-                        Some(REPARTITION_TOPIC) => Some(DEAD_LETTER_TOPIC),
-                        Some(_) => None,
-                    };
-                    match next {
-                        Some(topic) => {
-                            let ends = high_watermarks(&consumer, topic, partitions)?;
-                            stage_ends = Some((topic, ends));
-                        }
-                        None => break,
-                    }
-                }
+            if replay_done(
+                end,
+                &mut stage_ends,
+                &positions,
+                &consumer,
+                partitions,
+                [(forwarder, forwarded), (dlq, dlq_counter)],
+            )? {
+                break;
             }
         }
     }
@@ -601,6 +536,112 @@ fn delivered(
         );
     }
     Ok(producer.in_flight_count() == 0)
+}
+
+/// The consumer: partition p of every topic to one member, committing
+/// only at checkpoints.
+fn create_consumer(
+    cfg: &ConsumerConfig,
+    membership: Membership,
+) -> Result<BaseConsumer<Membership>> {
+    let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
+    let mut client = kafka::client_config(&cfg.brokers);
+    if let Some(name) = &cfg.instance {
+        client.set("group.instance.id", name);
+    }
+    client
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Partition p of every topic to the same member: range assignment
+        // does that for topics of equal partition counts; sticky ones do not.
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 4).to_string())
+        .set("fetch.wait.max.ms", "20")
+        // Bound librdkafka's prefetch so a backlog cannot fill memory, and
+        // fetch again soon once it drains (the default waits a whole second,
+        // which caps a replay at 8 MiB/s).
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "2")
+        .set("fetch.message.max.bytes", "2097152")
+        .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
+        .create_with_context(membership)
+        .context("cannot create Kafka consumer")
+}
+
+/// Checks the topics are co-partitioned (creating the repartition topic),
+/// then joins the group or, for a replay or the embedded cluster, takes
+/// every partition. Returns the partition count and each district's home
+/// partition, by registry index.
+fn join(
+    consumer: &BaseConsumer<Membership>,
+    cfg: &ConsumerConfig,
+    decoder: &Decoder,
+) -> Result<(i32, Vec<i32>)> {
+    let mut topics: Vec<&str> = Source::ALL.iter().map(|s| s.topic()).collect();
+    topics.push(DEAD_LETTER_TOPIC);
+    let partitions = co_partitioned(consumer, &topics, &cfg.brokers)?;
+    kafka::ensure_topic(&cfg.brokers, REPARTITION_TOPIC, partitions)?;
+    topics.push(REPARTITION_TOPIC);
+    co_partitioned(consumer, &topics, &cfg.brokers)?;
+    // The partition each district belongs on, by registry index.
+    let homes: Vec<i32> = decoder
+        .registry()
+        .districts()
+        .iter()
+        .map(|d| paicha_contract::topics::partition_for(&d.district, partitions))
+        .collect();
+    if cfg.subscribe {
+        consumer
+            .subscribe(&topics)
+            .context("cannot join the consumer group")?;
+    } else {
+        let mut tpl = TopicPartitionList::new();
+        for topic in &topics {
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            }
+        }
+        consumer.context().assign(&mut tpl)?;
+        consumer.assign(&tpl).context("cannot assign partitions")?;
+        cfg.ready.store(true, Ordering::Release);
+    }
+    Ok((partitions, homes))
+}
+
+/// Whether a replay is processed: its source messages, then the events
+/// they forwarded, then the dead letters of both. Moves `stage` on to the
+/// next topic's ends as each is reached, flushing the producers first.
+fn replay_done(
+    end: &ReplayEnd,
+    stage: &mut Option<(&'static str, Ends)>,
+    positions: &BTreeMap<(String, i32), i64>,
+    consumer: &BaseConsumer<Membership>,
+    partitions: i32,
+    producers: [(&kafka::CountingProducer, &kafka::DeliveryCounter); 2],
+) -> Result<bool> {
+    let ends = match stage {
+        None => end.source_ends.lock().ok().and_then(|e| e.clone()),
+        Some((_, ends)) => Some(ends.clone()),
+    };
+    let Some(ends) = ends else {
+        return Ok(false);
+    };
+    if !reached(positions, &ends) {
+        return Ok(false);
+    }
+    for (producer, counter) in producers {
+        kafka::finish(producer, counter)?;
+    }
+    let next = match stage.as_ref().map(|(t, _)| *t) {
+        None => REPARTITION_TOPIC,
+        Some(REPARTITION_TOPIC) => DEAD_LETTER_TOPIC,
+        Some(_) => return Ok(true),
+    };
+    *stage = Some((next, high_watermarks(consumer, next, partitions)?));
+    Ok(false)
 }
 
 fn lock(tasks: &Mutex<Tasks>) -> Result<std::sync::MutexGuard<'_, Tasks>> {

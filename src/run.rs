@@ -436,18 +436,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let tasks = Arc::new(std::sync::Mutex::new(Tasks::open(cfg, registry.clone())?));
 
-    let (cluster, brokers) = match &args.brokers {
-        Some(b) => (None, b.clone()),
-        None => {
-            let c = EmbeddedCluster::start(1, args.partitions)?;
-            let b = c.bootstrap_servers();
-            say!(
-                "paicha: embedded Kafka at {b} ({} partitions per topic)",
-                args.partitions
-            );
-            (Some(c), b)
-        }
-    };
+    let (cluster, brokers) = kafka_cluster(&args)?;
     let embedded = cluster.is_some();
     let key = hmac_key(&args, embedded)?;
     let decoder = Decoder::new(registry.clone(), Pseudonymizer::new(&key))
@@ -475,106 +464,53 @@ pub fn run(args: RunArgs) -> Result<()> {
         _ => None,
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let live: Option<paicha_query::Live> = if http.is_some() || pg.is_some() {
-        let live: paicha_query::Live = Default::default();
-        let serving = Serving {
-            http,
-            pg,
-            access: &args.access,
-            gateway: gateway.clone(),
-            ready: ready.clone(),
-        };
-        serve_sql(
-            &rt,
-            &serving,
-            &args.data,
-            &metrics,
-            Some(live.clone()),
-            remote.clone(),
-        )?;
-        Some(live)
-    } else {
-        None
+    let serving = Serving {
+        http,
+        pg,
+        access: &args.access,
+        gateway: gateway.clone(),
+        ready: ready.clone(),
     };
+    let live = serve_live(&rt, &serving, &args.data, &metrics, remote.clone())?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(&rt, shutdown.clone());
 
     let end = args.replay.as_ref().map(|_| Arc::new(ReplayEnd::default()));
     let simulate = replay.is_none() && (args.simulate || embedded);
 
-    let producer = {
-        let brokers = brokers.clone();
-        let flow = flow.clone();
-        let end = end.clone();
-        let shutdown = shutdown.clone();
-        let registry = registry.clone();
-        let origin = args
-            .replay
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| format!("file:{}", n.to_string_lossy()))
-            .unwrap_or_else(|| "simulator".into());
-        let sim = SimConfig {
-            seed: args.seed,
-            scale: args.scale,
-            ..SimConfig::default()
-        };
-        let rate = args.rate;
+    let producer = start_producer(Feed {
+        brokers: brokers.clone(),
+        replay: replay.map(|file| {
+            let origin = args
+                .replay
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| format!("file:{}", n.to_string_lossy()))
+                .unwrap_or_else(|| "simulator".into());
+            (file, origin)
+        }),
+        scenario: simulate.then(|| {
+            let sim = SimConfig {
+                seed: args.seed,
+                scale: args.scale,
+                ..SimConfig::default()
+            };
+            (sim, args.rate)
+        }),
         // Replayed batches reorder an input in time order by less than the
         // allowed lateness, so it never yields `too_late`.
-        let batching = Batching {
+        batching: Batching {
             max_span_micros: i64::try_from(args.processing.lateness.as_micros())
                 .unwrap_or(i64::MAX),
             misroute: args.misroute.clamp(0.0, 1.0),
             ..Batching::default()
-        };
-        let pseudonymizer = decoder.pseudonymizer().clone();
-        std::thread::Builder::new()
-            .name("producer".into())
-            .spawn(move || -> Result<Option<kafka::ProduceSummary>> {
-                let result = (|| {
-                    if let Some(file) = replay {
-                        let mut p = BatchProducer::new(&brokers, batching, flow)?
-                            .pseudonymizing(pseudonymizer);
-                        p.produce_reader(BufReader::with_capacity(1 << 20, file), &origin)?;
-                        let summary = p.finish()?;
-                        let probe: BaseConsumer = kafka::client_config(&brokers)
-                            .create()
-                            .context("cannot create Kafka client")?;
-                        let mut ends = std::collections::BTreeMap::new();
-                        for s in Source::ALL {
-                            let n = kafka::partitions(probe.client(), s.topic())?;
-                            ends.extend(pipeline::high_watermarks(&probe, s.topic(), n)?);
-                        }
-                        if let Some(end) = &end {
-                            if let Ok(mut e) = end.source_ends.lock() {
-                                *e = Some(ends);
-                            }
-                        }
-                        Ok(Some(summary))
-                    } else if simulate {
-                        produce_scenario(
-                            &brokers,
-                            sim,
-                            &registry,
-                            pseudonymizer,
-                            rate,
-                            flow,
-                            shutdown.clone(),
-                        )
-                        .map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                })();
-                if result.is_err() {
-                    // Stop the consumer: the replay can never complete.
-                    shutdown.store(true, Ordering::Release);
-                }
-                result
-            })
-            .context("cannot start the producer thread")?
-    };
+        },
+        flow: flow.clone(),
+        end: end.clone(),
+        shutdown: shutdown.clone(),
+        registry: registry.clone(),
+        pseudonymizer: decoder.pseudonymizer().clone(),
+    })?;
     if simulate {
         say!(
             "paicha: simulator producing {} events/s (seed {})",
@@ -625,41 +561,159 @@ pub fn run(args: RunArgs) -> Result<()> {
         .map_err(|_| anyhow!("the producer thread panicked"))??;
     pipeline::log_summary(&summary);
     if let (Some(path), Some(p)) = (&args.replay, produced) {
-        let secs = started.elapsed().as_secs_f64();
-        let rejected: u64 = summary.rejected.values().sum::<u64>() + p.unroutable;
-        let mut reasons = summary.rejected.clone();
-        for (r, n) in &p.unroutable_by_reason {
-            if let Some(known) = paicha_contract::event::RejectReason::parse(r) {
-                *reasons.entry(known.as_str()).or_default() += n;
-            }
-        }
-        let reasons = reasons
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        say!(
-            "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}{}; data in {}",
-            p.lines,
-            path.display(),
-            p.lines as f64 / secs.max(1e-9),
-            summary.accepted,
-            summary.duplicates,
-            rejected,
-            if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
-            if summary.rerouted == 0 {
-                String::new()
-            } else {
-                format!(
-                    ", {} forwarded to their district's partition",
-                    summary.rerouted
-                )
-            },
-            args.data.display()
+        say_replayed(
+            path,
+            &p,
+            &summary,
+            started.elapsed().as_secs_f64(),
+            &args.data,
         );
     }
     drop(cluster);
     Ok(())
+}
+
+/// The Kafka cluster `paicha run` uses: `--brokers`, or the embedded one,
+/// started here (and stopped when dropped).
+fn kafka_cluster(args: &RunArgs) -> Result<(Option<EmbeddedCluster>, String)> {
+    if let Some(b) = &args.brokers {
+        return Ok((None, b.clone()));
+    }
+    let c = EmbeddedCluster::start(1, args.partitions)?;
+    let b = c.bootstrap_servers();
+    say!(
+        "paicha: embedded Kafka at {b} ({} partitions per topic)",
+        args.partitions
+    );
+    Ok((Some(c), b))
+}
+
+/// Serves SQL over the pipeline's live view, if any port is open.
+fn serve_live(
+    rt: &tokio::runtime::Runtime,
+    serving: &Serving,
+    data: &Path,
+    metrics: &Metrics,
+    remote: Option<Arc<Remote>>,
+) -> Result<Option<paicha_query::Live>> {
+    if serving.http.is_none() && serving.pg.is_none() {
+        return Ok(None);
+    }
+    let live: paicha_query::Live = Default::default();
+    serve_sql(rt, serving, data, metrics, Some(live.clone()), remote)?;
+    Ok(Some(live))
+}
+
+/// What the producer thread of `paicha run` feeds the source topics with:
+/// a replay file, the simulator, or nothing (events come from outside).
+struct Feed {
+    brokers: String,
+    /// The file and its name for dead letters (`file:NAME`).
+    replay: Option<(File, String)>,
+    /// The scenario and its rate, events/s.
+    scenario: Option<(SimConfig, f64)>,
+    batching: Batching,
+    flow: Option<Arc<FlowControl>>,
+    end: Option<Arc<ReplayEnd>>,
+    shutdown: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    pseudonymizer: Pseudonymizer,
+}
+
+/// Starts the producer thread. A replay tells `end` where each source
+/// partition ends once all of it is produced; a failure stops the consumer,
+/// since the replay can never complete.
+fn start_producer(
+    feed: Feed,
+) -> Result<std::thread::JoinHandle<Result<Option<kafka::ProduceSummary>>>> {
+    std::thread::Builder::new()
+        .name("producer".into())
+        .spawn(move || {
+            let shutdown = feed.shutdown.clone();
+            let result = produce(feed);
+            if result.is_err() {
+                shutdown.store(true, Ordering::Release);
+            }
+            result
+        })
+        .context("cannot start the producer thread")
+}
+
+fn produce(feed: Feed) -> Result<Option<kafka::ProduceSummary>> {
+    if let Some((file, origin)) = feed.replay {
+        let mut p = BatchProducer::new(&feed.brokers, feed.batching, feed.flow)?
+            .pseudonymizing(feed.pseudonymizer);
+        p.produce_reader(BufReader::with_capacity(1 << 20, file), &origin)?;
+        let summary = p.finish()?;
+        let probe: BaseConsumer = kafka::client_config(&feed.brokers)
+            .create()
+            .context("cannot create Kafka client")?;
+        let mut ends = std::collections::BTreeMap::new();
+        for s in Source::ALL {
+            let n = kafka::partitions(probe.client(), s.topic())?;
+            ends.extend(pipeline::high_watermarks(&probe, s.topic(), n)?);
+        }
+        if let Some(end) = &feed.end {
+            if let Ok(mut e) = end.source_ends.lock() {
+                *e = Some(ends);
+            }
+        }
+        return Ok(Some(summary));
+    }
+    let Some((sim, rate)) = feed.scenario else {
+        return Ok(None);
+    };
+    produce_scenario(
+        &feed.brokers,
+        sim,
+        &feed.registry,
+        feed.pseudonymizer,
+        rate,
+        feed.flow,
+        feed.shutdown,
+    )
+    .map(Some)
+}
+
+/// The one line a finished replay prints.
+fn say_replayed(
+    path: &Path,
+    p: &kafka::ProduceSummary,
+    summary: &pipeline::RunSummary,
+    secs: f64,
+    data: &Path,
+) {
+    let rejected: u64 = summary.rejected.values().sum::<u64>() + p.unroutable;
+    let mut reasons = summary.rejected.clone();
+    for (r, n) in &p.unroutable_by_reason {
+        if let Some(known) = paicha_contract::event::RejectReason::parse(r) {
+            *reasons.entry(known.as_str()).or_default() += n;
+        }
+    }
+    let reasons = reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    say!(
+        "paicha: replayed {} lines of {} in {secs:.1}s ({:.0} lines/s): {} events counted, {} duplicates, {} rejected{}{}; data in {}",
+        p.lines,
+        path.display(),
+        p.lines as f64 / secs.max(1e-9),
+        summary.accepted,
+        summary.duplicates,
+        rejected,
+        if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+        if summary.rerouted == 0 {
+            String::new()
+        } else {
+            format!(
+                ", {} forwarded to their district's partition",
+                summary.rerouted
+            )
+        },
+        data.display()
+    );
 }
 
 /// `paicha simulate`.

@@ -134,13 +134,7 @@ impl Operator for DeadLetters {
 
     fn take_final(&mut self, _cut: i64, cx: &Cx) -> Result<Vec<Final>> {
         let rows = std::mem::take(&mut self.rows);
-        by_day(
-            TABLE,
-            cx.calendar,
-            rows,
-            |r| r.received_at,
-            |rows| batch(rows),
-        )
+        by_day(TABLE, cx.calendar, rows, |r| r.received_at, batch)
     }
 
     fn live(&mut self, _cx: &Cx) -> Result<Vec<(&'static str, RecordBatch)>> {

@@ -812,7 +812,21 @@ impl FollowUps {
     /// latest view of them wins.
     pub fn raise(&mut self, alert: Alert) {
         match self.alert_index.get(&alert.alert_id).copied() {
-            Some(k) => self.settle(k, alert.resolved_at),
+            Some(k) => {
+                self.settle(k, alert.resolved_at);
+                // A late event changes what an alert reports (the count of
+                // an EARS day, a hospital's utilization): the latest
+                // evaluation's words stand, so the row does not depend on
+                // when the alert was first raised.
+                if let Some(a) = self.alerts.get_mut(k) {
+                    if a.detail != alert.detail || a.severity != alert.severity {
+                        a.detail = alert.detail;
+                        a.severity = alert.severity;
+                        self.news.push(a.clone());
+                        self.alerts_version += 1;
+                    }
+                }
+            }
             // Final before the archive's horizon: raised and archived
             // already (nothing that arrives now can make a new one).
             None if alert.final_at().is_some_and(|t| t < self.archived_before) => {}
@@ -1292,6 +1306,33 @@ mod tests {
         again.advance(clock, &reg);
         assert_eq!(outcome(&again, &reg), outcome(&live, &reg));
         assert!(again.take_news().is_empty());
+    }
+
+    #[test]
+    fn a_raised_alert_reports_its_latest_evaluation() {
+        let mut f = FollowUps::new();
+        let ears = |observed: u32, severity: &str| Alert {
+            alert_id: "ears_c1:500103:pharmacy:2020-01-28".into(),
+            raised_at: 10 * H,
+            kind: "ears_c1".into(),
+            severity: severity.into(),
+            district: "500103".into(),
+            hospital_id: None,
+            person_key: None,
+            detail: format!("pharmacy: {observed} suspicious on 2020-01-28"),
+            resolved_at: None,
+        };
+        f.raise(ears(6, "warning"));
+        let version = f.alerts_version();
+        // Late events of that day raise its count: the same alert, the
+        // latest words, whatever order the counts came in.
+        f.raise(ears(9, "critical"));
+        assert_eq!(f.alerts().len(), 1);
+        assert_eq!(f.alerts()[0].detail, ears(9, "critical").detail);
+        assert_eq!(f.alerts()[0].severity, "critical");
+        assert!(f.alerts_version() > version);
+        f.raise(ears(9, "critical"));
+        assert_eq!(f.take_news().len(), 2, "no news when nothing changed");
     }
 
     #[test]
