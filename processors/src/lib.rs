@@ -324,7 +324,7 @@ pub struct Processor {
     registry: Arc<Registry>,
     store: Store,
     manifest: Manifest,
-    windows: Windows,
+    scope: Scope,
     /// The tables' operators but the follow-up ones below.
     ops: Operators,
     /// Tables whose rows are windows, for [`Stats::windows`].
@@ -367,7 +367,11 @@ impl Processor {
         let store = Store::create(&cfg.data_dir)?.mirrored(cfg.mirror.clone());
         let windows = Windows::new(cfg.window_micros);
         let mut p = Processor {
-            windows,
+            scope: Scope {
+                registry: registry.clone(),
+                windows,
+                calendar: cfg.calendar,
+            },
             ops: Operators::new(windows, cfg.calendar, cfg.bed_alert_share),
             windowed: tables::all()
                 .into_iter()
@@ -431,7 +435,7 @@ impl Processor {
         let read = |rel: &str| read_local(&root, rel);
         load_state(&read, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
         let registry = self.registry.clone();
-        let cx = context(&registry, self.windows, self.cfg.calendar, i64::MIN);
+        let cx = self.scope.at(i64::MIN);
         for op in self.ops.each() {
             op.restore(&m, &read, &cx)?;
         }
@@ -517,12 +521,7 @@ impl Processor {
             self.stats.duplicates += 1;
             return Accepted::Duplicate;
         }
-        let cx = context(
-            &self.registry,
-            self.windows,
-            self.cfg.calendar,
-            self.max_time,
-        );
+        let cx = self.scope.at(self.max_time);
         for op in self.ops.each() {
             op.add(e, &cx);
         }
@@ -656,7 +655,7 @@ impl Processor {
             .daily
             .archive(&registry, closed_before(self.cfg.calendar, before));
         self.aberrations = None;
-        let cx = context(&registry, self.windows, self.cfg.calendar, self.max_time);
+        let cx = self.scope.at(self.max_time);
         for op in self.ops.each() {
             op.archive(before, &cx);
         }
@@ -691,12 +690,7 @@ impl Processor {
     pub fn live_view(&mut self) -> Result<LiveView> {
         self.settle(usize::MAX)?;
         let mut now: Vec<(&'static str, RecordBatch)> = Vec::new();
-        let cx = context(
-            &self.registry,
-            self.windows,
-            self.cfg.calendar,
-            self.max_time,
-        );
+        let cx = self.scope.at(self.max_time);
         for op in self.ops.each() {
             now.extend(op.live(&cx)?);
         }
@@ -881,7 +875,7 @@ impl Processor {
     /// The end of the window holding the highest event time consumed: the
     /// last window that has begun.
     fn clock_end(&self) -> i64 {
-        clock_end(self.windows, self.max_time)
+        clock_end(self.scope.windows, self.max_time)
     }
 
     /// Forgets the consumed positions: the embedded cluster is new each run,
@@ -933,12 +927,7 @@ impl Processor {
                 .evict_before(self.behind(low).div_euclid(DAY_MICROS) as i32);
         }
         let cut = if finish { i64::MAX } else { watermark };
-        let cx = context(
-            &self.registry,
-            self.windows,
-            self.cfg.calendar,
-            self.max_time,
-        );
+        let cx = self.scope.at(self.max_time);
         let mut finals = Vec::new();
         for op in self.ops.each() {
             finals.extend(op.take_final(cut, &cx)?);
@@ -1012,12 +1001,7 @@ impl Processor {
             "dedupe",
             &mut self.dedupe,
         )?;
-        let cx = context(
-            &self.registry,
-            self.windows,
-            self.cfg.calendar,
-            self.max_time,
-        );
+        let cx = self.scope.at(self.max_time);
         for op in self.ops.each() {
             op.save(m, &mut state, &cx)?;
         }
@@ -1183,6 +1167,20 @@ type Writing = BTreeMap<&'static str, Vec<RecordBatch>>;
 /// Which of [`Processor::log_sizes`] is which.
 const DEDUPE_LOG: usize = 0;
 const FOLLOW_UP_LOG: usize = 1;
+
+/// What the operators read that stays the same for a processor's life.
+struct Scope {
+    registry: Arc<Registry>,
+    windows: Windows,
+    calendar: Calendar,
+}
+
+impl Scope {
+    /// What the operators read at the clock `max_time` stands for.
+    fn at(&self, max_time: i64) -> Cx<'_> {
+        context(&self.registry, self.windows, self.calendar, max_time)
+    }
+}
 
 /// What the operators read, at the clock `max_time` (the highest event time
 /// consumed) stands for.
