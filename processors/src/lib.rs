@@ -10,6 +10,7 @@
 
 pub mod compact;
 pub mod dedupe;
+pub mod layout;
 pub mod operators;
 pub mod remote;
 pub mod store;
@@ -364,7 +365,8 @@ impl Processor {
     /// Opens (or creates) the data directory and restores the state of its
     /// last committed checkpoint.
     pub fn open(cfg: Config, registry: Arc<Registry>) -> Result<Self> {
-        let store = Store::create(&cfg.data_dir)?.mirrored(cfg.mirror.clone());
+        let mirror = cfg.mirror.clone().map(|m| m as Arc<dyn store::Mirror>);
+        let store = Store::create(&cfg.data_dir)?.mirrored(mirror);
         let windows = Windows::new(cfg.window_micros);
         let mut p = Processor {
             scope: Scope {

@@ -24,8 +24,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use crate::store::{Manifest, META_DIR};
-use crate::tasks::TASK_PREFIX;
+use crate::layout::{META_DIR, TASK_PREFIX};
+use crate::store::Manifest;
 
 /// An object store and the prefix paicha's data lives under.
 pub struct Remote {
@@ -322,6 +322,12 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+impl crate::store::Mirror for Mirror {
+    fn commit(&self, root: &Path, m: &Manifest, manifest_bytes: &[u8]) -> Result<()> {
+        Mirror::commit(self, root, m, manifest_bytes)
+    }
 }
 
 #[cfg(test)]

@@ -45,8 +45,7 @@ pub const FORMAT: &str = "paicha/1";
 /// A district's state lives in the task of its partition, so data placed by
 /// another partitioner cannot be resumed.
 pub const PARTITIONER: &str = "murmur2";
-/// Directory of paicha's own files inside the data directory.
-pub const META_DIR: &str = "_paicha";
+pub use crate::layout::META_DIR;
 /// Most rows in a Parquet row group. A reader fetches every column chunk of
 /// a row group it reads before decoding any, so this bounds what one scan
 /// holds at a time (a compacted day of door visits, all columns, about
@@ -133,7 +132,7 @@ pub struct Manifest {
     pub follow_up_clock: Option<i64>,
     /// Daily suspicious counts per district and source (for EARS).
     #[serde(default)]
-    pub daily: Vec<crate::aberrations::SavedDay>,
+    pub daily: Vec<SavedDay>,
     /// Every alert raised so far (JSON), relative to the data directory.
     #[serde(default)]
     pub alerts: Option<String>,
@@ -159,6 +158,25 @@ pub struct Manifest {
     /// a directory written before paicha partitioned with murmur2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioner: Option<String>,
+}
+
+/// One day's suspicious count of a district and source, saved for EARS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedDay {
+    /// District code.
+    pub district: String,
+    /// Source name.
+    pub source: String,
+    /// Days since 1970-01-01 in the reporting calendar.
+    pub day: i32,
+    /// Suspicious events, or 0 for a day with events but none suspicious.
+    pub suspicious: i64,
+}
+
+/// Where a store's commits are copied as well (shared storage): the files
+/// a manifest names, then the manifest.
+pub trait Mirror: Send + Sync + std::fmt::Debug {
+    fn commit(&self, root: &Path, m: &Manifest, manifest_bytes: &[u8]) -> Result<()>;
 }
 
 /// A sealed month: its table files, listed in `path`.
@@ -225,7 +243,7 @@ impl Manifest {
 pub struct Store {
     root: PathBuf,
     /// Where commits go after the local directory, with `--storage`.
-    mirror: Option<std::sync::Arc<crate::remote::Mirror>>,
+    mirror: Option<std::sync::Arc<dyn Mirror>>,
 }
 
 impl Store {
@@ -273,7 +291,7 @@ impl Store {
 
     /// Makes every commit upload to `mirror` as well: the store's manifest,
     /// not the local one, is then the commit point.
-    pub fn mirrored(mut self, mirror: Option<std::sync::Arc<crate::remote::Mirror>>) -> Self {
+    pub fn mirrored(mut self, mirror: Option<std::sync::Arc<dyn Mirror>>) -> Self {
         self.mirror = mirror;
         self
     }

@@ -13,7 +13,6 @@
 //! twice or lost, for the same reason a restart after `kill -9` is exact.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,13 +23,8 @@ use crate::remote::Mirror;
 use crate::store::{Manifest, Store, FORMAT, META_DIR, PARTITIONER};
 use crate::{Config, Processor, Stats};
 
-/// The prefix of a partition task's directory under the data directory.
-pub const TASK_PREFIX: &str = "partition=";
-
-/// The directory of partition task `partition` under `root`.
-pub fn task_dir(root: &Path, partition: i32) -> PathBuf {
-    root.join(format!("{TASK_PREFIX}{partition}"))
-}
+/// Where a task's directory is (also in [`crate::layout`]).
+pub use crate::layout::{task_dir, TASK_PREFIX};
 
 /// The partition tasks one instance runs.
 pub struct Tasks {

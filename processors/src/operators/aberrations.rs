@@ -24,7 +24,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use paicha_contract::event::Source;
 use paicha_contract::registry::Registry;
-use serde::{Deserialize, Serialize};
 
 use crate::ears::{self, Aberration, Method};
 use crate::symptoms::counted;
@@ -58,18 +57,7 @@ impl Default for DailyCounts {
 /// looks back on (C3's reach is the longest).
 const BASELINE_KEPT: i32 = Method::C3.first_day() as i32 + 3;
 
-/// One saved daily count.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedDay {
-    /// District code.
-    pub district: String,
-    /// Source name.
-    pub source: String,
-    /// Days since 1970-01-01 in the reporting calendar.
-    pub day: i32,
-    /// Suspicious events, or 0 for a day with events but none suspicious.
-    pub suspicious: i64,
-}
+pub use crate::store::SavedDay;
 
 /// One evaluated row: day, district, source, and the detector's output.
 pub type Row = (i32, String, String, Aberration);
