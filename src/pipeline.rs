@@ -856,36 +856,7 @@ fn handle(
     let now = Instant::now();
 
     if topic == DEAD_LETTER_TOPIC {
-        let h = msg
-            .headers()
-            .and_then(|h| DeadLetterHeaders::from_kafka(h.iter()))
-            .unwrap_or_else(|| DeadLetterHeaders {
-                // Written by someone else: still a dead letter, kept as such.
-                reason: "unlabeled".into(),
-                field: None,
-                topic: DEAD_LETTER_TOPIC.into(),
-                partition: Some(partition),
-                offset,
-                line: 0,
-            });
-        let received_at = msg
-            .timestamp()
-            .to_millis()
-            .map(|ms| ms * 1000)
-            .unwrap_or_else(micros_now);
-        let reason = h.reason.clone();
-        let new = processor.dead_letter(DeadLetter {
-            received_at,
-            topic: h.topic,
-            partition: h.partition,
-            offset: h.offset,
-            line: h.line,
-            reason: h.reason,
-            field: h.field,
-        });
-        if new {
-            metrics.dead_letters.with_label_values(&[&reason]).inc();
-        }
+        record_dead_letter(msg, processor, metrics);
         processor.consumed(topic, partition, offset, None, now);
         return Ok(());
     }
@@ -937,21 +908,7 @@ fn handle(
             },
         )?;
     }
-    // A paicha producer hashed the ids already and named its key; ids of
-    // another key can never join ours, so they are refused, not re-hashed.
-    let marked = msg.headers().and_then(|h| {
-        h.iter()
-            .find(|h| h.key == pseudonym::HEADER)
-            .map(|h| h.value.unwrap_or_default().to_vec())
-    });
-    let ids = match &marked {
-        None => Ok(Ids::Raw),
-        Some(fp) if fp.as_slice() == decoder.fingerprint().as_bytes() => Ok(Ids::Pseudonymized),
-        Some(_) => Err(Reject {
-            reason: RejectReason::PseudonymKey,
-            field: None,
-        }),
-    };
+    let ids = ids_of(msg, decoder);
     let forward = |home: i32, lines: &[u8]| -> Result<usize> {
         kafka::send(
             forwarder,
@@ -1031,21 +988,7 @@ fn handle(
     for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
         forwarded_bytes += forward(home, &lines)?;
     }
-    // Metrics per message, not per event: the counts come out the same.
-    summary.valid += valid;
-    let label = [source.as_str()];
-    metrics
-        .events_consumed
-        .with_label_values(&label)
-        .inc_by(valid);
-    metrics
-        .events_accepted
-        .with_label_values(&label)
-        .inc_by(accepted);
-    metrics
-        .events_duplicate
-        .with_label_values(&label)
-        .inc_by(valid - accepted);
+    count_events(metrics, summary, source, valid, accepted);
     if rerouted > 0 {
         events_rerouted(metrics, summary, source, topic, partition, rerouted);
     }
@@ -1065,6 +1008,85 @@ fn handle(
         }
     }
     Ok(())
+}
+
+/// Records a message of the dead-letter topic in `dead_letters`, once.
+fn record_dead_letter(msg: &BorrowedMessage<'_>, processor: &mut Processor, metrics: &Metrics) {
+    let (partition, offset) = (msg.partition(), msg.offset());
+    let h = msg
+        .headers()
+        .and_then(|h| DeadLetterHeaders::from_kafka(h.iter()))
+        .unwrap_or_else(|| DeadLetterHeaders {
+            // Written by someone else: still a dead letter, kept as such.
+            reason: "unlabeled".into(),
+            field: None,
+            topic: DEAD_LETTER_TOPIC.into(),
+            partition: Some(partition),
+            offset,
+            line: 0,
+        });
+    let received_at = msg
+        .timestamp()
+        .to_millis()
+        .map(|ms| ms * 1000)
+        .unwrap_or_else(micros_now);
+    let reason = h.reason.clone();
+    let new = processor.dead_letter(DeadLetter {
+        received_at,
+        topic: h.topic,
+        partition: h.partition,
+        offset: h.offset,
+        line: h.line,
+        reason: h.reason,
+        field: h.field,
+    });
+    if new {
+        metrics.dead_letters.with_label_values(&[&reason]).inc();
+    }
+}
+
+/// How the ids of a message's events stand: a paicha producer hashed them
+/// already and named its key; ids of another key can never join ours, so
+/// they are refused, not re-hashed.
+fn ids_of(msg: &BorrowedMessage<'_>, decoder: &Decoder) -> Result<Ids, Reject> {
+    let marked = msg.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == pseudonym::HEADER)
+            .map(|h| h.value.unwrap_or_default().to_vec())
+    });
+    match &marked {
+        None => Ok(Ids::Raw),
+        Some(fp) if fp.as_slice() == decoder.fingerprint().as_bytes() => Ok(Ids::Pseudonymized),
+        Some(_) => Err(Reject {
+            reason: RejectReason::PseudonymKey,
+            field: None,
+        }),
+    }
+}
+
+/// Counts a message's events: per message, not per event, the counts come
+/// out the same.
+fn count_events(
+    metrics: &Metrics,
+    summary: &mut RunSummary,
+    source: Source,
+    valid: u64,
+    accepted: u64,
+) {
+    summary.valid += valid;
+    let label = [source.as_str()];
+    metrics
+        .events_consumed
+        .with_label_values(&label)
+        .inc_by(valid);
+    metrics
+        .events_accepted
+        .with_label_values(&label)
+        .inc_by(accepted);
+    metrics
+        .events_duplicate
+        .with_label_values(&label)
+        .inc_by(valid - accepted);
 }
 
 /// The offsets consumed since each task's last checkpoint on disk.
