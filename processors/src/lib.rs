@@ -41,9 +41,7 @@ use crate::compact::Merge;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
 use crate::follow_ups::{Alert, FollowUps};
-use crate::operators::{
-    load_state, ChangeLog, Cx, Final, LogSize, Operators, ReadFile, StateFiles,
-};
+use crate::operators::{load_state, Cx, Final, LogSize, Operators, ReadFile, StateFiles};
 use crate::store::{Manifest, Offset, Store, FORMAT, META_DIR};
 use crate::tables::Kind;
 use crate::time::{Calendar, Windows, DAY_MICROS, HOUR_MICROS};
@@ -282,24 +280,6 @@ pub struct Stats {
     /// Final window rows written (first writes and corrections).
     pub windows: u64,
 }
-
-macro_rules! change_log {
-    ($($t:ty),*) => {$(
-        impl ChangeLog for $t {
-            fn has_pending(&self) -> bool {
-                <$t>::has_pending(self)
-            }
-            fn pend_all(&mut self) {
-                <$t>::pend_all(self)
-            }
-            fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-                <$t>::write_pending(self, out).map(|_| ())
-            }
-        }
-    )*};
-}
-
-change_log!(Dedupe, FollowUps);
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

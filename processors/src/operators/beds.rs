@@ -35,9 +35,7 @@ use paicha_contract::event::{BedAction, Body, Event};
 use paicha_contract::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::operators::{
-    by_day, load_state, ChangeLog, Cx, Final, LogSize, Operator, ReadFile, StateFiles,
-};
+use crate::operators::{by_day, load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
@@ -640,18 +638,6 @@ pub fn tables() -> Vec<Table> {
 }
 
 const TABLE: &str = "bed_occupancy";
-
-impl ChangeLog for Beds {
-    fn has_pending(&self) -> bool {
-        Beds::has_pending(self)
-    }
-    fn pend_all(&mut self) {
-        Beds::pend_all(self)
-    }
-    fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        Beds::write_pending(self, out)
-    }
-}
 
 impl Operator for BedOccupancy {
     fn tables(&self) -> Vec<Table> {

@@ -15,9 +15,7 @@ use paicha_contract::event::{Body, CaseStatus, Event};
 use paicha_contract::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::operators::{
-    by_day, load_state, ChangeLog, Cx, Final, LogSize, Operator, ReadFile, StateFiles,
-};
+use crate::operators::{by_day, load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
@@ -197,18 +195,6 @@ pub fn tables() -> Vec<Table> {
 }
 
 const TABLE: &str = "confirmations";
-
-impl ChangeLog for Confirmations {
-    fn has_pending(&self) -> bool {
-        Confirmations::has_pending(self)
-    }
-    fn pend_all(&mut self) {
-        Confirmations::pend_all(self)
-    }
-    fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        Confirmations::write_pending(self, out)
-    }
-}
 
 impl Operator for ConfirmationCounts {
     fn tables(&self) -> Vec<Table> {

@@ -141,6 +141,30 @@ pub trait ChangeLog {
     fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()>;
 }
 
+/// The change logs are the states' own methods.
+macro_rules! change_log {
+    ($($t:ty),*) => {$(
+        impl ChangeLog for $t {
+            fn has_pending(&self) -> bool {
+                <$t>::has_pending(self)
+            }
+            fn pend_all(&mut self) {
+                <$t>::pend_all(self)
+            }
+            fn write_pending(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+                <$t>::write_pending(self, out).map(|_| ())
+            }
+        }
+    )*};
+}
+
+change_log!(
+    crate::dedupe::Dedupe,
+    follow_ups::FollowUps,
+    confirmations::Confirmations,
+    beds::Beds
+);
+
 /// Most files one kind of state is kept in: at the default 2 s interval a
 /// forced full copy every 8 or so minutes at most.
 const STATE_FILES_KEPT: usize = 256;
