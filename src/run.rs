@@ -569,6 +569,11 @@ pub fn run(args: RunArgs) -> Result<()> {
             &args.data,
         );
     }
+    // The servers and the gateway's producer stop before the cluster they
+    // talk to, so stopping logs no broker as down.
+    drop(serving);
+    drop(gateway);
+    drop(rt);
     drop(cluster);
     Ok(())
 }
