@@ -625,23 +625,18 @@ impl BedOccupancy {
     }
 }
 
-/// The table [`BedOccupancy`] fills.
-pub fn tables() -> Vec<Table> {
-    vec![Table {
-        name: TABLE,
-        schema: schema(),
-        kind: Kind::Windowed,
-        // Utilization is derived from the folded counts, and
-        // `bed_occupancy_now` reads it: built by the query layer.
-        view: View::Custom,
-    }]
-}
-
 const TABLE: &str = "bed_occupancy";
 
 impl Operator for BedOccupancy {
     fn tables(&self) -> Vec<Table> {
-        tables()
+        vec![Table {
+            name: TABLE,
+            schema: schema(),
+            kind: Kind::Windowed,
+            // Utilization is derived from the folded counts, and
+            // `bed_occupancy_now` reads it: built by the query layer.
+            view: View::Custom,
+        }]
     }
 
     fn add(&mut self, e: &Event, _cx: &Cx) {

@@ -181,24 +181,19 @@ impl ConfirmationCounts {
     }
 }
 
-/// The table [`ConfirmationCounts`] fills.
-pub fn tables() -> Vec<Table> {
-    vec![Table {
-        name: TABLE,
-        schema: schema(),
-        kind: Kind::Windowed,
-        view: View::Folded {
-            keys: "window_start, window_end, district, district_name",
-            counts: &COUNT_COLUMNS,
-        },
-    }]
-}
-
 const TABLE: &str = "confirmations";
 
 impl Operator for ConfirmationCounts {
     fn tables(&self) -> Vec<Table> {
-        tables()
+        vec![Table {
+            name: TABLE,
+            schema: schema(),
+            kind: Kind::Windowed,
+            view: View::Folded {
+                keys: "window_start, window_end, district, district_name",
+                counts: &COUNT_COLUMNS,
+            },
+        }]
     }
 
     fn add(&mut self, e: &Event, _cx: &Cx) {

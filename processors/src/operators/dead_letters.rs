@@ -113,21 +113,16 @@ impl DeadLetters {
     }
 }
 
-/// The table [`DeadLetters`] fills.
-pub fn tables() -> Vec<Table> {
-    vec![Table {
-        name: TABLE,
-        schema: schema(),
-        kind: Kind::Appended,
-        view: View::AsStored,
-    }]
-}
-
 const TABLE: &str = "dead_letters";
 
 impl Operator for DeadLetters {
     fn tables(&self) -> Vec<Table> {
-        tables()
+        vec![Table {
+            name: TABLE,
+            schema: schema(),
+            kind: Kind::Appended,
+            view: View::AsStored,
+        }]
     }
 
     fn add(&mut self, _e: &Event, _cx: &Cx) {}

@@ -29,7 +29,7 @@ use paicha_contract::registry::Registry;
 
 use crate::store::{Manifest, Retired};
 use crate::tables::Table;
-use crate::time::{Calendar, Windows};
+use crate::time::{Calendar, Windows, HOUR_MICROS};
 use crate::writer::Content;
 
 /// What every operator reads besides the event.
@@ -83,11 +83,6 @@ pub trait Operator: Send {
     /// Drops state final before `before` (a day's start) that the daily
     /// archive moved out: the retention has passed it.
     fn archive(&mut self, _before: i64, _cx: &Cx) {}
-
-    /// Whether anything changed since the last [`Operator::save`].
-    fn dirty(&self) -> bool {
-        false
-    }
 }
 
 /// Reads a file of the data directory (or its object store), by path
@@ -267,15 +262,10 @@ impl Operators {
         ]
     }
 
-    /// The tables they fill.
+    /// The tables they fill, from each operator's declaration.
     pub fn tables() -> Vec<Table> {
-        [
-            symptoms::tables(),
-            confirmations::tables(),
-            beds::tables(),
-            dead_letters::tables(),
-            raw::tables(),
-        ]
-        .concat()
+        // A declaration does not depend on the window or the calendar.
+        let mut ops = Operators::new(Windows::new(HOUR_MICROS), Calendar::default(), 1.0);
+        ops.each().iter().flat_map(|op| op.tables()).collect()
     }
 }

@@ -369,22 +369,17 @@ impl RawTables {
     }
 }
 
-/// The tables [`RawTables`] fills: one per source.
-pub fn tables() -> Vec<Table> {
-    Source::ALL
-        .into_iter()
-        .map(|s| Table {
-            name: table(s),
-            schema: schema(s),
-            kind: Kind::Appended,
-            view: View::WithDay,
-        })
-        .collect()
-}
-
 impl Operator for RawTables {
     fn tables(&self) -> Vec<Table> {
-        tables()
+        Source::ALL
+            .into_iter()
+            .map(|s| Table {
+                name: table(s),
+                schema: schema(s),
+                kind: Kind::Appended,
+                view: View::WithDay,
+            })
+            .collect()
     }
 
     fn add(&mut self, e: &Event, cx: &Cx) {

@@ -96,24 +96,19 @@ impl SymptomCounts {
     }
 }
 
-/// The table [`SymptomCounts`] fills.
-pub fn tables() -> Vec<Table> {
-    vec![Table {
-        name: TABLE,
-        schema: schema(),
-        kind: Kind::Windowed,
-        view: View::Folded {
-            keys: "window_start, window_end, district, district_name, source",
-            counts: &COUNT_COLUMNS,
-        },
-    }]
-}
-
 const TABLE: &str = "symptom_counts";
 
 impl Operator for SymptomCounts {
     fn tables(&self) -> Vec<Table> {
-        tables()
+        vec![Table {
+            name: TABLE,
+            schema: schema(),
+            kind: Kind::Windowed,
+            view: View::Folded {
+                keys: "window_start, window_end, district, district_name, source",
+                counts: &COUNT_COLUMNS,
+            },
+        }]
     }
 
     fn add(&mut self, e: &Event, _cx: &Cx) {
