@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use paicha_contract::event::{Body, Event, Observation, Outcome, Symptoms, VisitKind};
 use paicha_contract::registry::Registry;
+use paicha_processors::alerts::AlertBook;
 use paicha_processors::follow_ups::{FollowUps, Status};
 use paicha_processors::time::HOUR_MICROS;
 
@@ -49,16 +50,21 @@ fn main() -> anyhow::Result<()> {
         .map_or(Ok(1_000_000), |a| a.parse())?;
     let registry = Registry::builtin()?;
     let mut f = FollowUps::new();
+    let mut alerts = AlertBook::default();
     let t0 = 1_580_000_000_000_000i64;
-    f.advance(t0, &registry);
+    f.advance(t0, &registry, &mut alerts);
     let before = rss_bytes();
     let started = Instant::now();
     // Person i opens at t0 + i * 24h / persons: everyone within one day.
     let open_at = |i: u64| t0 + (i as i64) * 24 * HOUR_MICROS / persons as i64;
     for i in 0..persons {
-        f.add(&visit(i, open_at(i), Observation::HomeIsolation), &registry);
+        f.add(
+            &visit(i, open_at(i), Observation::HomeIsolation),
+            &registry,
+            &mut alerts,
+        );
     }
-    f.advance(t0 + 24 * HOUR_MICROS, &registry);
+    f.advance(t0 + 24 * HOUR_MICROS, &registry, &mut alerts);
     let opened = started.elapsed();
     let per_person = (rss_bytes().saturating_sub(before)) as f64 / persons as f64;
 
@@ -81,12 +87,16 @@ fn main() -> anyhow::Result<()> {
             }
             let t = open_at(i) + day * 24 * HOUR_MICROS;
             if t >= from && t < to {
-                f.add(&visit(i, t, Observation::HomeIsolation), &registry);
+                f.add(
+                    &visit(i, t, Observation::HomeIsolation),
+                    &registry,
+                    &mut alerts,
+                );
                 events += 1;
             }
         }
         let a = Instant::now();
-        f.advance(to, &registry);
+        f.advance(to, &registry, &mut alerts);
         let took = a.elapsed();
         advance_total += took;
         advance_max = advance_max.max(took);
@@ -108,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         events as f64 / simulated.as_secs_f64(),
         advance_total / (hours as u32 - 1),
         advance_max,
-        f.alerts().len(),
+        alerts.alerts().len(),
         rss_bytes() >> 20
     );
     Ok(())

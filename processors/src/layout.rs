@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 /// Directory of paicha's own files inside the data directory.
 pub const META_DIR: &str = "_paicha";
 
+/// State files (dedupe ids, each operator's saved state), listed by the
+/// manifest.
+pub const STATE_DIR: &str = "_paicha/state";
+
 /// The manifest, relative to a task's directory.
 pub const MANIFEST: &str = "_paicha/manifest.json";
 

@@ -23,7 +23,8 @@ pub mod writer;
 // The operators' modules, by their old paths too: the query layer builds
 // its rows with their schemas and batches.
 pub use operators::{
-    aberrations, beds, confirmations, dead_letters, ears, follow_ups, raw, symptoms, window_counts,
+    aberrations, alerts, beds, confirmations, dead_letters, ears, follow_ups, raw, symptoms,
+    window_counts,
 };
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,11 +37,11 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::Event;
 use paicha_contract::registry::Registry;
 
-use crate::aberrations::DailyCounts;
+use crate::alerts::Alert;
 use crate::compact::Merge;
 use crate::dead_letters::DeadLetter;
 use crate::dedupe::Dedupe;
-use crate::follow_ups::{Alert, FollowUps};
+use crate::follow_ups::FollowUps;
 use crate::operators::{load_state, Cx, Final, LogSize, Operators, ReadFile, StateFiles};
 use crate::store::{Manifest, Offset, Store, FORMAT, META_DIR};
 use crate::tables::Kind;
@@ -79,31 +80,16 @@ impl LiveView {
         let calendar = Calendar::new(&m.time_zone).unwrap_or_default();
         let max_time = m.offsets.iter().filter_map(|o| o.max_event_time).max();
         let cx = context(registry, windows, calendar, max_time.unwrap_or(i64::MIN));
+        // The alert share and what is kept only matter to counting and the
+        // archive, which a view never runs.
+        let mut ops = Operators::new(windows, calendar, 1.0, i64::MAX);
+        ops.restore(m, read, &cx, true)?;
         let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
-        // The alert share only matters to the archive, which a view never runs.
-        let mut ops = Operators::new(windows, calendar, 1.0);
         for op in ops.each() {
-            op.restore_view(m, read, &cx)?;
             for (table, batch) in op.live(&cx)? {
                 rows.entry(table).or_default().push(batch);
             }
         }
-        let mut follow = FollowUps::new();
-        load_state(read, &m.follow_ups, |f| follow.load(f))?;
-        follow.restore_alerts(read_alerts(read, m)?);
-        let mut daily = DailyCounts::default();
-        daily
-            .restore(&m.daily, registry)
-            .map_err(anyhow::Error::msg)?;
-        archived_at(m, calendar, &mut follow, &mut daily);
-        follow.advance(m.follow_up_clock.unwrap_or(i64::MIN), registry);
-        let closed = closed_before(calendar, follow.clock());
-        rows.insert("follow_ups", vec![follow.batch(registry)?]);
-        rows.insert("alerts", vec![follow_ups::alerts_batch(follow.alerts())?]);
-        rows.insert(
-            "aberrations",
-            vec![aberrations::batch(&daily.evaluate(registry, closed))?],
-        );
         Ok(LiveView {
             manifest: Arc::new(m.clone()),
             rows,
@@ -175,31 +161,6 @@ fn seal(m: &mut Manifest, files: &mut Vec<(String, Content)>) -> Result<()> {
         m.sealed.push(store::Sealed { month, path });
     }
     Ok(())
-}
-
-/// Tells restored state where the last archive of `m` stood, so nothing
-/// archived is raised or evaluated again.
-fn archived_at(m: &Manifest, calendar: Calendar, follow: &mut FollowUps, daily: &mut DailyCounts) {
-    if let Some(before) = m.archived_before {
-        follow.archived_at(before);
-        daily.archived_at(closed_before(calendar, before));
-    }
-}
-
-/// The first calendar day not yet closed at `clock`: the day holding it.
-fn closed_before(calendar: Calendar, clock: i64) -> i32 {
-    if clock == i64::MIN {
-        return i32::MIN;
-    }
-    time::date32(calendar.day(clock))
-}
-
-/// The alerts saved with the checkpoint of `m`.
-fn read_alerts(read: &ReadFile, m: &Manifest) -> Result<Vec<Alert>> {
-    let Some(rel) = &m.alerts else {
-        return Ok(Vec::new());
-    };
-    serde_json::from_slice(&read(rel)?).with_context(|| format!("{rel} is corrupt"))
 }
 
 /// A file of the data directory `root`.
@@ -306,21 +267,12 @@ pub struct Processor {
     store: Store,
     manifest: Manifest,
     scope: Scope,
-    /// The tables' operators but the follow-up ones below.
+    /// Every table's operator.
     ops: Operators,
     /// Tables whose rows are windows, for [`Stats::windows`].
     windowed: Vec<&'static str>,
-    follow_ups: FollowUps,
-    /// The last `follow_ups` rows built for SQL, and when: rebuilding every
-    /// episode is not free, so live SQL sees it at most a second old.
-    follow_up_rows: Option<(Instant, arrow::record_batch::RecordBatch)>,
-    /// The `alerts` rows in memory, with the alerts' version they show.
-    alert_rows: Option<(u64, arrow::record_batch::RecordBatch)>,
-    daily: DailyCounts,
-    /// The last EARS evaluation and the first open day it was made for.
-    aberrations: Option<(i32, Vec<aberrations::Row>)>,
-    /// Whether `aberrations` changed since its alerts were last raised.
-    ears_unchecked: bool,
+    /// Tables the state holds whole (see [`Processor::live_view`]).
+    held: Vec<&'static str>,
     dedupe: Dedupe,
     watermarks: Watermarks,
     offsets: BTreeMap<(String, i32), i64>,
@@ -336,8 +288,8 @@ pub struct Processor {
     /// must keep seeing from memory until each is committed.
     in_flight: VecDeque<(Arc<Manifest>, Writing)>,
     dirty: bool,
-    /// The sizes of the dedupe and follow-up logs.
-    log_sizes: [LogSize; 2],
+    /// The size of the dedupe log.
+    dedupe_log: LogSize,
     stats: Stats,
 }
 
@@ -354,19 +306,14 @@ impl Processor {
                 windows,
                 calendar: cfg.calendar,
             },
-            ops: Operators::new(windows, cfg.calendar, cfg.bed_alert_share),
-            windowed: tables::all()
-                .into_iter()
-                .filter(|t| t.kind == Kind::Windowed)
-                .map(|t| t.name)
-                .collect(),
-            follow_ups: FollowUps::new()
-                .keeping(cfg.retention_micros.saturating_add(cfg.lateness_micros)),
-            follow_up_rows: None,
-            alert_rows: None,
-            daily: DailyCounts::default(),
-            aberrations: None,
-            ears_unchecked: false,
+            ops: Operators::new(
+                windows,
+                cfg.calendar,
+                cfg.bed_alert_share,
+                keep_micros(&cfg),
+            ),
+            windowed: tables_of(Kind::Windowed),
+            held: tables_of(Kind::Held),
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
             manifest: Manifest {
                 format: FORMAT.into(),
@@ -382,7 +329,7 @@ impl Processor {
             writer: Writer::start(store.clone())?,
             in_flight: VecDeque::new(),
             dirty: false,
-            log_sizes: [LogSize::default(); 2],
+            dedupe_log: LogSize::default(),
             stats: Stats::default(),
             cfg,
             registry,
@@ -416,20 +363,8 @@ impl Processor {
         let root = self.store.root().to_path_buf();
         let read = |rel: &str| read_local(&root, rel);
         load_state(&read, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
-        let registry = self.registry.clone();
         let cx = self.scope.at(i64::MIN);
-        for op in self.ops.each() {
-            op.restore(&m, &read, &cx)?;
-        }
-        self.daily
-            .restore(&m.daily, &registry)
-            .map_err(anyhow::Error::msg)?;
-        load_state(&read, &m.follow_ups, |f| self.follow_ups.load(f))?;
-        self.follow_ups.restore_alerts(read_alerts(&read, &m)?);
-        archived_at(&m, self.cfg.calendar, &mut self.follow_ups, &mut self.daily);
-        self.follow_ups
-            .advance(m.follow_up_clock.unwrap_or(i64::MIN), &registry);
-        self.follow_ups.take_news();
+        self.ops.restore(&m, &read, &cx, false)?;
         let now = Instant::now();
         for o in &m.offsets {
             self.offsets.insert((o.topic.clone(), o.partition), o.next);
@@ -504,12 +439,7 @@ impl Processor {
             return Accepted::Duplicate;
         }
         let cx = self.scope.at(self.max_time);
-        for op in self.ops.each() {
-            op.add(e, &cx);
-        }
-        self.follow_ups.add(e, &self.registry);
-        let day = self.ops.raw.events.day(e.event_time);
-        self.daily.add(day, e.district, e.source(), e.suspicious());
+        self.ops.add(e, &cx);
         self.stats.accepted += 1;
         self.dirty = true;
         Accepted::Counted
@@ -552,7 +482,7 @@ impl Processor {
             self.watermarks.observe(topic, partition, t, now);
         }
         let clock = self.watermarks.advance(now);
-        self.follow_ups.advance(clock, &self.registry);
+        self.ops.advance(clock, &self.scope.at(self.max_time));
         self.dirty = true;
     }
 
@@ -564,7 +494,7 @@ impl Processor {
 
     /// Follow-up state: episodes, counts, alerts.
     pub fn follow_ups(&self) -> &FollowUps {
-        &self.follow_ups
+        &self.ops.follow_ups.state
     }
 
     /// Each hospital with bed events: (index, beds_total, occupied) at the
@@ -575,7 +505,7 @@ impl Processor {
 
     /// Alerts raised or resolved since the last call, to publish.
     pub fn take_alert_news(&mut self) -> Vec<Alert> {
-        self.follow_ups.take_news()
+        self.ops.alerts.take_news()
     }
 
     /// Lists the rows `finals` in `m` as Parquet files of checkpoint
@@ -610,61 +540,35 @@ impl Processor {
         }
     }
 
-    /// Once a day: moves what can no longer change — follow-up episodes
-    /// and alerts final, and EARS days closed, before the start of the day
-    /// the retention and lateness reach back to — out of the state into
-    /// the `follow_ups`, `alerts` and `aberrations` files, so the state, its
-    /// files, a checkpoint and a restart stay as large as the retention
-    /// holds, however long paicha runs.
+    /// Once a day: moves what can no longer change (follow-up episodes
+    /// and alerts final, EARS days closed, before the start of the day the
+    /// retention and lateness reach back to) out of the operators' state
+    /// into their tables' files, so the state, its files, a checkpoint and
+    /// a restart stay as large as the retention holds, however long paicha
+    /// runs.
     fn archive(
         &mut self,
         m: &mut Manifest,
         files: &mut Vec<(String, Content)>,
         shown: &mut Writing,
     ) -> Result<()> {
-        let clock = self.follow_ups.clock();
+        let clock = self.ops.clock();
         if clock == i64::MIN {
             return Ok(());
         }
-        let reach = clock.saturating_sub(self.follow_ups.keep_micros());
+        let reach = clock.saturating_sub(keep_micros(&self.cfg));
         let (before, ..) = self.cfg.calendar.day_bounds(reach);
         if m.archived_before.is_some_and(|b| b >= before) {
             return Ok(());
         }
-        let registry = self.registry.clone();
-        let archived = self.follow_ups.archive(before, &registry)?;
-        let days = self
-            .daily
-            .archive(&registry, closed_before(self.cfg.calendar, before));
-        self.aberrations = None;
         let cx = self.scope.at(self.max_time);
-        for op in self.ops.each() {
-            op.archive(before, &cx);
-        }
-        // The follow-up log drops what was archived: a full copy next.
-        self.log_sizes[FOLLOW_UP_LOG].forget_copy();
-        m.archived_before = Some(before);
         // One file per table per archive, in the partition of the last day
         // archived: a first archive may hold years of days (an event from
         // 2000 starts a district's EARS series there), and a file per day
         // would be thousands.
-        let day = self.cfg.calendar.day(before.saturating_sub(1));
-        for (table, rows) in [
-            ("aberrations", aberrations::batch(&days)?),
-            ("alerts", follow_ups::alerts_batch(&archived.alerts)?),
-            ("follow_ups", archived.episodes),
-        ] {
-            if rows.num_rows() == 0 {
-                continue;
-            }
-            let rel = format!("{table}/day={day}/part-{:010}.parquet", m.checkpoint);
-            self.stats.files += 1;
-            self.stats.rows += rows.num_rows() as u64;
-            m.tables.entry(table.into()).or_default().push(rel.clone());
-            shown.entry(table).or_default().push(rows.clone());
-            files.push((rel, Content::Parquet(vec![rows])));
-        }
-        self.follow_up_rows = None;
+        let finals = self.ops.archive(before, &cx)?;
+        m.archived_before = Some(before);
+        self.write_finals(m, files, shown, finals);
         Ok(())
     }
 
@@ -676,11 +580,6 @@ impl Processor {
         for op in self.ops.each() {
             now.extend(op.live(&cx)?);
         }
-        let held = [
-            ("follow_ups", self.follow_up_rows()?),
-            ("alerts", self.alert_rows()?),
-            ("aberrations", aberrations::batch(self.evaluate_days())?),
-        ];
         // Rows of checkpoints being written first, then the state's.
         let mut rows: BTreeMap<&'static str, Vec<RecordBatch>> = BTreeMap::new();
         for (_, writing) in &self.in_flight {
@@ -697,10 +596,13 @@ impl Processor {
         // out of the state are in neither it nor the committed files yet.
         // Without such rows (every day but one) the batch is shared, not
         // copied.
-        for (table, batch) in held {
-            let schema = batch.schema();
-            let all = rows.entry(table).or_default();
-            all.push(batch);
+        for table in &self.held {
+            let Some(all) = rows.get_mut(table) else {
+                continue;
+            };
+            let Some(schema) = all.first().map(|b| b.schema()) else {
+                continue;
+            };
             all.retain(|b| b.num_rows() > 0);
             *all = vec![arrow::compute::concat_batches(&schema, all.iter())?];
         }
@@ -708,150 +610,6 @@ impl Processor {
             manifest: self.committed.clone(),
             rows,
         })
-    }
-
-    /// EARS over the closed days, recomputed only when a count or the set
-    /// of closed days changed.
-    fn evaluate_days(&mut self) -> &[aberrations::Row] {
-        let closed = closed_before(self.cfg.calendar, self.follow_ups.clock());
-        let changed = self.daily.take_changed();
-        let stale = self
-            .aberrations
-            .as_ref()
-            .is_none_or(|(c, _)| *c != closed || changed);
-        if stale {
-            let rows = self.daily.evaluate(&self.registry, closed);
-            self.aberrations = Some((closed, rows));
-            self.ears_unchecked = true;
-        }
-        self.aberrations.as_ref().map_or(&[], |(_, r)| r.as_slice())
-    }
-
-    /// Raises, resolves and withdraws the `ears_*` and `bed_utilization`
-    /// alerts for the state at the clock. Their instants come from event
-    /// time (the end of the day evaluated, the end of the window found above
-    /// the threshold), so they do not depend on when the events arrived.
-    fn detect(&mut self) {
-        self.evaluate_days();
-        // EARS alerts change only when the evaluation does.
-        let evaluated = if std::mem::take(&mut self.ears_unchecked) {
-            self.aberrations.take()
-        } else {
-            None
-        };
-        for (day, district, source, a) in evaluated.iter().flat_map(|(_, r)| r.iter()) {
-            let day = time::from_date32(*day);
-            let kind = format!("ears_{}", a.method.as_str().to_lowercase());
-            // One alert per detector, series and day: a late event that takes
-            // the day below its threshold shows it was never true.
-            let id = format!("{kind}:{district}:{source}:{day}");
-            if !a.alarm {
-                self.follow_ups.withdraw(
-                    &id,
-                    "events that arrived later took the day below the threshold",
-                );
-                continue;
-            }
-            self.follow_ups.raise(Alert {
-                alert_id: id,
-                raised_at: self.cfg.calendar.day_end(day),
-                kind,
-                severity: if a.method == ears::Method::C3 {
-                    "critical"
-                } else {
-                    "warning"
-                }
-                .into(),
-                district: district.clone(),
-                hospital_id: None,
-                person_key: None,
-                detail: format!(
-                    "{source}: {} suspicious on {day}, above the EARS {} threshold {:.2}",
-                    a.observed,
-                    a.method.as_str(),
-                    a.threshold
-                ),
-                resolved_at: None,
-            });
-        }
-        if evaluated.is_some() {
-            self.aberrations = evaluated;
-        }
-        let until = self.clock_end();
-        let share = self.cfg.bed_alert_share;
-        for (i, h) in self.registry.hospitals().iter().enumerate() {
-            if !h.designated() {
-                continue;
-            }
-            let beds = &self.ops.beds.state;
-            let runs = beds.runs_above(i as u16, share, until, &self.registry);
-            let floor = beds.floor(i as u16);
-            let ids: Vec<String> = runs
-                .iter()
-                .map(|(first, ..)| format!("bed_utilization:{}:{first}", h.hospital_id))
-                .collect();
-            let gone: Vec<String> = self
-                .follow_ups
-                .alerts()
-                .iter()
-                .filter(|a| {
-                    a.kind == "bed_utilization"
-                        && a.hospital_id.as_deref() == Some(h.hospital_id.as_str())
-                        && !ids.contains(&a.alert_id)
-                        // Over before the floor: no sweep sees its run, and
-                        // nothing can change it (it is archived next).
-                        && a.resolved_at.is_none_or(|r| floor.is_none_or(|f| r > f))
-                })
-                .map(|a| a.alert_id.clone())
-                .collect();
-            for id in gone {
-                self.follow_ups.withdraw(
-                    &id,
-                    "bed events that arrived later show the hospital was not above the threshold then",
-                );
-            }
-            for ((_, raised_at, resolved_at, util), id) in runs.into_iter().zip(ids) {
-                self.follow_ups.raise(Alert {
-                    alert_id: id,
-                    raised_at,
-                    kind: "bed_utilization".into(),
-                    severity: if util >= 0.95 { "critical" } else { "warning" }.into(),
-                    district: h.district.clone(),
-                    hospital_id: Some(h.hospital_id.clone()),
-                    person_key: None,
-                    detail: format!(
-                        "{} at {:.0}% of its beds (alert above {:.0}%)",
-                        h.name,
-                        util * 100.0,
-                        share * 100.0
-                    ),
-                    resolved_at,
-                });
-            }
-        }
-    }
-
-    fn alert_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
-        let version = self.follow_ups.alerts_version();
-        if let Some((v, rows)) = &self.alert_rows {
-            if *v == version {
-                return Ok(rows.clone());
-            }
-        }
-        let rows = follow_ups::alerts_batch(self.follow_ups.alerts())?;
-        self.alert_rows = Some((version, rows.clone()));
-        Ok(rows)
-    }
-
-    fn follow_up_rows(&mut self) -> Result<arrow::record_batch::RecordBatch> {
-        if let Some((at, rows)) = &self.follow_up_rows {
-            if at.elapsed() < Duration::from_secs(1) {
-                return Ok(rows.clone());
-            }
-        }
-        let rows = self.follow_ups.batch(&self.registry)?;
-        self.follow_up_rows = Some((Instant::now(), rows.clone()));
-        Ok(rows)
     }
 
     /// The end of the window holding the highest event time consumed: the
@@ -901,7 +659,12 @@ impl Processor {
         let watermark = self.watermark(now);
         // Partitions that went idle let the clock move without a message
         // arriving to move it.
-        self.follow_ups.advance(watermark, &self.registry);
+        let cx = self.scope.at(self.max_time);
+        self.ops.advance(watermark, &cx);
+        if finish && self.max_time != i64::MIN {
+            // The end of a replay: the clock stands at the highest event time.
+            self.ops.advance(self.max_time, &cx);
+        }
         // Ids of days wholly behind every partition's horizon can only come
         // again as too late, never as a duplicate to recognise.
         if let Some(low) = self.watermarks.lowest_high_mark() {
@@ -909,18 +672,12 @@ impl Processor {
                 .evict_before(self.behind(low).div_euclid(DAY_MICROS) as i32);
         }
         let cut = if finish { i64::MAX } else { watermark };
-        let cx = self.scope.at(self.max_time);
         let mut finals = Vec::new();
         for op in self.ops.each() {
             finals.extend(op.take_final(cut, &cx)?);
         }
-        if finish && self.max_time != i64::MIN {
-            // The end of a replay: the clock stands at the highest event time.
-            self.follow_ups.advance(self.max_time, &self.registry);
-            self.follow_up_rows = None;
-        }
         let merged = self.finished_merges();
-        if !self.dirty && !self.follow_ups.has_pending() && finals.is_empty() && merged.is_empty() {
+        if !self.dirty && finals.is_empty() && merged.is_empty() {
             return Ok(());
         }
         let seq = self.manifest.checkpoint + 1;
@@ -930,10 +687,10 @@ impl Processor {
         let mut shown = Writing::new();
         self.write_finals(&mut m, &mut files, &mut shown, finals);
         // Alerts first, from the whole state; then what is final leaves it.
-        self.detect();
+        self.ops.detect(&self.scope.at(self.max_time));
         self.archive(&mut m, &mut files, &mut shown)?;
         let now_secs = unix_now();
-        let old_alerts = self.save_state(&mut m, &mut files, now_secs)?;
+        let superseded = self.save_state(&mut m, &mut files, now_secs)?;
         self.record_positions(&mut m, watermark);
         self.stats.merges += compact::commit(&mut m, &merged, now_secs) as u64;
         compact::expire(&self.store, &mut m, now_secs, self.cfg.retire_after_secs);
@@ -949,7 +706,7 @@ impl Processor {
         self.writer.submit(Commit {
             files,
             manifest: m,
-            superseded: old_alerts,
+            superseded,
         })?;
         if finish || !self.cfg.background_writes {
             self.settle(0)?;
@@ -960,26 +717,24 @@ impl Processor {
         Ok(())
     }
 
-    /// Saves the state a restart needs into `m`: the dedupe ids, each
-    /// operator's, the follow-ups and the EARS counts. Returns the alerts
-    /// file the new one supersedes, if it was rewritten.
+    /// Saves the state a restart needs into `m`: the dedupe ids and each
+    /// operator's. Returns the files the new ones supersede.
     fn save_state(
         &mut self,
         m: &mut Manifest,
         files: &mut Vec<(String, Content)>,
         now_secs: i64,
-    ) -> Result<Option<String>> {
-        let seq = m.checkpoint;
+    ) -> Result<Vec<String>> {
         let mut state = StateFiles {
-            seq,
+            seq: m.checkpoint,
             now_secs,
             files,
+            superseded: Vec::new(),
         };
-        let sizes = &mut self.log_sizes;
         state.log(
             &mut m.dedupe,
             &mut m.retired,
-            &mut sizes[DEDUPE_LOG],
+            &mut self.dedupe_log,
             "dedupe",
             &mut self.dedupe,
         )?;
@@ -987,24 +742,7 @@ impl Processor {
         for op in self.ops.each() {
             op.save(m, &mut state, &cx)?;
         }
-        state.log(
-            &mut m.follow_ups,
-            &mut m.retired,
-            &mut sizes[FOLLOW_UP_LOG],
-            "follow-ups",
-            &mut self.follow_ups,
-        )?;
-        let clock = self.follow_ups.clock();
-        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
-        m.daily = self.daily.save(&self.registry);
-        if !self.follow_ups.take_alerts_changed() {
-            return Ok(None);
-        }
-        let rel = format!("_paicha/state/alerts-{seq:010}.json");
-        let bytes = serde_json::to_vec(self.follow_ups.alerts())?;
-        let old = m.alerts.replace(rel.clone());
-        files.push((rel, Content::Bytes(bytes)));
-        Ok(old)
+        Ok(state.superseded)
     }
 
     /// Records in `m` the Kafka positions and watermark its files cover.
@@ -1146,9 +884,20 @@ impl Processor {
 /// so a query never misses a row in between.
 type Writing = BTreeMap<&'static str, Vec<RecordBatch>>;
 
-/// Which of [`Processor::log_sizes`] is which.
-const DEDUPE_LOG: usize = 0;
-const FOLLOW_UP_LOG: usize = 1;
+/// The names of the tables of `kind`.
+fn tables_of(kind: Kind) -> Vec<&'static str> {
+    tables::all()
+        .into_iter()
+        .filter(|t| t.kind == kind)
+        .map(|t| t.name)
+        .collect()
+}
+
+/// How far behind the clock an event can still count: what the state keeps
+/// before the archive takes it.
+fn keep_micros(cfg: &Config) -> i64 {
+    cfg.retention_micros.saturating_add(cfg.lateness_micros)
+}
 
 /// What the operators read that stays the same for a processor's life.
 struct Scope {

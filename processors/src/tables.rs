@@ -5,7 +5,7 @@
 
 use arrow::datatypes::SchemaRef;
 
-use crate::operators::{aberrations, follow_ups, Operators};
+use crate::operators::Operators;
 
 /// How a table's rows are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +52,7 @@ pub struct Table {
 
 /// Every table.
 pub fn all() -> Vec<Table> {
-    let mut tables = Operators::tables();
-    tables.extend(follow_ups::tables());
-    tables.extend(aberrations::tables());
-    tables
+    Operators::tables()
 }
 
 /// The names of [`all`].

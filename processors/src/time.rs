@@ -127,6 +127,45 @@ pub fn date32(day: NaiveDate) -> i32 {
     i32::try_from(days).unwrap_or(if days < 0 { i32::MIN } else { i32::MAX })
 }
 
+/// The calendar day (`Date32`) of instants, cached for the day last asked
+/// about: a time-zone conversion per event is measurable, and events
+/// cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct DayCache {
+    calendar: Calendar,
+    /// The last day looked up: [start, end) in µs and its `Date32`.
+    last: (i64, i64, i32),
+}
+
+impl DayCache {
+    pub fn new(calendar: Calendar) -> Self {
+        DayCache {
+            calendar,
+            last: (0, 0, 0),
+        }
+    }
+
+    /// The calendar day of `t`.
+    pub fn day(&mut self, t: i64) -> i32 {
+        let (start, end, day) = self.last;
+        if t >= start && t < end {
+            return day;
+        }
+        let (lo, hi, date) = self.calendar.day_bounds(t);
+        let d = date32(date);
+        self.last = (lo, hi, d);
+        d
+    }
+}
+
+/// The first calendar day not yet closed at `clock`: the day holding it.
+pub fn closed_before(calendar: Calendar, clock: i64) -> i32 {
+    if clock == i64::MIN {
+        return i32::MIN;
+    }
+    date32(calendar.day(clock))
+}
+
 /// The date `days` after 1970-01-01 (before it when negative), the inverse
 /// of [`date32`]; days past chrono's range (±262,143 years) give its ends.
 pub fn from_date32(days: i32) -> NaiveDate {

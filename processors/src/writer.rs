@@ -33,8 +33,8 @@ pub struct Commit {
     pub files: Vec<(String, Content)>,
     /// The manifest to commit once every file is on disk.
     pub manifest: Manifest,
-    /// A file the manifest no longer lists, removed after the commit.
-    pub superseded: Option<String>,
+    /// Files the manifest no longer lists, removed after the commit.
+    pub superseded: Vec<String>,
 }
 
 /// The writer thread and its two queues.
@@ -117,7 +117,7 @@ fn write(store: &Store, c: Commit) -> Result<()> {
         }
     }
     store.commit(&c.manifest)?;
-    if let Some(old) = c.superseded {
+    for old in c.superseded {
         // Superseded by the manifest just committed.
         let _ = std::fs::remove_file(store.root().join(old));
     }

@@ -25,9 +25,16 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::Source;
 use paicha_contract::registry::Registry;
 
+use anyhow::Result;
+use paicha_contract::event::Event;
+
+use super::alerts::Alert;
+use super::{AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
 use crate::ears::{self, Aberration, Method};
+use crate::store::Manifest;
 use crate::symptoms::counted;
 use crate::tables::{Kind, Table, View};
+use crate::time::{self, closed_before, Calendar, DayCache};
 
 /// Suspicious events per (day, district, source), days as `Date32`.
 #[derive(Debug, Clone)]
@@ -240,14 +247,152 @@ pub fn batch(rows: &[Row]) -> arrow::error::Result<RecordBatch> {
     RecordBatch::try_new(schema(), cols)
 }
 
-/// The table EARS fills.
-pub fn tables() -> Vec<Table> {
-    vec![Table {
-        name: "aberrations",
-        schema: schema(),
-        kind: Kind::Held,
-        view: View::AsStored,
-    }]
+const TABLE: &str = "aberrations";
+
+/// The `aberrations` operator: the daily counts, their last evaluation,
+/// and the `ears_*` alerts it raises.
+pub struct Aberrations {
+    daily: DailyCounts,
+    days: DayCache,
+    /// The pipeline clock: the days before the one holding it are closed.
+    clock: i64,
+    /// The last evaluation and the first open day it was made for.
+    evaluation: Option<(i32, Vec<Row>)>,
+    /// Whether the evaluation changed since its alerts were last raised.
+    unchecked: bool,
+}
+
+impl Aberrations {
+    pub fn new(calendar: Calendar) -> Self {
+        Aberrations {
+            daily: DailyCounts::default(),
+            days: DayCache::new(calendar),
+            clock: i64::MIN,
+            evaluation: None,
+            unchecked: false,
+        }
+    }
+
+    /// EARS over the closed days, recomputed only when a count or the set
+    /// of closed days changed.
+    fn evaluate(&mut self, cx: &Cx) -> &[Row] {
+        let closed = closed_before(cx.calendar, self.clock);
+        let changed = self.daily.take_changed();
+        let stale = self
+            .evaluation
+            .as_ref()
+            .is_none_or(|(c, _)| *c != closed || changed);
+        if stale {
+            let rows = self.daily.evaluate(cx.registry, closed);
+            self.evaluation = Some((closed, rows));
+            self.unchecked = true;
+        }
+        self.evaluation.as_ref().map_or(&[], |(_, r)| r.as_slice())
+    }
+}
+
+impl Operator for Aberrations {
+    fn tables(&self) -> Vec<Table> {
+        vec![Table {
+            name: TABLE,
+            schema: schema(),
+            kind: Kind::Held,
+            view: View::AsStored,
+        }]
+    }
+
+    fn add(&mut self, e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {
+        let day = self.days.day(e.event_time);
+        self.daily.add(day, e.district, e.source(), e.suspicious());
+    }
+
+    fn advance(&mut self, clock: i64, _cx: &Cx, _alerts: &mut AlertBook) {
+        self.clock = self.clock.max(clock);
+    }
+
+    /// Held whole until archived: nothing becomes final at a checkpoint.
+    fn take_final(&mut self, _cut: i64, _cx: &Cx) -> Result<Vec<Final>> {
+        Ok(Vec::new())
+    }
+
+    fn live(&mut self, cx: &Cx) -> Result<Vec<(&'static str, RecordBatch)>> {
+        Ok(vec![(TABLE, batch(self.evaluate(cx))?)])
+    }
+
+    /// One alert per detector, series and day that alarms, raised at the
+    /// end of the day; a late event that takes the day below its threshold
+    /// shows it was never true, and withdraws it.
+    fn detect(&mut self, cx: &Cx, alerts: &mut AlertBook) {
+        self.evaluate(cx);
+        // EARS alerts change only when the evaluation does.
+        if !std::mem::take(&mut self.unchecked) {
+            return;
+        }
+        for (day, district, source, a) in self.evaluation.iter().flat_map(|(_, r)| r.iter()) {
+            let day = time::from_date32(*day);
+            let kind = format!("ears_{}", a.method.as_str().to_lowercase());
+            let id = format!("{kind}:{district}:{source}:{day}");
+            if !a.alarm {
+                alerts.withdraw(
+                    &id,
+                    "events that arrived later took the day below the threshold",
+                );
+                continue;
+            }
+            alerts.raise(Alert {
+                alert_id: id,
+                raised_at: cx.calendar.day_end(day),
+                kind,
+                severity: if a.method == Method::C3 {
+                    "critical"
+                } else {
+                    "warning"
+                }
+                .into(),
+                district: district.clone(),
+                hospital_id: None,
+                person_key: None,
+                detail: format!(
+                    "{source}: {} suspicious on {day}, above the EARS {} threshold {:.2}",
+                    a.observed,
+                    a.method.as_str(),
+                    a.threshold
+                ),
+                resolved_at: None,
+            });
+        }
+    }
+
+    fn save(&mut self, m: &mut Manifest, _state: &mut StateFiles, cx: &Cx) -> Result<()> {
+        m.daily = self.daily.save(cx.registry);
+        Ok(())
+    }
+
+    fn restore(&mut self, m: &Manifest, _read: &ReadFile, cx: &Cx) -> Result<()> {
+        self.daily
+            .restore(&m.daily, cx.registry)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(before) = m.archived_before {
+            self.daily.archived_at(closed_before(cx.calendar, before));
+        }
+        Ok(())
+    }
+
+    /// The days the archive closes, evaluated for the last time.
+    fn archive(&mut self, before: i64, cx: &Cx, _alerts: &mut AlertBook) -> Result<Vec<Final>> {
+        let rows = self
+            .daily
+            .archive(cx.registry, closed_before(cx.calendar, before));
+        self.evaluation = None;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Final {
+            table: TABLE,
+            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
+            batches: vec![batch(&rows)?],
+        }])
+    }
 }
 
 #[cfg(test)]

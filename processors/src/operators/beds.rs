@@ -35,7 +35,10 @@ use paicha_contract::event::{BedAction, Body, Event};
 use paicha_contract::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::operators::{by_day, load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
+use crate::operators::alerts::Alert;
+use crate::operators::{
+    by_day, load_state, AlertBook, Cx, Final, LogSize, Operator, ReadFile, StateFiles,
+};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
@@ -639,7 +642,7 @@ impl Operator for BedOccupancy {
         }]
     }
 
-    fn add(&mut self, e: &Event, _cx: &Cx) {
+    fn add(&mut self, e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {
         self.state.add(e);
     }
 
@@ -679,11 +682,69 @@ impl Operator for BedOccupancy {
         Ok(())
     }
 
-    fn archive(&mut self, before: i64, cx: &Cx) {
+    fn archive(&mut self, before: i64, cx: &Cx, _alerts: &mut AlertBook) -> Result<Vec<Final>> {
         self.state
             .raise_floor(before, self.alert_share, cx.registry);
         // The log drops what was archived: a full copy next.
         self.log.forget_copy();
+        Ok(Vec::new())
+    }
+
+    /// A `bed_utilization` alert per run of windows a designated hospital
+    /// spent above the share, raised when it went above and resolved when
+    /// it came back; one that later bed events show never was is withdrawn.
+    fn detect(&mut self, cx: &Cx, alerts: &mut AlertBook) {
+        let share = self.alert_share;
+        for (i, h) in cx.registry.hospitals().iter().enumerate() {
+            if !h.designated() {
+                continue;
+            }
+            let runs = self
+                .state
+                .runs_above(i as u16, share, cx.clock_end, cx.registry);
+            let floor = self.state.floor(i as u16);
+            let ids: Vec<String> = runs
+                .iter()
+                .map(|(first, ..)| format!("bed_utilization:{}:{first}", h.hospital_id))
+                .collect();
+            let gone: Vec<String> = alerts
+                .alerts()
+                .iter()
+                .filter(|a| {
+                    a.kind == "bed_utilization"
+                        && a.hospital_id.as_deref() == Some(h.hospital_id.as_str())
+                        && !ids.contains(&a.alert_id)
+                        // Over before the floor: no sweep sees its run, and
+                        // nothing can change it (it is archived next).
+                        && a.resolved_at.is_none_or(|r| floor.is_none_or(|f| r > f))
+                })
+                .map(|a| a.alert_id.clone())
+                .collect();
+            for id in gone {
+                alerts.withdraw(
+                    &id,
+                    "bed events that arrived later show the hospital was not above the threshold then",
+                );
+            }
+            for ((_, raised_at, resolved_at, util), id) in runs.into_iter().zip(ids) {
+                alerts.raise(Alert {
+                    alert_id: id,
+                    raised_at,
+                    kind: "bed_utilization".into(),
+                    severity: if util >= 0.95 { "critical" } else { "warning" }.into(),
+                    district: h.district.clone(),
+                    hospital_id: Some(h.hospital_id.clone()),
+                    person_key: None,
+                    detail: format!(
+                        "{} at {:.0}% of its beds (alert above {:.0}%)",
+                        h.name,
+                        util * 100.0,
+                        share * 100.0
+                    ),
+                    resolved_at,
+                });
+            }
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use paicha_contract::event::{Body, CaseStatus, Event};
 use paicha_contract::registry::Registry;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::operators::{by_day, load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
+use crate::operators::{
+    by_day, load_state, AlertBook, Cx, Final, LogSize, Operator, ReadFile, StateFiles,
+};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
@@ -196,7 +198,7 @@ impl Operator for ConfirmationCounts {
         }]
     }
 
-    fn add(&mut self, e: &Event, _cx: &Cx) {
+    fn add(&mut self, e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {
         self.state.add(e);
     }
 

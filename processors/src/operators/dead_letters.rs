@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::operators::{by_day, Cx, Final, Operator, ReadFile, StateFiles};
+use crate::operators::{by_day, AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use anyhow::Result;
@@ -125,7 +125,7 @@ impl Operator for DeadLetters {
         }]
     }
 
-    fn add(&mut self, _e: &Event, _cx: &Cx) {}
+    fn add(&mut self, _e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {}
 
     fn take_final(&mut self, _cut: i64, cx: &Cx) -> Result<Vec<Final>> {
         let rows = std::mem::take(&mut self.rows);

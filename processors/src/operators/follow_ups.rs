@@ -31,6 +31,12 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::{Body, CaseStatus, Disposition, Event, Observation, Outcome};
 use paicha_contract::registry::Registry;
 
+use anyhow::Result;
+use std::time::{Duration, Instant};
+
+use super::alerts::{Alert, AlertBook};
+use super::{load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
+use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::{DAY_MICROS, HOUR_MICROS};
 
@@ -154,42 +160,6 @@ impl Episode {
     }
 }
 
-/// An alert raised: a row of the `alerts` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Alert {
-    /// Stable id: the same condition always gets the same id.
-    pub alert_id: String,
-    /// Pipeline clock when raised, µs.
-    pub raised_at: i64,
-    /// `follow_up_overdue`, `bed_utilization`, `ears_c1`…
-    pub kind: String,
-    /// `warning` or `critical`.
-    pub severity: String,
-    /// District code.
-    pub district: String,
-    /// Hospital, for bed alerts.
-    pub hospital_id: Option<String>,
-    /// Pseudonym, for follow-up alerts.
-    pub person_key: Option<String>,
-    /// For people.
-    pub detail: String,
-    /// Pipeline clock when resolved, µs.
-    pub resolved_at: Option<i64>,
-}
-
-impl Alert {
-    /// When the alert can no longer change: its resolution, or for an EARS
-    /// alarm (about one closed day, never resolved) when it was raised.
-    /// `None` while it is open.
-    pub fn final_at(&self) -> Option<i64> {
-        match self.resolved_at {
-            Some(r) => Some(r),
-            None if self.kind.starts_with("ears_") => Some(self.raised_at),
-            None => None,
-        }
-    }
-}
-
 /// A change to follow-up state, as logged for restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
@@ -235,8 +205,8 @@ struct Person {
     changes: Vec<Entry>,
     /// The fold of the changes up to the clock.
     episodes: Vec<Episode>,
-    /// Indices into `FollowUps::alerts` of this person's overdue alerts.
-    alerts: Vec<usize>,
+    /// The ids of this person's overdue alerts in the alert book.
+    alerts: Vec<String>,
 }
 
 /// The changes of a person never ordered into observation, in arrival
@@ -360,9 +330,8 @@ fn count(
     }
 }
 
-/// Where an alert's detail says that later events show it was not true;
-/// the reason follows.
-pub const WITHDRAWN: &str = "; withdrawn: ";
+/// The kind of the alerts follow-ups raise.
+pub const OVERDUE: &str = "follow_up_overdue";
 
 /// Why a follow-up alert is withdrawn.
 const NOT_MISSED: &str = "events that arrived later show this visit was not missed";
@@ -379,16 +348,7 @@ pub struct FollowUps {
     by_status: HashMap<(u16, Status), i64>,
     /// Overdue episodes per (district, days missed capped at 4).
     by_days: HashMap<(u16, i64), i64>,
-    alerts: Vec<Alert>,
-    alert_index: HashMap<String, usize>,
-    /// Alerts raised or resolved since last taken, for the alerts topic.
-    news: Vec<Alert>,
     pending: Vec<Logged>,
-    /// Counts every change to `alerts`, so their rows are rebuilt only
-    /// when one happened.
-    alerts_version: u64,
-    /// The version the last checkpoint wrote.
-    alerts_written: u64,
     /// How far behind the clock an event can still count (retention plus
     /// lateness): changes of persons never under observation older than
     /// that can no longer join an episode, so they are forgotten.
@@ -398,19 +358,6 @@ pub struct FollowUps {
     /// Changes of persons with no isolation order (yet): `seen` visits of
     /// the people screened, most of them.
     orphans: HashMap<u128, Orphans>,
-    /// Episodes and alerts final before this instant were archived (see
-    /// [`FollowUps::archive`]).
-    archived_before: i64,
-}
-
-/// What [`FollowUps::archive`] takes out of the state: rows that can no
-/// longer change.
-#[derive(Debug)]
-pub struct Archived {
-    /// `follow_ups` rows of the episodes that ended before the horizon.
-    pub episodes: RecordBatch,
-    /// Alerts final before the horizon.
-    pub alerts: Vec<Alert>,
 }
 
 /// A change as logged: (event time, person, district, change).
@@ -431,7 +378,6 @@ impl FollowUps {
             clock: i64::MIN,
             keep_micros: i64::MAX,
             forgot_on: i64::MIN,
-            archived_before: i64::MIN,
             ..Default::default()
         }
     }
@@ -441,26 +387,20 @@ impl FollowUps {
         self.keep_micros
     }
 
-    /// The horizon of the last [`FollowUps::archive`].
-    pub fn archived_before(&self) -> i64 {
-        self.archived_before
-    }
-
-    /// After a restore: rows final before `before` were archived already,
-    /// so an alert final before it is not raised again.
-    pub fn archived_at(&mut self, before: i64) {
-        self.archived_before = self.archived_before.max(before);
-    }
-
     /// Takes out of the state what can no longer change, so that the state
     /// (and its files, and a restart) stays as large as the retention, not
     /// the uptime: every episode that ended before `before` (with the
-    /// person's changes up to its end), and every alert final before it.
+    /// person's changes up to its end), whose `follow_ups` rows it returns,
+    /// and their overdue alerts final before it, which leave the book.
     /// `before` must be at or behind the clock minus the retention and
     /// lateness: an event that could still change them is `too_late`. The
     /// gauges count only the episodes held.
-    pub fn archive(&mut self, before: i64, registry: &Registry) -> arrow::error::Result<Archived> {
-        self.archived_before = self.archived_before.max(before);
+    pub fn archive(
+        &mut self,
+        before: i64,
+        registry: &Registry,
+        alerts: &mut AlertBook,
+    ) -> arrow::error::Result<RecordBatch> {
         let mut episodes: Vec<(u128, Episode)> = Vec::new();
         // Started-at of each person's last archived episode.
         let mut archived_starts: HashMap<u128, i64> = HashMap::default();
@@ -500,14 +440,11 @@ impl FollowUps {
         episodes.sort_unstable_by_key(|(p, e)| (e.started_at, *p));
         let rows = episodes_batch(episodes.iter().map(|(p, e)| (*p, e)), self.clock, registry)?;
 
-        let archived = |a: &Alert| {
-            if a.final_at().is_none_or(|t| t >= before) {
+        // A follow-up alert goes with its episode.
+        let gone = alerts.release(before, |a| {
+            if a.kind != OVERDUE {
                 return false;
             }
-            if a.kind != "follow_up_overdue" {
-                return true;
-            }
-            // A follow-up alert goes with its episode.
             let person = a.person_key.as_deref().map(person_of);
             let started = a
                 .alert_id
@@ -518,36 +455,12 @@ impl FollowUps {
                 (Some(last), Some(started)) => started <= *last,
                 _ => false,
             }
-        };
-        let mut kept = Vec::with_capacity(self.alerts.len());
-        let mut gone = Vec::new();
-        let mut moved: HashMap<usize, usize> = HashMap::default();
-        for (k, a) in std::mem::take(&mut self.alerts).into_iter().enumerate() {
-            if archived(&a) {
-                gone.push(a);
-            } else {
-                moved.insert(k, kept.len());
-                kept.push(a);
+        });
+        for a in &gone {
+            let person = a.person_key.as_deref().map(person_of);
+            if let Some(person) = person.and_then(|p| self.persons.get_mut(&p)) {
+                person.alerts.retain(|id| *id != a.alert_id);
             }
-        }
-        if !gone.is_empty() {
-            self.alerts = kept;
-            self.alert_index = self
-                .alerts
-                .iter()
-                .enumerate()
-                .map(|(k, a)| (a.alert_id.clone(), k))
-                .collect();
-            for person in self.persons.values_mut() {
-                person.alerts = person
-                    .alerts
-                    .iter()
-                    .filter_map(|k| moved.get(k).copied())
-                    .collect();
-            }
-            self.alerts_version += 1;
-        } else {
-            self.alerts = kept;
         }
         self.persons.retain(|_, person| {
             !person.changes.is_empty() || !person.episodes.is_empty() || !person.alerts.is_empty()
@@ -556,10 +469,7 @@ impl FollowUps {
             // The log must not bring the archived changes back.
             self.pend_all();
         }
-        Ok(Archived {
-            episodes: rows,
-            alerts: gone,
-        })
+        Ok(rows)
     }
 
     /// Forgets, once a week of the clock, the changes of persons never
@@ -592,7 +502,7 @@ impl FollowUps {
     /// Takes one (deduplicated) event if it concerns follow-ups. It takes
     /// effect when the clock reaches its event time; a late one re-folds
     /// its person's history at once, as if it had arrived in order.
-    pub fn add(&mut self, e: &Event, registry: &Registry) {
+    pub fn add(&mut self, e: &Event, registry: &Registry, alerts: &mut AlertBook) {
         let t = e.event_time;
         let d = e.district;
         match &e.body {
@@ -609,13 +519,13 @@ impl FollowUps {
                         | Observation::CentralizedObservation
                         | Observation::MedicalObservation
                 ) {
-                    self.submit(t, p, d, Change::Open(*observation), registry);
+                    self.submit(t, p, d, Change::Open(*observation), registry, alerts);
                 }
                 if *outcome == Outcome::Seen {
-                    self.submit(t, p, d, Change::Seen, registry);
+                    self.submit(t, p, d, Change::Seen, registry, alerts);
                 }
                 if *observation == Observation::Released {
-                    self.submit(t, p, d, Change::Release, registry);
+                    self.submit(t, p, d, Change::Release, registry, alerts);
                 }
             }
             Body::Checkpoint {
@@ -628,21 +538,37 @@ impl FollowUps {
                 d,
                 Change::Open(Observation::CentralizedObservation),
                 registry,
+                alerts,
             ),
             Body::Case {
                 person_key,
                 status: CaseStatus::Confirmed,
                 ..
-            } => self.submit(t, person_of(person_key), d, Change::Confirm, registry),
+            } => self.submit(
+                t,
+                person_of(person_key),
+                d,
+                Change::Confirm,
+                registry,
+                alerts,
+            ),
             _ => {}
         }
     }
 
-    fn submit(&mut self, t: i64, p: u128, district: u16, change: Change, registry: &Registry) {
+    fn submit(
+        &mut self,
+        t: i64,
+        p: u128,
+        district: u16,
+        change: Change,
+        registry: &Registry,
+        alerts: &mut AlertBook,
+    ) {
         self.pending.push((t, p, district, change));
         self.insert(t, p, district, change);
         if t <= self.clock {
-            self.recompute(p, registry);
+            self.recompute(p, registry, alerts);
         }
     }
 
@@ -695,7 +621,7 @@ impl FollowUps {
 
     /// Re-folds person `p` at the clock: episodes, the counts they are in,
     /// their alerts, and when to look at them next.
-    fn recompute(&mut self, p: u128, registry: &Registry) {
+    fn recompute(&mut self, p: u128, registry: &Registry, alerts: &mut AlertBook) {
         let clock = self.clock;
         let Some(person) = self.persons.get_mut(&p) else {
             return;
@@ -736,136 +662,14 @@ impl FollowUps {
         if expected.is_empty() && person.alerts.is_empty() {
             return;
         }
-        let known = person.alerts.clone();
-        self.settle_alerts(p, known, expected, registry);
-    }
-
-    /// Makes the person's overdue alerts those its history implies: raises
-    /// the new, corrects the resolution of the known, and withdraws (as
-    /// resolved, saying why) those later events show were never true.
-    fn settle_alerts(
-        &mut self,
-        p: u128,
-        known: Vec<usize>,
-        expected: Vec<Overdue>,
-        registry: &Registry,
-    ) {
-        let person = format!("{p:032x}");
-        let mut implied = std::collections::HashSet::new();
-        for o in expected {
-            let id = format!(
-                "follow_up_overdue:{}:{person}:{}:{}",
-                o.severity, o.started, o.due
-            );
-            if let Some(k) = self.alert_index.get(&id).copied() {
-                implied.insert(k);
-                self.settle(k, o.resolved_at);
-                continue;
-            }
-            let district = registry.district(o.district);
-            let alert = Alert {
-                alert_id: id,
-                raised_at: o.raised_at,
-                kind: "follow_up_overdue".into(),
-                severity: o.severity.into(),
-                district: district.district.clone(),
-                hospital_id: None,
-                person_key: Some(person.clone()),
-                detail: format!(
-                    "follow-up of a person under observation in {} ({}) missed for {} day(s)",
-                    district.name, district.district, o.days
-                ),
-                resolved_at: o.resolved_at,
-            };
-            let k = self.push_alert(alert);
-            implied.insert(k);
-            if let Some(person) = self.persons.get_mut(&p) {
-                person.alerts.push(k);
-            }
-        }
-        for k in known {
-            if !implied.contains(&k) {
-                self.withdraw_at(k, NOT_MISSED);
-            }
-        }
-    }
-
-    /// Makes the known alert `k` stand with resolution `resolved_at`,
-    /// undoing a withdrawal if later events show it true after all.
-    fn settle(&mut self, k: usize, resolved_at: Option<i64>) {
-        let Some(a) = self.alerts.get_mut(k) else {
-            return;
-        };
-        let withdrawn = a.detail.find(WITHDRAWN);
-        if a.resolved_at != resolved_at || withdrawn.is_some() {
-            if let Some(at) = withdrawn {
-                a.detail.truncate(at);
-            }
-            a.resolved_at = resolved_at;
-            self.news.push(a.clone());
-            self.alerts_version += 1;
-        }
-    }
-
-    /// Raises `alert`, or makes the one of its id stand with its resolution
-    /// (undoing a withdrawal): alerts' instants come from the events, so the
-    /// latest view of them wins.
-    pub fn raise(&mut self, alert: Alert) {
-        match self.alert_index.get(&alert.alert_id).copied() {
-            Some(k) => {
-                self.settle(k, alert.resolved_at);
-                // A late event changes what an alert reports (the count of
-                // an EARS day, a hospital's utilization): the latest
-                // evaluation's words stand, so the row does not depend on
-                // when the alert was first raised. Not news: the alert was
-                // raised once, and `paicha_alerts_raised_total` counts it
-                // once.
-                if let Some(a) = self.alerts.get_mut(k) {
-                    if a.detail != alert.detail || a.severity != alert.severity {
-                        a.detail = alert.detail;
-                        a.severity = alert.severity;
-                        self.alerts_version += 1;
-                    }
-                }
-            }
-            // Final before the archive's horizon: raised and archived
-            // already (nothing that arrives now can make a new one).
-            None if alert.final_at().is_some_and(|t| t < self.archived_before) => {}
-            None => {
-                self.push_alert(alert);
-            }
-        }
-    }
-
-    /// Withdraws alert `k`: later events show it was never true. It stays
-    /// (it was published), resolved at the clock if it was open, its detail
-    /// saying why.
-    fn withdraw_at(&mut self, k: usize, why: &str) {
-        let clock = self.clock;
-        let Some(a) = self.alerts.get_mut(k) else {
-            return;
-        };
-        if a.detail.contains(WITHDRAWN) {
-            return;
-        }
-        a.resolved_at = Some(a.resolved_at.unwrap_or(a.raised_at.max(clock)));
-        a.detail.push_str(WITHDRAWN);
-        a.detail.push_str(why);
-        self.news.push(a.clone());
-        self.alerts_version += 1;
-    }
-
-    /// Withdraws the alert `id` if it was raised (see `withdraw_at`).
-    pub fn withdraw(&mut self, id: &str, why: &str) {
-        if let Some(k) = self.alert_index.get(id).copied() {
-            self.withdraw_at(k, why);
-        }
+        let known = std::mem::take(&mut person.alerts);
+        person.alerts = settle_alerts(p, known, expected, registry, alerts);
     }
 
     /// Moves the clock to `clock` (never backwards) and re-folds every
     /// person whose state changes by then. The fold depends only on the
     /// events and the clock, so one step or many give the same state.
-    pub fn advance(&mut self, clock: i64, registry: &Registry) {
+    pub fn advance(&mut self, clock: i64, registry: &Registry, alerts: &mut AlertBook) {
         if clock <= self.clock {
             return;
         }
@@ -881,7 +685,7 @@ impl FollowUps {
         due.sort_unstable();
         due.dedup();
         for p in due {
-            self.recompute(p, registry);
+            self.recompute(p, registry, alerts);
         }
         self.forget_old();
     }
@@ -899,38 +703,6 @@ impl FollowUps {
     /// Overdue episodes per (district index, days missed, 4 meaning 4+).
     pub fn by_days(&self) -> &HashMap<(u16, i64), i64> {
         &self.by_days
-    }
-
-    /// Every alert raised, in order.
-    pub fn alerts(&self) -> &[Alert] {
-        &self.alerts
-    }
-
-    /// Records a new alert and returns its index.
-    fn push_alert(&mut self, alert: Alert) -> usize {
-        let k = self.alerts.len();
-        self.alert_index.insert(alert.alert_id.clone(), k);
-        self.news.push(alert.clone());
-        self.alerts.push(alert);
-        self.alerts_version += 1;
-        k
-    }
-
-    /// Alerts raised or resolved since the last call.
-    pub fn take_news(&mut self) -> Vec<Alert> {
-        std::mem::take(&mut self.news)
-    }
-
-    /// Changes when any alert is raised, resolved, archived or restored.
-    pub fn alerts_version(&self) -> u64 {
-        self.alerts_version
-    }
-
-    /// Whether an alert was raised or resolved since the last call.
-    pub fn take_alerts_changed(&mut self) -> bool {
-        let changed = self.alerts_version != self.alerts_written;
-        self.alerts_written = self.alerts_version;
-        changed
     }
 
     /// Whether changes arrived since the last checkpoint.
@@ -1010,27 +782,22 @@ impl FollowUps {
         Ok(())
     }
 
-    /// Restores alerts saved with a checkpoint, so a restart never raises
-    /// one twice.
-    pub fn restore_alerts(&mut self, alerts: Vec<Alert>) {
-        self.alerts.clear();
-        self.alert_index.clear();
+    /// Gives each person back the overdue alerts of `alerts` (restored
+    /// from a checkpoint), so a re-fold corrects them instead of raising
+    /// them again.
+    pub fn link(&mut self, alerts: &[Alert]) {
         for person in self.persons.values_mut() {
             person.alerts.clear();
         }
-        for a in alerts {
-            let person = (a.kind == "follow_up_overdue")
-                .then(|| a.person_key.as_deref().map(person_of))
-                .flatten();
-            let k = self.push_alert(a);
-            if let Some(p) = person {
-                self.persons.entry(p).or_default().alerts.push(k);
+        for a in alerts.iter().filter(|a| a.kind == OVERDUE) {
+            if let Some(p) = a.person_key.as_deref().map(person_of) {
+                self.persons
+                    .entry(p)
+                    .or_default()
+                    .alerts
+                    .push(a.alert_id.clone());
             }
         }
-        self.news.clear();
-        // Restored alerts are already written; their rows are new to SQL.
-        self.alerts_version += 1;
-        self.alerts_written = self.alerts_version;
     }
 
     /// The `follow_ups` rows at the clock.
@@ -1043,6 +810,53 @@ impl FollowUps {
         rows.sort_unstable_by_key(|(p, e)| (e.started_at, *p));
         episodes_batch(rows.into_iter(), self.clock, registry)
     }
+}
+
+/// Makes person `p`'s overdue alerts those its history implies: raises the
+/// new, corrects the resolution of the `known`, and withdraws (as resolved,
+/// saying why) those later events show were never true.
+fn settle_alerts(
+    p: u128,
+    known: Vec<String>,
+    expected: Vec<Overdue>,
+    registry: &Registry,
+    alerts: &mut AlertBook,
+) -> Vec<String> {
+    let person = format!("{p:032x}");
+    let mut implied = Vec::with_capacity(expected.len());
+    for o in expected {
+        let id = format!(
+            "follow_up_overdue:{}:{person}:{}:{}",
+            o.severity, o.started, o.due
+        );
+        let district = registry.district(o.district);
+        alerts.raise_or_settle(Alert {
+            alert_id: id.clone(),
+            raised_at: o.raised_at,
+            kind: OVERDUE.into(),
+            severity: o.severity.into(),
+            district: district.district.clone(),
+            hospital_id: None,
+            person_key: Some(person.clone()),
+            detail: format!(
+                "follow-up of a person under observation in {} ({}) missed for {} day(s)",
+                district.name, district.district, o.days
+            ),
+            resolved_at: o.resolved_at,
+        });
+        implied.push(id);
+    }
+    for id in known.iter().filter(|id| !implied.contains(id)) {
+        alerts.withdraw(id, NOT_MISSED);
+    }
+    // Known first, in the order raised; withdrawn ones stay the person's.
+    let mut ids = known;
+    for id in implied {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// `follow_ups` rows of `episodes` at `clock`.
@@ -1106,81 +920,149 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// The Arrow schema of `alerts`.
-pub fn alerts_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("raised_at", ts.clone(), false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("hospital_id", DataType::Utf8, true),
-        Field::new("person_key", DataType::Utf8, true),
-        Field::new("detail", DataType::Utf8, false),
-        Field::new("resolved_at", ts, true),
-    ]))
+const TABLE: &str = "follow_ups";
+
+/// The `follow_ups` operator: the episodes, their log, and the rows SQL
+/// sees.
+pub struct FollowUpEpisodes {
+    pub state: FollowUps,
+    log: LogSize,
+    /// The last rows built for SQL, and when: rebuilding every episode is
+    /// not free, so live SQL sees them at most a second old.
+    rows: Option<(Instant, RecordBatch)>,
 }
 
-/// Builds `alerts` rows.
-pub fn alerts_batch(alerts: &[Alert]) -> arrow::error::Result<RecordBatch> {
-    let n = alerts.len();
-    let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let (mut raised, mut resolved) = (ts(), ts());
-    let mut id = StringBuilder::new();
-    let mut kind = StringBuilder::new();
-    let mut severity = StringBuilder::new();
-    let mut district = StringBuilder::new();
-    let mut hospital = StringBuilder::new();
-    let mut person = StringBuilder::new();
-    let mut detail = StringBuilder::new();
-    for a in alerts {
-        id.append_value(&a.alert_id);
-        raised.append_value(a.raised_at);
-        kind.append_value(&a.kind);
-        severity.append_value(&a.severity);
-        district.append_value(&a.district);
-        hospital.append_option(a.hospital_id.as_deref());
-        person.append_option(a.person_key.as_deref());
-        detail.append_value(&a.detail);
-        resolved.append_option(a.resolved_at);
+impl FollowUpEpisodes {
+    /// Keeping the changes of persons never under observation for
+    /// `keep_micros` (see [`FollowUps::keeping`]).
+    pub fn new(keep_micros: i64) -> Self {
+        FollowUpEpisodes {
+            state: FollowUps::new().keeping(keep_micros),
+            log: LogSize::default(),
+            rows: None,
+        }
     }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(id.finish()),
-        Arc::new(raised.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(severity.finish()),
-        Arc::new(district.finish()),
-        Arc::new(hospital.finish()),
-        Arc::new(person.finish()),
-        Arc::new(detail.finish()),
-        Arc::new(resolved.finish()),
-    ];
-    RecordBatch::try_new(alerts_schema(), cols)
 }
 
-/// The tables the follow-ups fill: the episodes and every alert.
-pub fn tables() -> Vec<Table> {
-    vec![
-        Table {
-            name: "follow_ups",
+impl Operator for FollowUpEpisodes {
+    fn tables(&self) -> Vec<Table> {
+        vec![Table {
+            name: TABLE,
             schema: schema(),
             kind: Kind::Held,
             view: View::AsStored,
-        },
-        Table {
-            name: "alerts",
-            schema: alerts_schema(),
-            kind: Kind::Held,
-            view: View::AsStored,
-        },
-    ]
+        }]
+    }
+
+    fn add(&mut self, e: &Event, cx: &Cx, alerts: &mut AlertBook) {
+        self.state.add(e, cx.registry, alerts);
+    }
+
+    fn advance(&mut self, clock: i64, cx: &Cx, alerts: &mut AlertBook) {
+        self.state.advance(clock, cx.registry, alerts);
+    }
+
+    /// Held whole until archived: nothing becomes final at a checkpoint.
+    /// At the end of a replay (`cut` at the end of time) the next view
+    /// shows the final clock at once.
+    fn take_final(&mut self, cut: i64, _cx: &Cx) -> Result<Vec<Final>> {
+        if cut == i64::MAX {
+            self.rows = None;
+        }
+        Ok(Vec::new())
+    }
+
+    fn live(&mut self, cx: &Cx) -> Result<Vec<(&'static str, RecordBatch)>> {
+        if let Some((at, rows)) = &self.rows {
+            if at.elapsed() < Duration::from_secs(1) {
+                return Ok(vec![(TABLE, rows.clone())]);
+            }
+        }
+        let rows = self.state.batch(cx.registry)?;
+        self.rows = Some((Instant::now(), rows.clone()));
+        Ok(vec![(TABLE, rows)])
+    }
+
+    fn save(&mut self, m: &mut Manifest, state: &mut StateFiles, _cx: &Cx) -> Result<()> {
+        state.log(
+            &mut m.follow_ups,
+            &mut m.retired,
+            &mut self.log,
+            "follow-ups",
+            &mut self.state,
+        )?;
+        let clock = self.state.clock();
+        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
+        Ok(())
+    }
+
+    /// The changes only: the clock moves, and alerts are linked, once every
+    /// operator is restored ([`super::Operators::restore`]).
+    fn restore(&mut self, m: &Manifest, read: &ReadFile, _cx: &Cx) -> Result<()> {
+        load_state(read, &m.follow_ups, |f| self.state.load(f))
+    }
+
+    /// Episodes that ended before `before`, and their alerts.
+    fn archive(&mut self, before: i64, cx: &Cx, alerts: &mut AlertBook) -> Result<Vec<Final>> {
+        let archived = self.state.archive(before, cx.registry, alerts)?;
+        // The log drops what was archived: a full copy next.
+        self.log.forget_copy();
+        self.rows = None;
+        if archived.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Final {
+            table: TABLE,
+            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
+            batches: vec![archived],
+        }])
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::WITHDRAWN;
     use paicha_contract::event::{Symptoms, VisitKind};
+
+    /// Follow-ups and the book their alerts go to, as the operators hold
+    /// them.
+    struct Held {
+        f: FollowUps,
+        book: AlertBook,
+    }
+
+    impl Held {
+        fn new() -> Self {
+            Held {
+                f: FollowUps::new(),
+                book: AlertBook::default(),
+            }
+        }
+        fn add(&mut self, e: &Event, reg: &Registry) {
+            self.f.add(e, reg, &mut self.book);
+        }
+        fn advance(&mut self, clock: i64, reg: &Registry) {
+            self.book.advance(clock);
+            self.f.advance(clock, reg, &mut self.book);
+        }
+        fn alerts(&self) -> &[Alert] {
+            self.book.alerts()
+        }
+    }
+
+    impl std::ops::Deref for Held {
+        type Target = FollowUps;
+        fn deref(&self) -> &FollowUps {
+            &self.f
+        }
+    }
+
+    impl std::ops::DerefMut for Held {
+        fn deref_mut(&mut self) -> &mut FollowUps {
+            &mut self.f
+        }
+    }
 
     const H: i64 = HOUR_MICROS;
     const P: &str = "0123456789abcdef0123456789abcdef";
@@ -1206,7 +1088,7 @@ mod tests {
     #[test]
     fn overdue_days_escalate_and_a_visit_resolves_the_alerts() {
         let reg = Registry::builtin().unwrap();
-        let mut f = FollowUps::new();
+        let mut f = Held::new();
         f.advance(0, &reg);
         f.add(&visit(0, Outcome::Seen, Observation::HomeIsolation), &reg);
         f.advance(24 * H, &reg);
@@ -1237,7 +1119,7 @@ mod tests {
         assert_eq!(f.by_status()[&(3, Status::Completed)], 1);
         let mut log = Vec::new();
         f.write_pending(&mut log).unwrap();
-        let mut again = FollowUps::new();
+        let mut again = Held::new();
         again.load(&mut log.as_slice()).unwrap();
         again.advance(14 * 24 * H, &reg);
         assert_eq!(again.by_status()[&(3, Status::Completed)], 1);
@@ -1257,7 +1139,7 @@ mod tests {
     }
 
     /// The rows and the alerts that stand (not withdrawn), comparable.
-    fn outcome(f: &FollowUps, reg: &Registry) -> (RecordBatch, Vec<Alert>) {
+    fn outcome(f: &Held, reg: &Registry) -> (RecordBatch, Vec<Alert>) {
         let rows = f.batch(reg).unwrap();
         let mut alerts: Vec<Alert> = f
             .alerts()
@@ -1278,7 +1160,7 @@ mod tests {
             .collect();
         let clock = 4 * 24 * H;
 
-        let mut in_order = FollowUps::new();
+        let mut in_order = Held::new();
         for e in std::iter::once(&opening).chain(&later) {
             in_order.add(e, &reg);
         }
@@ -1286,7 +1168,7 @@ mod tests {
 
         // Live: the follow-up visits first (each opens an episode of its own
         // then), the screening visit three days late.
-        let mut live = FollowUps::new();
+        let mut live = Held::new();
         for e in &later {
             live.add(e, &reg);
             live.advance(e.event_time, &reg);
@@ -1301,45 +1183,20 @@ mod tests {
         // A restart from the logged changes agrees with the live view.
         let mut log = Vec::new();
         live.write_pending(&mut log).unwrap();
-        let mut again = FollowUps::new();
+        let mut again = Held::new();
         again.load(&mut log.as_slice()).unwrap();
-        again.restore_alerts(live.alerts().to_vec());
+        again.book.restore_alerts(live.alerts().to_vec());
+        let Held { f, book } = &mut again;
+        f.link(book.alerts());
         again.advance(clock, &reg);
         assert_eq!(outcome(&again, &reg), outcome(&live, &reg));
-        assert!(again.take_news().is_empty());
-    }
-
-    #[test]
-    fn a_raised_alert_reports_its_latest_evaluation() {
-        let mut f = FollowUps::new();
-        let ears = |observed: u32, severity: &str| Alert {
-            alert_id: "ears_c1:500103:pharmacy:2020-01-28".into(),
-            raised_at: 10 * H,
-            kind: "ears_c1".into(),
-            severity: severity.into(),
-            district: "500103".into(),
-            hospital_id: None,
-            person_key: None,
-            detail: format!("pharmacy: {observed} suspicious on 2020-01-28"),
-            resolved_at: None,
-        };
-        f.raise(ears(6, "warning"));
-        let version = f.alerts_version();
-        // Late events of that day raise its count: the same alert, the
-        // latest words, whatever order the counts came in.
-        f.raise(ears(9, "critical"));
-        assert_eq!(f.alerts().len(), 1);
-        assert_eq!(f.alerts()[0].detail, ears(9, "critical").detail);
-        assert_eq!(f.alerts()[0].severity, "critical");
-        assert!(f.alerts_version() > version);
-        f.raise(ears(9, "critical"));
-        assert_eq!(f.take_news().len(), 1, "raised once, published once");
+        assert!(again.book.take_news().is_empty());
     }
 
     #[test]
     fn an_alert_a_late_visit_disproves_is_withdrawn_with_the_reason() {
         let reg = Registry::builtin().unwrap();
-        let mut f = FollowUps::new();
+        let mut f = Held::new();
         f.add(&visit(0, Outcome::Seen, Observation::HomeIsolation), &reg);
         f.advance(3 * 24 * H + 1, &reg);
         assert_eq!(f.alerts().len(), 2);
@@ -1380,7 +1237,7 @@ mod tests {
             visit(500 * H, Outcome::Seen, Observation::HomeIsolation),
         ];
         let clock = 900 * H;
-        let mut in_order = FollowUps::new();
+        let mut in_order = Held::new();
         for e in &events {
             in_order.add(e, &reg);
             in_order.advance(e.event_time, &reg);
@@ -1398,7 +1255,7 @@ mod tests {
                 seed ^= seed << 17;
                 order.swap(i, (seed % (i as u64 + 1)) as usize);
             }
-            let mut f = FollowUps::new();
+            let mut f = Held::new();
             for e in &order {
                 f.add(e, &reg);
                 // The clock runs ahead of late events, as live.

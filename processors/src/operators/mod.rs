@@ -7,10 +7,14 @@
 //! list, the live view and the SQL catalog come from their declarations
 //! ([`crate::tables`]), so a table is one module here.
 //!
-//! Follow-ups, alerts and EARS (`follow_ups`, `aberrations`) share one
-//! clock and raise each other's alerts; the processor drives them itself.
+//! Operators raise, resolve and withdraw alerts in the [`AlertBook`] they
+//! are handed; the book is an operator too, the one that owns `alerts`.
+//! Besides event time, operators that judge the present (follow-ups due,
+//! days closed for EARS) read the pipeline clock, the watermark, through
+//! [`Operator::advance`].
 
 pub mod aberrations;
+pub mod alerts;
 pub mod beds;
 pub mod confirmations;
 pub mod dead_letters;
@@ -27,10 +31,12 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::Event;
 use paicha_contract::registry::Registry;
 
+use crate::layout::STATE_DIR;
 use crate::store::{Manifest, Retired};
 use crate::tables::Table;
 use crate::time::{Calendar, Windows, HOUR_MICROS};
 use crate::writer::Content;
+pub use alerts::AlertBook;
 
 /// What every operator reads besides the event.
 #[derive(Clone, Copy)]
@@ -57,7 +63,16 @@ pub trait Operator: Send {
     fn tables(&self) -> Vec<Table>;
 
     /// Counts one event whose id was not counted before.
-    fn add(&mut self, e: &Event, cx: &Cx);
+    fn add(&mut self, e: &Event, cx: &Cx, alerts: &mut AlertBook);
+
+    /// Moves the pipeline clock (the watermark; never backwards) to
+    /// `clock`, for operators whose rows depend on the present.
+    fn advance(&mut self, _clock: i64, _cx: &Cx, _alerts: &mut AlertBook) {}
+
+    /// Raises, resolves and withdraws the alerts the state shows, at a
+    /// checkpoint, before the archive. Their instants come from event
+    /// time, so they do not depend on when the events arrived.
+    fn detect(&mut self, _cx: &Cx, _alerts: &mut AlertBook) {}
 
     /// Takes the rows final before `cut` (event time; `i64::MAX` at the end
     /// of a replay), by calendar day, to write at this checkpoint.
@@ -80,9 +95,12 @@ pub trait Operator: Send {
         self.restore(m, read, cx)
     }
 
-    /// Drops state final before `before` (a day's start) that the daily
-    /// archive moved out: the retention has passed it.
-    fn archive(&mut self, _before: i64, _cx: &Cx) {}
+    /// Once a day: drops state final before `before` (a day's start), which
+    /// the retention has passed, returning the rows of it to keep in files
+    /// (tables whose rows the state holds whole).
+    fn archive(&mut self, _before: i64, _cx: &Cx, _alerts: &mut AlertBook) -> Result<Vec<Final>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Reads a file of the data directory (or its object store), by path
@@ -186,6 +204,9 @@ pub struct StateFiles<'a> {
     /// Unix seconds now, when files retired by a full copy leave.
     pub now_secs: i64,
     pub files: &'a mut Vec<(String, Content)>,
+    /// Files the manifest being committed no longer lists, removed once it
+    /// is on disk.
+    pub superseded: Vec<String>,
 }
 
 impl StateFiles<'_> {
@@ -223,7 +244,7 @@ impl StateFiles<'_> {
         } else {
             size.changes += buf.len();
         }
-        let rel = format!("_paicha/state/{name}-{:010}.bin", self.seq);
+        let rel = format!("{STATE_DIR}/{name}-{:010}.bin", self.seq);
         list.push(rel.clone());
         self.files.push((rel, Content::Bytes(buf)));
         Ok(())
@@ -231,41 +252,142 @@ impl StateFiles<'_> {
 }
 
 /// The operators a processor runs: typed, where the processor needs more
-/// of one than the trait (the bed alerts, the raw tables' day cache).
+/// of one than the trait (the bed gauges, the follow-up gauges).
 pub struct Operators {
     pub symptoms: symptoms::SymptomCounts,
     pub confirmations: confirmations::ConfirmationCounts,
     pub beds: beds::BedOccupancy,
     pub dead_letters: dead_letters::DeadLetters,
     pub raw: raw::RawTables,
+    pub follow_ups: follow_ups::FollowUpEpisodes,
+    pub aberrations: aberrations::Aberrations,
+    /// Where the others' alerts go.
+    pub alerts: AlertBook,
+    /// The pipeline clock they were last advanced to.
+    clock: i64,
 }
 
 impl Operators {
-    pub fn new(windows: Windows, calendar: Calendar, bed_alert_share: f64) -> Self {
+    /// Operators counting in `windows` and `calendar` days, raising bed
+    /// alerts above `bed_alert_share`, and keeping for `keep_micros` the
+    /// visits of persons never under observation.
+    pub fn new(
+        windows: Windows,
+        calendar: Calendar,
+        bed_alert_share: f64,
+        keep_micros: i64,
+    ) -> Self {
         Operators {
             symptoms: symptoms::SymptomCounts::new(windows),
             confirmations: confirmations::ConfirmationCounts::new(windows),
             beds: beds::BedOccupancy::new(windows, bed_alert_share),
             dead_letters: dead_letters::DeadLetters::default(),
             raw: raw::RawTables::new(calendar),
+            follow_ups: follow_ups::FollowUpEpisodes::new(keep_micros),
+            aberrations: aberrations::Aberrations::new(calendar),
+            alerts: AlertBook::default(),
+            clock: i64::MIN,
         }
     }
 
-    /// Each operator, in the order their files are written.
-    pub fn each(&mut self) -> [&mut dyn Operator; 5] {
-        [
-            &mut self.symptoms,
-            &mut self.confirmations,
-            &mut self.beds,
-            &mut self.raw,
-            &mut self.dead_letters,
-        ]
+    /// Every operator but the alert book, in the order their files are
+    /// written, and the book.
+    fn parts(&mut self) -> ([&mut dyn Operator; 7], &mut AlertBook) {
+        (
+            [
+                &mut self.symptoms,
+                &mut self.confirmations,
+                &mut self.beds,
+                &mut self.raw,
+                &mut self.dead_letters,
+                &mut self.follow_ups,
+                &mut self.aberrations,
+            ],
+            &mut self.alerts,
+        )
+    }
+
+    /// Each operator, the alert book last.
+    pub fn each(&mut self) -> impl Iterator<Item = &mut dyn Operator> {
+        let (ops, alerts) = self.parts();
+        ops.into_iter()
+            .chain(std::iter::once(alerts as &mut dyn Operator))
     }
 
     /// The tables they fill, from each operator's declaration.
     pub fn tables() -> Vec<Table> {
-        // A declaration does not depend on the window or the calendar.
-        let mut ops = Operators::new(Windows::new(HOUR_MICROS), Calendar::default(), 1.0);
-        ops.each().iter().flat_map(|op| op.tables()).collect()
+        // A declaration does not depend on the settings.
+        let mut ops = Operators::new(Windows::new(HOUR_MICROS), Calendar::default(), 1.0, 0);
+        ops.each().flat_map(|op| op.tables()).collect()
+    }
+
+    /// Counts one new event.
+    pub fn add(&mut self, e: &Event, cx: &Cx) {
+        let (ops, alerts) = self.parts();
+        for op in ops {
+            op.add(e, cx, alerts);
+        }
+    }
+
+    /// Moves the pipeline clock to `clock` (never backwards).
+    pub fn advance(&mut self, clock: i64, cx: &Cx) {
+        if clock <= self.clock {
+            return;
+        }
+        self.clock = clock;
+        let (ops, alerts) = self.parts();
+        alerts.advance(clock);
+        for op in ops {
+            op.advance(clock, cx, alerts);
+        }
+    }
+
+    /// The pipeline clock, `i64::MIN` before it first moved.
+    pub fn clock(&self) -> i64 {
+        self.clock
+    }
+
+    /// Raises, resolves and withdraws the alerts the state shows now.
+    pub fn detect(&mut self, cx: &Cx) {
+        let (ops, alerts) = self.parts();
+        for op in ops {
+            op.detect(cx, alerts);
+        }
+    }
+
+    /// Moves what is final before `before` out of every operator, the rows
+    /// to keep in files returned; the alert book last, as the others
+    /// release their alerts into it.
+    pub fn archive(&mut self, before: i64, cx: &Cx) -> Result<Vec<Final>> {
+        let (ops, alerts) = self.parts();
+        let mut finals = Vec::new();
+        for op in ops {
+            finals.extend(op.archive(before, cx, alerts)?);
+        }
+        finals.extend(alerts.take_archived(before, cx)?);
+        Ok(finals)
+    }
+
+    /// Restores every operator from `m` (only what their live rows need
+    /// with `view_only`), then the clock it was saved at.
+    pub fn restore(
+        &mut self,
+        m: &Manifest,
+        read: &ReadFile,
+        cx: &Cx,
+        view_only: bool,
+    ) -> Result<()> {
+        for op in self.each() {
+            if view_only {
+                op.restore_view(m, read, cx)?;
+            } else {
+                op.restore(m, read, cx)?;
+            }
+        }
+        self.follow_ups.state.link(self.alerts.alerts());
+        self.advance(m.follow_up_clock.unwrap_or(i64::MIN), cx);
+        // Every alert the clock raises again was published before.
+        self.alerts.take_news();
+        Ok(())
     }
 }

@@ -23,11 +23,11 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::{Body, Event, Source};
 use paicha_contract::registry::Registry;
 
-use crate::operators::{Cx, Final, Operator, ReadFile, StateFiles};
+use crate::operators::{AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::from_date32;
-use crate::time::{date32, Calendar};
+use crate::time::{Calendar, DayCache};
 use anyhow::Result;
 
 /// The table holding a source's events.
@@ -286,10 +286,7 @@ impl Builder {
 
 /// Accepted events not yet written, per source and day.
 pub struct RawEvents {
-    calendar: Calendar,
-    /// The last day looked up: [start, end) in µs and its `Date32`, because
-    /// a time-zone conversion per event is measurable and events cluster.
-    last_day: (i64, i64, i32),
+    days: DayCache,
     building: BTreeMap<(Source, i32), Builder>,
     sealed: BTreeMap<(Source, i32), Vec<RecordBatch>>,
 }
@@ -298,29 +295,15 @@ impl RawEvents {
     /// Empty, with days in `calendar`.
     pub fn new(calendar: Calendar) -> Self {
         RawEvents {
-            calendar,
-            last_day: (0, 0, 0),
+            days: DayCache::new(calendar),
             building: BTreeMap::new(),
             sealed: BTreeMap::new(),
         }
     }
 
-    /// The calendar day (`Date32`) of instant `t`, cached for the day last
-    /// asked about.
-    pub fn day(&mut self, t: i64) -> i32 {
-        let (start, end, day) = self.last_day;
-        if t >= start && t < end {
-            return day;
-        }
-        let (lo, hi, date) = self.calendar.day_bounds(t);
-        let d = date32(date);
-        self.last_day = (lo, hi, d);
-        d
-    }
-
     /// Appends one accepted event.
     pub fn add(&mut self, e: &Event, registry: &Registry) {
-        let day = self.day(e.event_time);
+        let day = self.days.day(e.event_time);
         self.building
             .entry((e.source(), day))
             .or_default()
@@ -382,7 +365,7 @@ impl Operator for RawTables {
             .collect()
     }
 
-    fn add(&mut self, e: &Event, cx: &Cx) {
+    fn add(&mut self, e: &Event, cx: &Cx, _alerts: &mut AlertBook) {
         self.events.add(e, cx.registry);
     }
 
@@ -424,6 +407,7 @@ impl Operator for RawTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::date32;
     use paicha_contract::event::{BedAction, Symptoms};
 
     #[test]

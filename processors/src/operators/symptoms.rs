@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::{Event, Source, SYMPTOM_NAMES};
 use paicha_contract::registry::Registry;
 
-use crate::operators::{by_day, Cx, Final, Operator, ReadFile, StateFiles};
+use crate::operators::{by_day, AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
@@ -111,7 +111,7 @@ impl Operator for SymptomCounts {
         }]
     }
 
-    fn add(&mut self, e: &Event, _cx: &Cx) {
+    fn add(&mut self, e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {
         self.windows.add(e);
     }
 
