@@ -2,8 +2,6 @@
 //! screening. See README.md and `paicha --help`.
 
 mod cli;
-mod pipeline;
-mod quarantine;
 mod run;
 mod sql;
 

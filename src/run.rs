@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::cli::{
     AccessArgs, BrokerArgs, IngestArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs,
 };
-use crate::pipeline::{self, ConsumerConfig, ReplayEnd};
+use paicha_pipeline::{self as pipeline, ConsumerConfig, ReplayEnd};
 
 /// Prints a status line. A reader that went away (`paicha run | head -1`, a
 /// supervisor that read the address and closed the pipe) is no reason to
@@ -536,15 +536,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         data: args.data.clone(),
         crash_on: args.crash_on.clone(),
     };
-    let consumed = pipeline::consume(
-        &consumer_cfg,
-        &decoder,
-        tasks.clone(),
-        &metrics,
-        flow.clone(),
-        end.clone(),
-        shutdown.clone(),
-    );
+    let consumed = pipeline::Pipeline {
+        config: consumer_cfg,
+        decoder: decoder.clone(),
+        tasks: tasks.clone(),
+        metrics: metrics.clone(),
+        flow: flow.clone(),
+        end: end.clone(),
+        shutdown: shutdown.clone(),
+    }
+    .run();
     if let Some(f) = &flow {
         f.close();
     }

@@ -362,7 +362,7 @@ impl Processor {
         self.store.remove_uncommitted(&m, &tables::names())?;
         let root = self.store.root().to_path_buf();
         let read = |rel: &str| read_local(&root, rel);
-        load_state(&read, &m.dedupe, |f| self.dedupe.load(f).map(|_| ()))?;
+        load_state(&read, &m, DEDUPE, |f| self.dedupe.load(f).map(|_| ()))?;
         let cx = self.scope.at(i64::MIN);
         self.ops.restore(&m, &read, &cx, false)?;
         let now = Instant::now();
@@ -731,17 +731,13 @@ impl Processor {
             files,
             superseded: Vec::new(),
         };
-        state.log(
-            &mut m.dedupe,
-            &mut m.retired,
-            &mut self.dedupe_log,
-            "dedupe",
-            &mut self.dedupe,
-        )?;
+        state.log(m, DEDUPE, &mut self.dedupe_log, &mut self.dedupe)?;
         let cx = self.scope.at(self.max_time);
         for op in self.ops.each() {
             op.save(m, &mut state, &cx)?;
         }
+        let clock = self.ops.clock();
+        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
         Ok(state.superseded)
     }
 
@@ -883,6 +879,9 @@ impl Processor {
 /// table: SQL keeps seeing them from memory until their manifest is on disk,
 /// so a query never misses a row in between.
 type Writing = BTreeMap<&'static str, Vec<RecordBatch>>;
+
+/// The manifest's key of the dedupe files.
+const DEDUPE: &str = "dedupe";
 
 /// The names of the tables of `kind`.
 fn tables_of(kind: Kind) -> Vec<&'static str> {

@@ -7,10 +7,9 @@
 //! DATA/
 //!   _paicha/manifest.json         the commit point: files, offsets, state
 //!   _paicha/state/dedupe-N.bin    ids added by checkpoint N
+//!   _paicha/state/NAME-N.*        an operator's state saved by checkpoint N
 //!   _paicha/registry/*.csv        the registries the data was validated with
 //!   _paicha/tmp/                  files being written (never read)
-//!   _paicha/state/cases-N.bin     first case reports changed by checkpoint N
-//!   _paicha/state/beds-N.bin      bed events received by checkpoint N
 //!   symptom_counts/day=YYYY-MM-DD/part-N.parquet
 //!   confirmations/day=YYYY-MM-DD/part-N.parquet
 //!   dead_letters/day=YYYY-MM-DD/part-N.parquet
@@ -45,7 +44,7 @@ pub const FORMAT: &str = "paicha/1";
 /// A district's state lives in the task of its partition, so data placed by
 /// another partitioner cannot be resumed.
 pub const PARTITIONER: &str = "murmur2";
-pub use crate::layout::META_DIR;
+pub use crate::layout::{META_DIR, STATE_DIR};
 /// Most rows in a Parquet row group. A reader fetches every column chunk of
 /// a row group it reads before decoding any, so this bounds what one scan
 /// holds at a time (a compacted day of door visits, all columns, about
@@ -65,19 +64,6 @@ pub struct Offset {
     /// Highest event time delivered so far (for the watermark), if any.
     #[serde(default)]
     pub max_event_time: Option<i64>,
-}
-
-/// An open window's counts carried from one checkpoint to the next.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenWindow {
-    /// Window start, µs since the epoch.
-    pub window_start: i64,
-    /// District code.
-    pub district: String,
-    /// Source name.
-    pub source: String,
-    /// Counts in the order of the table's count columns.
-    pub counts: Vec<i64>,
 }
 
 /// A file that left the manifest (merged by compaction), kept until
@@ -112,35 +98,9 @@ pub struct Manifest {
     /// The table files of every sealed month, read from their files.
     #[serde(skip)]
     pub sealed_files: Arc<BTreeMap<String, Vec<String>>>,
-    /// Dedupe files, relative to the data directory.
-    pub dedupe: Vec<String>,
-    /// First case reports per person and status, relative to the data
-    /// directory.
-    #[serde(default)]
-    pub cases: Vec<String>,
-    /// Bed events per checkpoint, relative to the data directory.
-    #[serde(default)]
-    pub beds: Vec<String>,
-    /// End of the last `bed_occupancy` window written, µs.
-    #[serde(default)]
-    pub bed_final_until: Option<i64>,
-    /// Follow-up changes per checkpoint, relative to the data directory.
-    #[serde(default)]
-    pub follow_ups: Vec<String>,
-    /// The follow-up clock at the commit, µs.
+    /// The pipeline clock the operators stood at, µs.
     #[serde(default)]
     pub follow_up_clock: Option<i64>,
-    /// Daily suspicious counts per district and source (for EARS).
-    #[serde(default)]
-    pub daily: Vec<SavedDay>,
-    /// Every alert raised so far (JSON), relative to the data directory.
-    #[serde(default)]
-    pub alerts: Option<String>,
-    /// Windows not yet final, with their counts so far.
-    pub open_windows: Vec<OpenWindow>,
-    /// `confirmations` windows not yet final.
-    #[serde(default)]
-    pub open_confirmations: Vec<OpenWindow>,
     /// Kafka positions the committed files cover.
     pub offsets: Vec<Offset>,
     /// The pipeline watermark at the commit, µs.
@@ -158,19 +118,22 @@ pub struct Manifest {
     /// a directory written before paicha partitioned with murmur2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioner: Option<String>,
+    /// What the dedupe and each operator saved for a restart, by the key
+    /// each chose: lists of its files under [`STATE_DIR`] and the values it
+    /// needs. At the top
+    /// level of the JSON, as these keys were before operators saved their
+    /// own, so directories of either age read the same.
+    #[serde(flatten)]
+    pub state: BTreeMap<String, serde_json::Value>,
 }
 
-/// One day's suspicious count of a district and source, saved for EARS.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedDay {
-    /// District code.
-    pub district: String,
-    /// Source name.
-    pub source: String,
-    /// Days since 1970-01-01 in the reporting calendar.
-    pub day: i32,
-    /// Suspicious events, or 0 for a day with events but none suspicious.
-    pub suspicious: i64,
+/// The state files a saved value names: its strings under [`STATE_DIR`].
+fn state_files(v: &serde_json::Value) -> Vec<&String> {
+    match v {
+        serde_json::Value::String(s) if s.starts_with(STATE_DIR) => vec![s],
+        serde_json::Value::Array(items) => items.iter().flat_map(state_files).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Where a store's commits are copied as well (shared storage): the files
@@ -229,12 +192,25 @@ impl Manifest {
             .flatten()
             .chain(self.sealed_files.values().flatten())
             .chain(self.sealed.iter().map(|s| &s.path))
-            .chain(self.dedupe.iter())
-            .chain(self.cases.iter())
-            .chain(self.beds.iter())
-            .chain(self.follow_ups.iter())
-            .chain(self.alerts.iter())
+            .chain(self.state.values().flat_map(state_files))
             .chain(self.retired.iter().map(|r| &r.path))
+    }
+
+    /// The value operator state `key` was saved as; `None` if it never was.
+    pub fn state<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.state.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => T::deserialize(v)
+                .map(Some)
+                .with_context(|| format!("the manifest's {key} is corrupt")),
+        }
+    }
+
+    /// Saves operator state `key` as `value`.
+    pub fn set_state<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.state
+            .insert(key.to_string(), serde_json::to_value(value)?);
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ mod harness;
 mod live;
 mod live_crash;
 mod live_order;
+mod pipeline_library;
 mod replay;
 mod scale_out;
 mod slt;

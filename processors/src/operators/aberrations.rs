@@ -27,6 +27,7 @@ use paicha_contract::registry::Registry;
 
 use anyhow::Result;
 use paicha_contract::event::Event;
+use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
 use super::{AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
@@ -64,7 +65,18 @@ impl Default for DailyCounts {
 /// looks back on (C3's reach is the longest).
 const BASELINE_KEPT: i32 = Method::C3.first_day() as i32 + 3;
 
-pub use crate::store::SavedDay;
+/// One day's suspicious count of a district and source, saved for EARS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedDay {
+    /// District code.
+    pub district: String,
+    /// Source name.
+    pub source: String,
+    /// Days since 1970-01-01 in the reporting calendar.
+    pub day: i32,
+    /// Suspicious events, or 0 for a day with events but none suspicious.
+    pub suspicious: i64,
+}
 
 /// One evaluated row: day, district, source, and the detector's output.
 pub type Row = (i32, String, String, Aberration);
@@ -249,6 +261,9 @@ pub fn batch(rows: &[Row]) -> arrow::error::Result<RecordBatch> {
 
 const TABLE: &str = "aberrations";
 
+/// The manifest's key of the daily counts.
+const DAILY: &str = "daily";
+
 /// The `aberrations` operator: the daily counts, their last evaluation,
 /// and the `ears_*` alerts it raises.
 pub struct Aberrations {
@@ -364,13 +379,15 @@ impl Operator for Aberrations {
     }
 
     fn save(&mut self, m: &mut Manifest, _state: &mut StateFiles, cx: &Cx) -> Result<()> {
-        m.daily = self.daily.save(cx.registry);
-        Ok(())
+        m.set_state(DAILY, &self.daily.save(cx.registry))
     }
 
     fn restore(&mut self, m: &Manifest, _read: &ReadFile, cx: &Cx) -> Result<()> {
         self.daily
-            .restore(&m.daily, cx.registry)
+            .restore(
+                &m.state::<Vec<SavedDay>>(DAILY)?.unwrap_or_default(),
+                cx.registry,
+            )
             .map_err(anyhow::Error::msg)?;
         if let Some(before) = m.archived_before {
             self.daily.archived_at(closed_before(cx.calendar, before));

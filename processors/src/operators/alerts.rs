@@ -343,7 +343,8 @@ impl Operator for AlertBook {
         self.written = self.version;
         let rel = format!("{STATE_DIR}/alerts-{:010}.json", state.seq);
         let bytes = serde_json::to_vec(&self.alerts)?;
-        state.superseded.extend(m.alerts.replace(rel.clone()));
+        state.superseded.extend(m.state::<String>(TABLE)?);
+        m.set_state(TABLE, &rel)?;
         state
             .files
             .push((rel, crate::writer::Content::Bytes(bytes)));
@@ -351,9 +352,9 @@ impl Operator for AlertBook {
     }
 
     fn restore(&mut self, m: &Manifest, read: &ReadFile, _cx: &Cx) -> Result<()> {
-        let alerts = match &m.alerts {
+        let alerts = match m.state::<String>(TABLE)? {
             Some(rel) => {
-                serde_json::from_slice(&read(rel)?).with_context(|| format!("{rel} is corrupt"))?
+                serde_json::from_slice(&read(&rel)?).with_context(|| format!("{rel} is corrupt"))?
             }
             None => Vec::new(),
         };

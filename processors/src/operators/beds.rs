@@ -630,6 +630,9 @@ impl BedOccupancy {
 
 const TABLE: &str = "bed_occupancy";
 
+/// The manifest's key of the end of the last window written, µs.
+const FINAL_UNTIL: &str = "bed_final_until";
+
 impl Operator for BedOccupancy {
     fn tables(&self) -> Vec<Table> {
         vec![Table {
@@ -665,20 +668,15 @@ impl Operator for BedOccupancy {
     }
 
     fn save(&mut self, m: &mut Manifest, state: &mut StateFiles, _cx: &Cx) -> Result<()> {
-        state.log(
-            &mut m.beds,
-            &mut m.retired,
-            &mut self.log,
-            "beds",
-            &mut self.state,
-        )?;
-        m.bed_final_until = self.state.final_until();
+        state.log(m, "beds", &mut self.log, &mut self.state)?;
+        m.set_state(FINAL_UNTIL, &self.state.final_until())?;
         Ok(())
     }
 
     fn restore(&mut self, m: &Manifest, read: &ReadFile, cx: &Cx) -> Result<()> {
-        load_state(read, &m.beds, |f| self.state.load(f))?;
-        self.state.restore_written(m.bed_final_until, cx.registry);
+        load_state(read, m, "beds", |f| self.state.load(f))?;
+        self.state
+            .restore_written(m.state(FINAL_UNTIL)?, cx.registry);
         Ok(())
     }
 

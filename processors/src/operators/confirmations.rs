@@ -21,7 +21,7 @@ use crate::operators::{
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
-use crate::window_counts::{self, Case, WindowCounts};
+use crate::window_counts::{self, Case, OpenWindow, WindowCounts};
 use anyhow::Result;
 
 /// Count columns of `confirmations`, in the order of [`CaseStatus::ALL`].
@@ -185,6 +185,9 @@ impl ConfirmationCounts {
 
 const TABLE: &str = "confirmations";
 
+/// The manifest's key of the windows not yet final.
+const OPEN: &str = "open_confirmations";
+
 impl Operator for ConfirmationCounts {
     fn tables(&self) -> Vec<Table> {
         vec![Table {
@@ -219,19 +222,13 @@ impl Operator for ConfirmationCounts {
     }
 
     fn save(&mut self, m: &mut Manifest, state: &mut StateFiles, cx: &Cx) -> Result<()> {
-        state.log(
-            &mut m.cases,
-            &mut m.retired,
-            &mut self.log,
-            "cases",
-            &mut self.state,
-        )?;
-        m.open_confirmations = self.state.counts().open(cx.registry);
+        state.log(m, "cases", &mut self.log, &mut self.state)?;
+        m.set_state(OPEN, &self.state.counts().open(cx.registry))?;
         Ok(())
     }
 
     fn restore(&mut self, m: &Manifest, read: &ReadFile, cx: &Cx) -> Result<()> {
-        load_state(read, &m.cases, |f| self.state.load(f))?;
+        load_state(read, m, "cases", |f| self.state.load(f))?;
         self.restore_view(m, read, cx)
     }
 
@@ -240,7 +237,10 @@ impl Operator for ConfirmationCounts {
     fn restore_view(&mut self, m: &Manifest, _read: &ReadFile, cx: &Cx) -> Result<()> {
         self.state
             .counts_mut()
-            .restore(&m.open_confirmations, cx.registry)
+            .restore(
+                &m.state::<Vec<OpenWindow>>(OPEN)?.unwrap_or_default(),
+                cx.registry,
+            )
             .map_err(anyhow::Error::msg)
     }
 }

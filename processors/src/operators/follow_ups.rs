@@ -984,22 +984,13 @@ impl Operator for FollowUpEpisodes {
     }
 
     fn save(&mut self, m: &mut Manifest, state: &mut StateFiles, _cx: &Cx) -> Result<()> {
-        state.log(
-            &mut m.follow_ups,
-            &mut m.retired,
-            &mut self.log,
-            "follow-ups",
-            &mut self.state,
-        )?;
-        let clock = self.state.clock();
-        m.follow_up_clock = (clock != i64::MIN).then_some(clock);
-        Ok(())
+        state.log(m, TABLE, &mut self.log, &mut self.state)
     }
 
     /// The changes only: the clock moves, and alerts are linked, once every
     /// operator is restored ([`super::Operators::restore`]).
     fn restore(&mut self, m: &Manifest, read: &ReadFile, _cx: &Cx) -> Result<()> {
-        load_state(read, &m.follow_ups, |f| self.state.load(f))
+        load_state(read, m, TABLE, |f| self.state.load(f))
     }
 
     /// Episodes that ended before `before`, and their alerts.

@@ -107,13 +107,15 @@ pub trait Operator: Send {
 /// relative to it.
 pub type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>> + 'a;
 
-/// Reads the state files `rels` in order into `load`.
+/// Reads the files of `m`'s state `key` in order into `load`.
 pub fn load_state(
     read: &ReadFile,
-    rels: &[String],
+    m: &Manifest,
+    key: &str,
     mut load: impl FnMut(&mut &[u8]) -> std::io::Result<()>,
 ) -> Result<()> {
-    for rel in rels {
+    let rels: Vec<String> = m.state(key)?.unwrap_or_default();
+    for rel in &rels {
         let bytes = read(rel)?;
         load(&mut bytes.as_slice()).with_context(|| format!("cannot read {rel}"))?;
     }
@@ -198,6 +200,11 @@ impl LogSize {
     }
 }
 
+/// The name of state `key`'s files: `follow_ups` in `follow-ups-N.bin`.
+fn file_name(key: &str) -> String {
+    key.replace('_', "-")
+}
+
 /// The state files of the checkpoint being written.
 pub struct StateFiles<'a> {
     pub seq: u64,
@@ -211,17 +218,29 @@ pub struct StateFiles<'a> {
 
 impl StateFiles<'_> {
     /// Writes the changes of `log` since the last checkpoint as one file
-    /// named after `name`, listed in `list`; a full copy instead once the
-    /// changes outweigh the last copy (or are too many files), which
-    /// retires every earlier file. So a log's files never pass
-    /// [`STATE_FILES_KEPT`] nor twice its state's size, and each byte of
-    /// state is rewritten a bounded number of times.
+    /// named after `name`, listed in the manifest's state `key`; a full
+    /// copy instead once the changes outweigh the last copy (or are too
+    /// many files), which retires every earlier file. So a log's files
+    /// never pass [`STATE_FILES_KEPT`] nor twice its state's size, and each
+    /// byte of state is rewritten a bounded number of times.
     pub fn log(
+        &mut self,
+        m: &mut Manifest,
+        key: &str,
+        size: &mut LogSize,
+        log: &mut dyn ChangeLog,
+    ) -> Result<()> {
+        let mut list: Vec<String> = m.state(key)?.unwrap_or_default();
+        self.log_into(&mut list, &mut m.retired, size, key, log)?;
+        m.set_state(key, &list)
+    }
+
+    fn log_into(
         &mut self,
         list: &mut Vec<String>,
         retired: &mut Vec<Retired>,
         size: &mut LogSize,
-        name: &str,
+        key: &str,
         log: &mut dyn ChangeLog,
     ) -> Result<()> {
         if !log.has_pending() {
@@ -244,7 +263,7 @@ impl StateFiles<'_> {
         } else {
             size.changes += buf.len();
         }
-        let rel = format!("{STATE_DIR}/{name}-{:010}.bin", self.seq);
+        let rel = format!("{STATE_DIR}/{}-{:010}.bin", file_name(key), self.seq);
         list.push(rel.clone());
         self.files.push((rel, Content::Bytes(buf)));
         Ok(())

@@ -16,7 +16,7 @@ use crate::operators::{by_day, AlertBook, Cx, Final, Operator, ReadFile, StateFi
 use crate::store::Manifest;
 use crate::tables::{Kind, Table, View};
 use crate::time::Windows;
-use crate::window_counts::{self, WindowCounts};
+use crate::window_counts::{self, OpenWindow, WindowCounts};
 use anyhow::Result;
 
 /// Count columns of `symptom_counts`, in order: `events`, `suspicious`,
@@ -98,6 +98,9 @@ impl SymptomCounts {
 
 const TABLE: &str = "symptom_counts";
 
+/// The manifest's key of the windows not yet final.
+const OPEN: &str = "open_windows";
+
 impl Operator for SymptomCounts {
     fn tables(&self) -> Vec<Table> {
         vec![Table {
@@ -132,13 +135,15 @@ impl Operator for SymptomCounts {
     }
 
     fn save(&mut self, m: &mut Manifest, _state: &mut StateFiles, cx: &Cx) -> Result<()> {
-        m.open_windows = self.windows.open(cx.registry);
-        Ok(())
+        m.set_state(OPEN, &self.windows.open(cx.registry))
     }
 
     fn restore(&mut self, m: &Manifest, _read: &ReadFile, cx: &Cx) -> Result<()> {
         self.windows
-            .restore(&m.open_windows, cx.registry)
+            .restore(
+                &m.state::<Vec<OpenWindow>>(OPEN)?.unwrap_or_default(),
+                cx.registry,
+            )
             .map_err(anyhow::Error::msg)
     }
 }

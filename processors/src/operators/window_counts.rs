@@ -14,8 +14,21 @@ use arrow::record_batch::RecordBatch;
 use paicha_contract::event::Source;
 use paicha_contract::registry::Registry;
 
-use crate::store::OpenWindow;
 use crate::time::Windows;
+use serde::{Deserialize, Serialize};
+
+/// An open window's counts carried from one checkpoint to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWindow {
+    /// Window start, µs since the epoch.
+    pub window_start: i64,
+    /// District code.
+    pub district: String,
+    /// Source name.
+    pub source: String,
+    /// Counts in the order of the table's count columns.
+    pub counts: Vec<i64>,
+}
 
 /// What besides window and district keys a table's rows, stored by name in
 /// the checkpoint.

@@ -1,9 +1,13 @@
-//! The consumer loop: Kafka → decode and validate → processors → checkpoints.
+//! The pipeline runtime: Kafka → decode and validate → processors →
+//! checkpoints, as a library the `paicha` binary, the examples and the
+//! tests run.
 //!
 //! One thread owns the consumer and the [`Processor`], so the hot path takes
 //! no locks. Rejected events are produced to the dead-letter topic; the loop
 //! consumes that topic too, so the `dead_letters` table holds what every
 //! producer and instance refused.
+
+pub mod quarantine;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -289,9 +293,76 @@ fn co_partitioned(
     Ok(n)
 }
 
+/// A pipeline: the consumer, its partition tasks and what it reports to.
+pub struct Pipeline {
+    pub config: ConsumerConfig,
+    pub decoder: Decoder,
+    /// The partition tasks, shared with whoever reads their state.
+    pub tasks: Arc<Mutex<Tasks>>,
+    pub metrics: Metrics,
+    /// The replay producer's flow control, when a replay feeds it.
+    pub flow: Option<Arc<FlowControl>>,
+    /// Where a replay ends, when it is one.
+    pub end: Option<Arc<ReplayEnd>>,
+    /// Set to stop: the last checkpoint is committed first.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Runs on this thread until `shutdown` is set or, with `end`, until
+    /// the replay is fully processed.
+    pub fn run(&self) -> Result<RunSummary> {
+        consume(
+            &self.config,
+            &self.decoder,
+            self.tasks.clone(),
+            &self.metrics,
+            self.flow.clone(),
+            self.end.clone(),
+            self.shutdown.clone(),
+        )
+    }
+
+    /// Runs on a thread of its own.
+    pub fn start(self) -> Result<Running> {
+        let shutdown = self.shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("paicha-consumer".into())
+            .spawn(move || self.run())
+            .context("cannot start the consumer thread")?;
+        Ok(Running { shutdown, thread })
+    }
+}
+
+/// A pipeline running on its own thread.
+pub struct Running {
+    shutdown: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<RunSummary>>,
+}
+
+impl Running {
+    /// Waits until it stops by itself: the end of a replay, or an error.
+    pub fn join(self) -> Result<RunSummary> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?
+    }
+
+    /// Stops it once its last checkpoint is committed.
+    pub fn stop(self) -> Result<RunSummary> {
+        self.shutdown.store(true, Ordering::Release);
+        self.join()
+    }
+
+    /// Whether it stopped (and [`Running::join`] returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
 /// Runs the consumer until `shutdown` is set or, with `end`, until the
 /// replay is fully processed.
-pub fn consume(
+fn consume(
     cfg: &ConsumerConfig,
     decoder: &Decoder,
     tasks: Arc<Mutex<Tasks>>,
