@@ -12,6 +12,7 @@ use paicha_contract::event::{Decoder, Source};
 use paicha_contract::pseudonym::Pseudonymizer;
 use paicha_contract::registry::Registry;
 use paicha_ingest::gateway::{Gateway, GatewayConfig, SourceTokens};
+use paicha_ingest::internal_events::state::FollowUpsCounted;
 use paicha_ingest::kafka::{self, BatchProducer, Batching, EmbeddedCluster, FlowControl};
 use paicha_ingest::metrics::Metrics;
 use paicha_processors::remote::Remote;
@@ -855,17 +856,16 @@ fn publish_follow_ups(rows: &arrow::record_batch::RecordBatch, metrics: &Metrics
             *by_days.entry((d, n)).or_default() += 1;
         }
     }
-    metrics.follow_ups.reset();
-    for ((d, s), n) in by_status {
-        metrics.follow_ups.with_label_values(&[d, s]).set(n);
-    }
-    metrics.follow_ups_overdue.reset();
-    for ((d, n), count) in by_days {
-        metrics
-            .follow_ups_overdue
-            .with_label_values(&[d, n.as_str()])
-            .set(count);
-    }
+    let by_status: Vec<(&str, &str, i64)> =
+        by_status.into_iter().map(|((d, s), n)| (d, s, n)).collect();
+    let by_days: Vec<(&str, &str, i64)> = by_days
+        .iter()
+        .map(|((d, days), n)| (*d, days.as_str(), *n))
+        .collect();
+    metrics.emit(FollowUpsCounted {
+        by_status: &by_status,
+        by_days: &by_days,
+    });
     Ok(())
 }
 

@@ -36,6 +36,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::bearer::Tokens;
+use crate::internal_events::consumer::EventsRejected;
+use crate::internal_events::gateway::{EventsAnswered, RequestAnswered};
 use crate::kafka::{self, DeadLetterHeaders, FlowControl, KafkaHealth};
 use crate::metrics::Metrics;
 use paicha_contract::event::{Decoder, Reject, Source, DEAD_LETTER_TOPIC};
@@ -325,13 +327,11 @@ async fn ingest(
     let started = std::time::Instant::now();
     let label = Source::parse(&source).map_or("unknown", Source::as_str);
     let response = answer(&gw, &source, &headers, body).await;
-    gw.metrics
-        .gateway_requests
-        .with_label_values(&[label, response.status().as_str()])
-        .inc();
-    gw.metrics
-        .gateway_request_duration
-        .observe(started.elapsed().as_secs_f64());
+    gw.metrics.emit(RequestAnswered {
+        source: label,
+        status: response.status().as_str(),
+        took: started.elapsed(),
+    });
     response
 }
 
@@ -445,10 +445,11 @@ async fn answer(
 }
 
 fn count(gw: &Gateway, source: Source, outcome: &str, n: usize) {
-    gw.metrics
-        .gateway_events
-        .with_label_values(&[source.as_str(), outcome])
-        .inc_by(n as u64);
+    gw.metrics.emit(EventsAnswered {
+        source,
+        outcome,
+        count: n,
+    });
 }
 
 /// Validates, pseudonymizes and produces the lines; answers once Kafka has
@@ -478,10 +479,11 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
                 }
             }
             Err(r) => {
-                gw.metrics
-                    .events_rejected
-                    .with_label_values(&[source.as_str(), r.reason.as_str()])
-                    .inc();
+                gw.metrics.emit(EventsRejected {
+                    source: source.as_str(),
+                    reason: r.reason,
+                    count: 1,
+                });
                 outcomes.push(Outcome::Rejected(r));
                 dead.push((i, r));
             }

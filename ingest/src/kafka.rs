@@ -26,6 +26,8 @@ use paicha_contract::event::{route, route_and_pseudonymize, Reject, Source, DEAD
 use paicha_contract::pseudonym::{self, Pseudonymizer};
 use paicha_contract::topics::{all_topics, partition_for};
 
+use crate::internal_events::kafka::{BrokersUp, KafkaErrorReported, OffsetReset};
+
 /// Creates `topic` with `partitions` partitions unless it exists: paicha
 /// owns its internal topic, as Kafka Streams owns its repartition topics,
 /// so a deployment need not create it.
@@ -254,8 +256,7 @@ impl FlowControl {
 #[derive(Clone)]
 pub struct KafkaHealth {
     client: &'static str,
-    up: prometheus::IntGauge,
-    errors: prometheus::IntCounterVec,
+    metrics: crate::metrics::Metrics,
     /// Brokers up at the last report; -1 before the first.
     last_up: Arc<AtomicI64>,
     last_error_log: Arc<std::sync::Mutex<Option<Instant>>>,
@@ -269,8 +270,7 @@ impl KafkaHealth {
     pub fn new(client: &'static str, metrics: &crate::metrics::Metrics) -> Self {
         KafkaHealth {
             client,
-            up: metrics.kafka_brokers_up.with_label_values(&[client]),
-            errors: metrics.kafka_errors.clone(),
+            metrics: metrics.clone(),
             last_up: Arc::new(AtomicI64::new(-1)),
             last_error_log: Arc::default(),
         }
@@ -283,13 +283,20 @@ impl KafkaHealth {
         let code = error
             .rdkafka_error_code()
             .map_or_else(|| "Other".to_string(), |c| format!("{c:?}"));
-        self.errors.with_label_values(&[self.client, &code]).inc();
-        if let Ok(mut last) = self.last_error_log.lock() {
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        let logged = self.last_error_log.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if due {
                 *last = Some(Instant::now());
-                tracing::warn!(client = self.client, error = %error, reason, "Kafka client error");
             }
-        }
+            due
+        });
+        self.metrics.emit(KafkaErrorReported {
+            client: self.client,
+            code: &code,
+            error,
+            reason,
+            logged,
+        });
     }
 
     /// Brokers up at the last statistics report, if one came yet.
@@ -306,14 +313,10 @@ impl ClientContext for KafkaHealth {
         // about to read (retention shorter than the lag): events lost to
         // paicha, which librdkafka only logs as a warning.
         if fac == "OFFSET" && message.contains("offset reset") {
-            self.errors
-                .with_label_values(&[self.client, "OffsetReset"])
-                .inc();
-            tracing::error!(
-                client = self.client,
-                "Kafka deleted messages before paicha read them (offset reset; topic \
-                 retention shorter than the lag): {message}"
-            );
+            self.metrics.emit(OffsetReset {
+                client: self.client,
+                message,
+            });
             return;
         }
         match level {
@@ -334,22 +337,12 @@ impl ClientContext for KafkaHealth {
             .values()
             .filter(|b| b.nodeid >= 0 && b.state == "UP")
             .count() as i64;
-        self.up.set(up);
         let before = self.last_up.swap(up, Ordering::Relaxed);
-        if up == 0 && before != 0 {
-            tracing::warn!(
-                client = self.client,
-                "Kafka is unreachable: no broker is up; waiting for it and retrying"
-            );
-        } else if up > 0 && before == 0 {
-            // At the default (warn) level too: the end of an outage belongs
-            // in the same log as its start.
-            tracing::warn!(
-                client = self.client,
-                brokers = up,
-                "Kafka is reachable again; resuming"
-            );
-        }
+        self.metrics.emit(BrokersUp {
+            client: self.client,
+            up,
+            before,
+        });
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -4,5 +4,6 @@
 
 pub mod bearer;
 pub mod gateway;
+pub mod internal_events;
 pub mod kafka;
 pub mod metrics;

@@ -21,8 +21,19 @@ use paicha_contract::event::{
     REPARTITION_TOPIC,
 };
 use paicha_contract::pseudonym;
+use paicha_ingest::internal_events::checkpoint::{
+    CheckpointWritten, ClockBehind, WatermarkAdvanced,
+};
+use paicha_ingest::internal_events::consumer::{
+    DeadLetterProduced, DeadLetterRecorded, EventsCounted, EventsRejected, EventsRerouted, Lag,
+    MessageConsumed, MessagePoisoned, PartitionsAssigned, Positions,
+};
+use paicha_ingest::internal_events::state::{
+    AlertPublished, BedsCounted, FollowUpsCounted, HospitalBeds,
+};
 use paicha_ingest::kafka::{self, DeadLetterHeaders, FlowControl, Origin};
 use paicha_ingest::metrics::Metrics;
+use paicha_processors::alerts::Alert;
 use paicha_processors::dead_letters::DeadLetter;
 use paicha_processors::tasks::Tasks;
 use paicha_processors::{Accepted, Processor};
@@ -192,14 +203,15 @@ impl Membership {
             tpl.set_partition_offset(&topic, p, offset)?;
         }
         let owned = tasks.partitions();
-        self.metrics.partition_tasks.set(owned.len() as i64);
-        self.metrics.rebalances.inc();
         let list = owned
             .iter()
             .map(i32::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        info!(partitions = %list, "partition tasks assigned");
+        self.metrics.emit(PartitionsAssigned {
+            tasks: owned.len(),
+            partitions: &list,
+        });
         Ok(())
     }
 
@@ -747,36 +759,31 @@ pub fn high_watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
 
 fn checkpoint(tasks: &mut Tasks, metrics: &Metrics, finish: bool) -> Result<()> {
     let mut watermark: Option<i64> = None;
-    metrics.consumer_position.reset();
-    for (_, processor) in tasks.iter_mut() {
+    for (partition, processor) in tasks.iter_mut() {
         let started = Instant::now();
         let before = processor.stats().clone();
         processor.checkpoint(finish, started)?;
         if processor.stats().checkpoints > before.checkpoints {
-            metrics.checkpoints.inc();
-            metrics
-                .checkpoint_duration
-                .observe(started.elapsed().as_secs_f64());
-            if processor.stats().windows > before.windows {
-                metrics
-                    .window_flush_duration
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            metrics.emit(CheckpointWritten {
+                partition: *partition,
+                took: started.elapsed(),
+                windows: processor.stats().windows > before.windows,
+            });
         }
         let wm = processor.watermark(started);
         if wm != i64::MIN {
             watermark = Some(watermark.map_or(wm, |w| w.min(wm)));
         }
-        for ((topic, p), next) in processor.positions() {
-            metrics
-                .consumer_position
-                .with_label_values(&[topic.as_str(), &p.to_string()])
-                .set(*next);
-        }
     }
+    let positions = tasks.positions();
+    let next: Vec<(&str, i32, i64)> = positions
+        .iter()
+        .map(|((topic, p), next)| (topic.as_str(), *p, *next))
+        .collect();
+    metrics.emit(Positions { next: &next });
     // The instance's watermark is its most lagging task's.
-    if let Some(wm) = watermark {
-        metrics.watermark_seconds.set(wm.div_euclid(1_000_000));
+    if let Some(micros) = watermark {
+        metrics.emit(WatermarkAdvanced { micros });
     }
     Ok(())
 }
@@ -794,42 +801,15 @@ fn observe(
 ) -> Result<()> {
     let mut by_status: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
     let mut by_days: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut beds: Vec<(String, String, bool, i64, i64)> = Vec::new();
     let mut clock: Option<i64> = None;
-    // Gauges of this instance's tasks only: a task that moved to another
-    // instance is reported there.
-    metrics.beds_occupied.reset();
-    metrics.bed_utilization.reset();
     for (_, processor) in tasks.iter_mut() {
         for alert in processor.take_alert_news() {
-            if alert.resolved_at.is_none() {
-                metrics
-                    .alerts_raised
-                    .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
-                    .inc();
-            }
-            let json = serde_json::json!({
-                "alert_id": alert.alert_id,
-                "raised_at": micros_to_rfc3339(alert.raised_at),
-                "kind": alert.kind,
-                "severity": alert.severity,
-                "district": alert.district,
-                "hospital_id": alert.hospital_id,
-                "person_key": alert.person_key,
-                "detail": alert.detail,
-                "resolved_at": alert.resolved_at.map(micros_to_rfc3339),
-            });
-            kafka::send(
-                producer,
-                ALERTS_TOPIC,
-                None,
-                alert.district.as_bytes(),
-                json.to_string().as_bytes(),
-                None,
-            )?;
+            publish_alert(metrics, producer, &alert)?;
         }
-        let registry = processor.registry();
+        let r = processor.registry();
         for ((d, status), n) in processor.follow_ups().by_status() {
-            let district = registry.district(*d).district.clone();
+            let district = r.district(*d).district.clone();
             *by_status.entry((district, status.as_str())).or_default() += *n;
         }
         for ((d, days), n) in processor.follow_ups().by_days() {
@@ -838,67 +818,105 @@ fn observe(
             } else {
                 days.to_string()
             };
-            let district = registry.district(*d).district.clone();
+            let district = r.district(*d).district.clone();
             *by_days.entry((district, days)).or_default() += *n;
         }
-        for (h, beds, occupied) in processor.beds_now() {
-            let hospital = registry.hospital(h);
-            let labels = [
-                hospital.hospital_id.as_str(),
-                hospital.district.as_str(),
-                if hospital.designated() {
-                    "true"
-                } else {
-                    "false"
-                },
-            ];
-            metrics
-                .beds_occupied
-                .with_label_values(&labels)
-                .set(occupied);
-            if beds > 0 {
-                metrics
-                    .bed_utilization
-                    .with_label_values(&labels)
-                    .set(occupied as f64 / beds as f64);
-            }
+        for (h, total, occupied) in processor.beds_now() {
+            let hospital = r.hospital(h);
+            beds.push((
+                hospital.hospital_id.clone(),
+                hospital.district.clone(),
+                hospital.designated(),
+                total,
+                occupied,
+            ));
         }
         let c = processor.follow_ups().clock();
         if c != i64::MIN {
             clock = Some(clock.map_or(c, |m| m.min(c)));
         }
     }
-    metrics.follow_ups.reset();
-    for ((d, status), n) in by_status {
-        metrics.follow_ups.with_label_values(&[&d, status]).set(n);
-    }
-    metrics.follow_ups_overdue.reset();
-    for ((d, days), n) in by_days {
-        metrics
-            .follow_ups_overdue
-            .with_label_values(&[&d, &days])
-            .set(n);
-    }
+    // This instance's tasks only: a task that moved to another instance is
+    // reported there.
+    let hospitals: Vec<HospitalBeds> = beds
+        .iter()
+        .map(|(id, district, designated, total, occupied)| HospitalBeds {
+            hospital_id: id,
+            district,
+            designated: *designated,
+            total: *total,
+            occupied: *occupied,
+        })
+        .collect();
+    metrics.emit(BedsCounted {
+        hospitals: &hospitals,
+    });
+    let by_status: Vec<(&str, &str, i64)> = by_status
+        .iter()
+        .map(|((d, s), n)| (d.as_str(), *s, *n))
+        .collect();
+    let by_days: Vec<(&str, &str, i64)> = by_days
+        .iter()
+        .map(|((d, days), n)| (d.as_str(), days.as_str(), *n))
+        .collect();
+    metrics.emit(FollowUpsCounted {
+        by_status: &by_status,
+        by_days: &by_days,
+    });
     if let Some(clock) = clock {
-        metrics
-            .watermark_lag_seconds
-            .set((micros_now() - clock).div_euclid(1_000_000));
+        metrics.emit(ClockBehind {
+            micros: micros_now() - clock,
+        });
     }
     // Partition ends cost a broker round trip each: measured every 15 s.
     if lag_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(15)) {
         *lag_checked = Some(Instant::now());
-        metrics.consumer_lag.reset();
-        for ((topic, p), next) in tasks.positions() {
-            if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
-            {
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[topic.as_str(), &p.to_string()])
-                    .set((high - next).max(0));
-            }
-        }
+        let positions = tasks.positions();
+        let behind: Vec<(&str, i32, i64)> = positions
+            .iter()
+            .filter_map(|((topic, p), next)| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, *p, Duration::from_millis(500))
+                    .ok()?;
+                Some((topic.as_str(), *p, (high - next).max(0)))
+            })
+            .collect();
+        metrics.emit(Lag { behind: &behind });
     }
     Ok(())
+}
+
+/// Publishes `alert` to `screening.alerts`.
+fn publish_alert(
+    metrics: &Metrics,
+    producer: &kafka::CountingProducer,
+    alert: &Alert,
+) -> Result<()> {
+    metrics.emit(AlertPublished {
+        kind: &alert.kind,
+        severity: &alert.severity,
+        district: &alert.district,
+        raised: alert.resolved_at.is_none(),
+    });
+    let json = serde_json::json!({
+        "alert_id": alert.alert_id,
+        "raised_at": micros_to_rfc3339(alert.raised_at),
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "district": alert.district,
+        "hospital_id": alert.hospital_id,
+        "person_key": alert.person_key,
+        "detail": alert.detail,
+        "resolved_at": alert.resolved_at.map(micros_to_rfc3339),
+    });
+    kafka::send(
+        producer,
+        ALERTS_TOPIC,
+        None,
+        alert.district.as_bytes(),
+        json.to_string().as_bytes(),
+        None,
+    )
 }
 
 fn micros_to_rfc3339(t: i64) -> String {
@@ -923,7 +941,7 @@ fn handle(
     let partition = msg.partition();
     let offset = msg.offset();
     let payload = msg.payload().unwrap_or_default();
-    metrics.messages_consumed.with_label_values(&[topic]).inc();
+    metrics.emit(MessageConsumed { topic });
     let now = Instant::now();
 
     if topic == DEAD_LETTER_TOPIC {
@@ -955,10 +973,11 @@ fn handle(
     let wall = micros_now();
     let mut max_time: Option<i64> = None;
     let mut reject = |line: &[u8], index: i32, r: Reject| -> Result<()> {
-        metrics
-            .events_rejected
-            .with_label_values(&[source.as_str(), r.reason.as_str()])
-            .inc();
+        metrics.emit(EventsRejected {
+            source: source.as_str(),
+            reason: r.reason,
+            count: 1,
+        });
         *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
         let h = DeadLetterHeaders::for_reject(
             &r,
@@ -1112,7 +1131,7 @@ fn record_dead_letter(msg: &BorrowedMessage<'_>, processor: &mut Processor, metr
         field: h.field,
     });
     if new {
-        metrics.dead_letters.with_label_values(&[&reason]).inc();
+        metrics.emit(DeadLetterRecorded { reason: &reason });
     }
 }
 
@@ -1145,19 +1164,11 @@ fn count_events(
     accepted: u64,
 ) {
     summary.valid += valid;
-    let label = [source.as_str()];
-    metrics
-        .events_consumed
-        .with_label_values(&label)
-        .inc_by(valid);
-    metrics
-        .events_accepted
-        .with_label_values(&label)
-        .inc_by(accepted);
-    metrics
-        .events_duplicate
-        .with_label_values(&label)
-        .inc_by(valid - accepted);
+    metrics.emit(EventsCounted {
+        source,
+        valid,
+        accepted,
+    });
 }
 
 /// The offsets consumed since each task's last checkpoint on disk.
@@ -1200,7 +1211,7 @@ fn send_dead_letter(
         bytes,
         Some(h.to_kafka()),
     )?;
-    metrics.dead_letters_produced.inc();
+    metrics.emit(DeadLetterProduced);
     Ok(())
 }
 
@@ -1228,12 +1239,12 @@ fn poison(
         offset,
     });
     let reason = RejectReason::Poison;
-    tracing::error!(
-        topic = %origin.topic,
-        partition = origin.partition,
-        offset = origin.offset,
-        "a message that crashed processing twice is dead-lettered as poison"
-    );
+    metrics.emit(MessagePoisoned {
+        topic: &origin.topic,
+        partition: origin.partition,
+        offset: origin.offset,
+        source: Source::from_topic(&origin.topic).filter(|_| topic != DEAD_LETTER_TOPIC),
+    });
     if topic != DEAD_LETTER_TOPIC {
         let h = DeadLetterHeaders {
             reason: reason.as_str().into(),
@@ -1246,12 +1257,6 @@ fn poison(
             line: -1,
         };
         send_dead_letter(dlq, msg, payload, &h, metrics)?;
-        if let Some(source) = Source::from_topic(&origin.topic) {
-            metrics
-                .events_rejected
-                .with_label_values(&[source.as_str(), reason.as_str()])
-                .inc();
-        }
         *summary.rejected.entry(reason.as_str()).or_default() += 1;
     }
     processor.consumed(topic, partition, offset, None, Instant::now());
@@ -1313,18 +1318,14 @@ fn events_rerouted(
     partition: i32,
     n: u64,
 ) {
-    if summary.rerouted == 0 {
-        tracing::warn!(
-            topic,
-            partition,
-            "events arrive on another partition than their district's: a producer does not partition by Kafka's murmur2 of the district; paicha forwards them to their district's partition through screening.repartition (paicha_events_rerouted_total)"
-        );
-    }
+    metrics.emit(EventsRerouted {
+        source,
+        topic,
+        partition,
+        count: n,
+        first: summary.rerouted == 0,
+    });
     summary.rerouted += n;
-    metrics
-        .events_rerouted
-        .with_label_values(&[source.as_str()])
-        .inc_by(n);
 }
 
 /// Logs what a run did.

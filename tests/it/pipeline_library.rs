@@ -87,7 +87,8 @@ fn replay_in_process(file: &std::path::Path, data: &std::path::Path) {
 #[test]
 fn the_pipeline_library_gives_the_binarys_tables_and_the_folds() {
     let dir = tempfile::tempdir().unwrap();
-    let file = simulate_into(dir.path(), 2, 23);
+    // Ten days, for EARS a baseline; a tenth of the population, for speed.
+    let file = simulate_with(dir.path(), 10, 23, &["--scale", "0.1"]);
     let library = dir.path().join("library");
     replay_in_process(&file, &library);
     assert_tables_exact(&library, &file);
