@@ -395,43 +395,29 @@ fn consume(
         crashed: AtomicBool::new(false),
     };
     let consumer = create_consumer(cfg, membership)?;
-    let (dlq, dlq_counter) = &kafka::producer(&cfg.brokers)?;
-    let (forwarder, forwarded) = (&forward.0, &forward.1);
-
     let (partitions, homes) = join(&consumer, cfg, decoder)?;
-
-    let mut summary = RunSummary::default();
-    let mut last_checkpoint = Instant::now();
-    let mut lag_checked: Option<Instant> = None;
-    let mut last_publish = Instant::now();
-    let mut publish_every = PUBLISH_EVERY;
-    let mut end_checked = Instant::now();
-    let mut stage_ends: Option<(&'static str, Ends)> = None;
-    let mut failed_forwards = 0;
-    let mut crashes = Crashes::load(&cfg.data, decoder.pseudonymizer())?;
-    let mut test_crash = TestCrash::new(cfg.crash_on.as_deref());
-    // A panic leaves the state half updated: it is remembered, nothing is
-    // committed, and the pipeline stops for its supervisor to restart it.
-    let crashed = |crashes: &mut Crashes, what: Vec<Crash>, panic| {
-        consumer.context().crashed.store(true, Ordering::Release);
-        crashes.crashed(what, panic)
+    let mut run = Run {
+        cfg,
+        decoder,
+        metrics,
+        flow,
+        end,
+        partitions,
+        homes,
+        dlq: kafka::producer(&cfg.brokers)?,
+        forward,
+        summary: RunSummary::default(),
+        crashes: Crashes::load(&cfg.data, decoder.pseudonymizer())?,
+        test_crash: TestCrash::new(cfg.crash_on.as_deref()),
+        last_checkpoint: Instant::now(),
+        lag_checked: None,
+        last_publish: Instant::now(),
+        publish_every: PUBLISH_EVERY,
+        end_checked: Instant::now(),
+        stage_ends: None,
+        failed_forwards: 0,
     };
-    // Work on every task at once (a checkpoint, publishing): a panic in it
-    // cannot name its message, so everything since the last checkpoint on
-    // disk is suspect.
-    let at_checkpoint = |guard: &mut Tasks,
-                         crashes: &mut Crashes,
-                         work: &mut dyn FnMut(&mut Tasks) -> Result<()>|
-     -> Result<()> {
-        match catch_unwind(AssertUnwindSafe(|| work(guard))) {
-            Ok(r) => r,
-            Err(panic) => Err(crashed(crashes, since_checkpoint(guard), panic)),
-        }
-    };
-    loop {
-        if shutdown.load(Ordering::Acquire) {
-            break;
-        }
+    while !shutdown.load(Ordering::Acquire) {
         let polled = consumer.poll(Duration::from_millis(50));
         let failed = consumer
             .context()
@@ -445,68 +431,7 @@ fn consume(
         let mut guard = lock(&tasks)?;
         match polled {
             Some(Ok(msg)) => {
-                let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-                let payload = msg.payload().unwrap_or_default();
-                let verdict = crashes.verdict(topic, partition, offset, payload);
-                if verdict == Verdict::Isolate && guard.get_mut(partition).is_some() {
-                    // Suspected: everything before it checkpointed first, so
-                    // that the checkpoint after it holds it alone.
-                    kafka::finish(forwarder, forwarded)?;
-                    at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
-                        checkpoint(tasks, metrics, false)?;
-                        tasks.iter_mut().try_for_each(|(_, t)| t.settle_writes())
-                    })?;
-                }
-                // Only a partition with its task open is ever assigned.
-                if let Some(processor) = guard.get_mut(partition) {
-                    if verdict == Verdict::Poison {
-                        poison(&msg, processor, metrics, dlq, &flow, &mut summary)?;
-                    } else {
-                        let handled = catch_unwind(AssertUnwindSafe(|| {
-                            if topic != DEAD_LETTER_TOPIC {
-                                test_crash.handling(payload);
-                            }
-                            handle(
-                                &msg,
-                                decoder,
-                                &homes,
-                                processor,
-                                metrics,
-                                dlq,
-                                forwarder,
-                                &flow,
-                                &mut summary,
-                            )
-                        }));
-                        match handled {
-                            Ok(r) => r?,
-                            Err(panic) => {
-                                let pinned = vec![crashes.at(topic, partition, offset, payload)];
-                                return Err(crashed(&mut crashes, pinned, panic));
-                            }
-                        }
-                        if verdict == Verdict::Isolate {
-                            // Checkpointed alone, so a crash that shows only
-                            // at a checkpoint is pinned to it.
-                            kafka::finish(forwarder, forwarded)?;
-                            let alone = catch_unwind(AssertUnwindSafe(|| {
-                                test_crash.checkpointing();
-                                checkpoint(&mut guard, metrics, false)?;
-                                guard.iter_mut().try_for_each(|(_, t)| t.settle_writes())?;
-                                publish(&mut guard, &cfg.live)
-                            }));
-                            match alone {
-                                Ok(r) => r?,
-                                Err(panic) => {
-                                    let pinned =
-                                        vec![crashes.at(topic, partition, offset, payload)];
-                                    return Err(crashed(&mut crashes, pinned, panic));
-                                }
-                            }
-                            crashes.settle(&guard.durable_positions())?;
-                        }
-                    }
-                }
+                run.message(&consumer, &mut guard, &msg)?;
                 if !cfg.slow_sink.is_zero() {
                     std::thread::sleep(cfg.slow_sink);
                 }
@@ -514,86 +439,262 @@ fn consume(
             Some(Err(e)) => consumer.context().health.report(&e, "poll"),
             None => {}
         }
-        dlq.poll(Duration::ZERO);
-        forwarder.poll(Duration::ZERO);
-        if last_checkpoint.elapsed() >= cfg.checkpoint_interval
-            && delivered(forwarder, forwarded, &mut failed_forwards)?
-        {
-            at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
-                test_crash.checkpointing();
-                checkpoint(tasks, metrics, false)?;
-                observe(tasks, metrics, &consumer, dlq, &mut lag_checked)
-            })?;
-            if !crashes.is_empty() {
-                crashes.settle(&guard.durable_positions())?;
-            }
-            last_checkpoint = Instant::now();
-        }
-        if last_publish.elapsed() >= publish_every {
-            let started = Instant::now();
-            at_checkpoint(&mut guard, &mut crashes, &mut |tasks| {
-                publish(tasks, &cfg.live)
-            })?;
-            publish_every = publish_pause(started.elapsed());
-            last_publish = Instant::now();
-        }
-        if let Some(end) = &end {
-            if end_checked.elapsed() < Duration::from_millis(20) {
-                continue;
-            }
-            end_checked = Instant::now();
-            let positions = guard.positions();
-            if replay_done(
-                end,
-                &mut stage_ends,
-                &positions,
-                &consumer,
-                partitions,
-                [(forwarder, forwarded), (dlq, dlq_counter)],
-            )? {
-                break;
-            }
+        if run.periodic(&consumer, &mut guard)? {
+            break;
         }
     }
-    kafka::finish(forwarder, forwarded)?;
-    kafka::finish(dlq, dlq_counter)?;
-    let mut guard = lock(&tasks)?;
-    at_checkpoint(&mut guard, &mut crashes, &mut |guard| {
-        if end.is_some() {
-            // The end of a replay: every task's clock stands at the highest
-            // event time of the whole input.
-            let last = guard.max_event_time();
-            for (_, task) in guard.iter_mut() {
-                task.finish_at(last);
-            }
-        }
-        test_crash.checkpointing();
-        checkpoint(guard, metrics, end.is_some())?;
-        for (_, task) in guard.iter_mut() {
-            task.settle_writes()?;
-        }
-        observe(guard, metrics, &consumer, dlq, &mut lag_checked)?;
-        kafka::finish(dlq, dlq_counter)?;
-        if end.is_some() {
-            // A finished replay leaves one file per table per day.
-            for (_, task) in guard.iter_mut() {
-                task.compact_all()?;
-            }
-        }
-        publish(guard, &cfg.live)
-    })?;
-    if !crashes.is_empty() {
-        crashes.settle(&guard.durable_positions())?;
-    }
-    let stats = guard.stats();
-    summary.accepted = stats.accepted;
-    summary.duplicates = stats.duplicates;
-    summary.dead_letters = stats.dead_letters;
-    drop(guard);
+    let summary = run.finish(&consumer, &tasks)?;
     // Leaving the group revokes every partition (the callback commits
     // nothing new: every task has just checkpointed).
     drop(consumer);
     Ok(summary)
+}
+
+/// What a consumer run holds besides the consumer and the tasks: where it
+/// sends, what it counted, what crashed before, and when it last did each
+/// periodic thing.
+struct Run<'a> {
+    cfg: &'a ConsumerConfig,
+    decoder: &'a Decoder,
+    metrics: &'a Metrics,
+    flow: Option<Arc<FlowControl>>,
+    end: Option<Arc<ReplayEnd>>,
+    /// Partitions per topic.
+    partitions: i32,
+    /// Each district's partition, by registry index.
+    homes: Vec<i32>,
+    /// The dead-letter producer.
+    dlq: (kafka::CountingProducer, kafka::DeliveryCounter),
+    /// The producer forwarding events to their district's partition.
+    forward: Arc<(kafka::CountingProducer, kafka::DeliveryCounter)>,
+    summary: RunSummary,
+    crashes: Crashes,
+    test_crash: TestCrash,
+    last_checkpoint: Instant,
+    lag_checked: Option<Instant>,
+    last_publish: Instant,
+    publish_every: Duration,
+    end_checked: Instant,
+    stage_ends: Option<(&'static str, Ends)>,
+    failed_forwards: u64,
+}
+
+impl Run<'_> {
+    /// Handles one message: counts it, or isolates or sets it aside if it
+    /// crashed processing before.
+    fn message(
+        &mut self,
+        consumer: &BaseConsumer<Membership>,
+        guard: &mut Tasks,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<()> {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let payload = msg.payload().unwrap_or_default();
+        let verdict = self.crashes.verdict(topic, partition, offset, payload);
+        if verdict == Verdict::Isolate && guard.get_mut(partition).is_some() {
+            // Suspected: everything before it checkpointed first, so that
+            // the checkpoint after it holds it alone.
+            kafka::finish(&self.forward.0, &self.forward.1)?;
+            let metrics = self.metrics;
+            at_checkpoint(consumer, &mut self.crashes, guard, &mut |tasks| {
+                checkpoint(tasks, metrics, false)?;
+                tasks.iter_mut().try_for_each(|(_, t)| t.settle_writes())
+            })?;
+        }
+        // Only a partition with its task open is ever assigned.
+        let Some(processor) = guard.get_mut(partition) else {
+            return Ok(());
+        };
+        if verdict == Verdict::Poison {
+            poison(
+                msg,
+                processor,
+                self.metrics,
+                &self.dlq.0,
+                &self.flow,
+                &mut self.summary,
+            )?;
+        } else {
+            let handled = catch_unwind(AssertUnwindSafe(|| {
+                if topic != DEAD_LETTER_TOPIC {
+                    self.test_crash.handling(payload);
+                }
+                handle(
+                    msg,
+                    self.decoder,
+                    &self.homes,
+                    processor,
+                    self.metrics,
+                    &self.dlq.0,
+                    &self.forward.0,
+                    &self.flow,
+                    &mut self.summary,
+                )
+            }));
+            match handled {
+                Ok(r) => r?,
+                Err(panic) => {
+                    let pinned = vec![self.crashes.at(topic, partition, offset, payload)];
+                    return Err(crashed(consumer, &mut self.crashes, pinned, panic));
+                }
+            }
+            if verdict == Verdict::Isolate {
+                self.alone(consumer, guard, msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints the suspected message `msg` alone, so a crash that shows
+    /// only at a checkpoint is pinned to it.
+    fn alone(
+        &mut self,
+        consumer: &BaseConsumer<Membership>,
+        guard: &mut Tasks,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<()> {
+        kafka::finish(&self.forward.0, &self.forward.1)?;
+        let alone = catch_unwind(AssertUnwindSafe(|| {
+            self.test_crash.checkpointing();
+            checkpoint(guard, self.metrics, false)?;
+            guard.iter_mut().try_for_each(|(_, t)| t.settle_writes())?;
+            publish(guard, &self.cfg.live)
+        }));
+        match alone {
+            Ok(r) => r?,
+            Err(panic) => {
+                let payload = msg.payload().unwrap_or_default();
+                let pinned =
+                    vec![self
+                        .crashes
+                        .at(msg.topic(), msg.partition(), msg.offset(), payload)];
+                return Err(crashed(consumer, &mut self.crashes, pinned, panic));
+            }
+        }
+        self.crashes.settle(&guard.durable_positions())
+    }
+
+    /// What is due after each poll: a checkpoint, publishing the live view,
+    /// the end of a replay. Returns whether the replay is processed.
+    fn periodic(&mut self, consumer: &BaseConsumer<Membership>, guard: &mut Tasks) -> Result<bool> {
+        let (forwarder, forwarded) = (&self.forward.0, &self.forward.1);
+        self.dlq.0.poll(Duration::ZERO);
+        forwarder.poll(Duration::ZERO);
+        if self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
+            && delivered(forwarder, forwarded, &mut self.failed_forwards)?
+        {
+            let (metrics, dlq, lag_checked) = (self.metrics, &self.dlq.0, &mut self.lag_checked);
+            let test_crash = &mut self.test_crash;
+            at_checkpoint(consumer, &mut self.crashes, guard, &mut |tasks| {
+                test_crash.checkpointing();
+                checkpoint(tasks, metrics, false)?;
+                observe(tasks, metrics, consumer, dlq, lag_checked)
+            })?;
+            if !self.crashes.is_empty() {
+                self.crashes.settle(&guard.durable_positions())?;
+            }
+            self.last_checkpoint = Instant::now();
+        }
+        if self.last_publish.elapsed() >= self.publish_every {
+            let started = Instant::now();
+            let live = &self.cfg.live;
+            at_checkpoint(consumer, &mut self.crashes, guard, &mut |tasks| {
+                publish(tasks, live)
+            })?;
+            self.publish_every = publish_pause(started.elapsed());
+            self.last_publish = Instant::now();
+        }
+        let Some(end) = &self.end else {
+            return Ok(false);
+        };
+        if self.end_checked.elapsed() < Duration::from_millis(20) {
+            return Ok(false);
+        }
+        self.end_checked = Instant::now();
+        replay_done(
+            end,
+            &mut self.stage_ends,
+            &guard.positions(),
+            consumer,
+            self.partitions,
+            [(forwarder, forwarded), (&self.dlq.0, &self.dlq.1)],
+        )
+    }
+
+    /// The last checkpoint (at the end of a replay, with every window
+    /// final and the files compacted), and the run's totals.
+    fn finish(
+        mut self,
+        consumer: &BaseConsumer<Membership>,
+        tasks: &Mutex<Tasks>,
+    ) -> Result<RunSummary> {
+        kafka::finish(&self.forward.0, &self.forward.1)?;
+        kafka::finish(&self.dlq.0, &self.dlq.1)?;
+        let mut guard = lock(tasks)?;
+        let replay = self.end.is_some();
+        let (metrics, dlq, lag_checked) = (self.metrics, &self.dlq, &mut self.lag_checked);
+        let (test_crash, live) = (&mut self.test_crash, &self.cfg.live);
+        at_checkpoint(consumer, &mut self.crashes, &mut guard, &mut |guard| {
+            if replay {
+                // The end of a replay: every task's clock stands at the
+                // highest event time of the whole input.
+                let last = guard.max_event_time();
+                for (_, task) in guard.iter_mut() {
+                    task.finish_at(last);
+                }
+            }
+            test_crash.checkpointing();
+            checkpoint(guard, metrics, replay)?;
+            for (_, task) in guard.iter_mut() {
+                task.settle_writes()?;
+            }
+            observe(guard, metrics, consumer, &dlq.0, lag_checked)?;
+            kafka::finish(&dlq.0, &dlq.1)?;
+            if replay {
+                // A finished replay leaves one file per table per day.
+                for (_, task) in guard.iter_mut() {
+                    task.compact_all()?;
+                }
+            }
+            publish(guard, live)
+        })?;
+        if !self.crashes.is_empty() {
+            self.crashes.settle(&guard.durable_positions())?;
+        }
+        let stats = guard.stats();
+        self.summary.accepted = stats.accepted;
+        self.summary.duplicates = stats.duplicates;
+        self.summary.dead_letters = stats.dead_letters;
+        Ok(self.summary)
+    }
+}
+
+/// A panic leaves the state half updated: it is remembered (`what` was
+/// being processed), nothing is committed, and the pipeline stops for its
+/// supervisor to restart it.
+fn crashed(
+    consumer: &BaseConsumer<Membership>,
+    crashes: &mut Crashes,
+    what: Vec<Crash>,
+    panic: Box<dyn std::any::Any + Send>,
+) -> anyhow::Error {
+    consumer.context().crashed.store(true, Ordering::Release);
+    crashes.crashed(what, panic)
+}
+
+/// Runs `work` on every task at once (a checkpoint, publishing): a panic in
+/// it cannot name its message, so everything since the last checkpoint on
+/// disk is suspect.
+fn at_checkpoint(
+    consumer: &BaseConsumer<Membership>,
+    crashes: &mut Crashes,
+    guard: &mut Tasks,
+    work: &mut dyn FnMut(&mut Tasks) -> Result<()>,
+) -> Result<()> {
+    match catch_unwind(AssertUnwindSafe(|| work(guard))) {
+        Ok(r) => r,
+        Err(panic) => Err(crashed(consumer, crashes, since_checkpoint(guard), panic)),
+    }
 }
 
 /// Whether every event forwarded so far is in Kafka: a checkpoint commits
@@ -970,26 +1071,18 @@ fn handle(
     if !forwarded {
         summary.messages += 1;
     }
-    let wall = micros_now();
-    let mut max_time: Option<i64> = None;
-    let mut reject = |line: &[u8], index: i32, r: Reject| -> Result<()> {
-        metrics.emit(EventsRejected {
-            source: source.as_str(),
-            reason: r.reason,
-            count: 1,
-        });
-        *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
-        let h = DeadLetterHeaders::for_reject(
-            &r,
-            &origin.topic,
-            Some(origin.partition),
-            origin.offset,
-            index,
-        );
-        send_dead_letter(dlq, msg, line, &h, metrics)
+    let mut out = Outlets {
+        msg,
+        origin: &origin,
+        source,
+        decoder,
+        metrics,
+        dlq,
+        forwarder,
+        summary,
     };
     if payload.iter().all(u8::is_ascii_whitespace) {
-        reject(
+        out.reject(
             payload,
             0,
             Reject {
@@ -998,91 +1091,25 @@ fn handle(
             },
         )?;
     }
-    let ids = ids_of(msg, decoder);
-    let forward = |home: i32, lines: &[u8]| -> Result<usize> {
-        kafka::send(
-            forwarder,
-            REPARTITION_TOPIC,
-            Some(home),
-            msg.key().unwrap_or_default(),
-            lines,
-            Some(origin.to_kafka(decoder.fingerprint())),
-        )?;
-        Ok(lines.len())
+    let home = |district: u16| {
+        homes
+            .get(usize::from(district))
+            .copied()
+            .filter(|h| *h != partition && !forwarded)
     };
-    let (mut valid, mut accepted, mut rerouted) = (0u64, 0u64, 0u64);
-    let mut forwarded_bytes = 0usize;
-    // Lines for other partitions, by partition, pseudonymized.
-    let mut away: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
-    let mut high_mark = processor.high_mark(topic, partition);
-    for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let decoded = ids.and_then(|ids| decoder.decode_with(line, Some(source), wall, ids));
-        match decoded {
-            Ok(e) => {
-                max_time = Some(max_time.map_or(e.event_time, |m| m.max(e.event_time)));
-                high_mark = high_mark.max(max_time);
-                let home = homes.get(usize::from(e.district)).copied();
-                if let Some(home) = home.filter(|h| *h != partition && !forwarded) {
-                    let hashed;
-                    let line = match ids {
-                        Ok(Ids::Pseudonymized) => line,
-                        _ => match pseudonymize(line, decoder.pseudonymizer()) {
-                            Ok(h) => {
-                                hashed = h;
-                                &hashed
-                            }
-                            Err(r) => {
-                                reject(line, index as i32, r)?;
-                                continue;
-                            }
-                        },
-                    };
-                    let buf = away.entry(home).or_default();
-                    if !buf.is_empty() {
-                        buf.push(b'\n');
-                    }
-                    buf.extend_from_slice(line);
-                    rerouted += 1;
-                    // Pseudonyms are longer than most raw ids: a forwarded
-                    // message stays well under the broker's size limit.
-                    if buf.len() >= FORWARD_BYTES {
-                        forwarded_bytes += forward(home, buf)?;
-                        buf.clear();
-                    }
-                    continue;
-                }
-                valid += 1;
-                match processor.event(&e, processor.horizon(high_mark)) {
-                    Accepted::Counted => accepted += 1,
-                    Accepted::Duplicate => {}
-                    Accepted::TooLate => {
-                        valid -= 1;
-                        reject(
-                            line,
-                            index as i32,
-                            Reject {
-                                reason: RejectReason::TooLate,
-                                field: Some("event_time"),
-                            },
-                        )?
-                    }
-                }
-            }
-            Err(r) => reject(line, index as i32, r)?,
-        }
+    let tally = count_lines(payload, home, processor, &mut out)?;
+    count_events(metrics, out.summary, source, tally.valid, tally.accepted);
+    if tally.rerouted > 0 {
+        events_rerouted(
+            metrics,
+            out.summary,
+            source,
+            topic,
+            partition,
+            tally.rerouted,
+        );
     }
-    for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
-        forwarded_bytes += forward(home, &lines)?;
-    }
-    count_events(metrics, summary, source, valid, accepted);
-    if rerouted > 0 {
-        events_rerouted(metrics, summary, source, topic, partition, rerouted);
-    }
-    processor.consumed(topic, partition, offset, max_time, now);
+    processor.consumed(topic, partition, offset, tally.max_time, now);
     if let Some(f) = flow {
         // The embedded cluster drops old data: bytes forwarded stay in
         // flight for the producer's partition until their home has
@@ -1093,11 +1120,153 @@ fn handle(
             f.processed(
                 source,
                 partition,
-                payload.len().saturating_sub(forwarded_bytes),
+                payload.len().saturating_sub(tally.forwarded_bytes),
             );
         }
     }
     Ok(())
+}
+
+/// Where a message's lines go besides the processor: dead letters for the
+/// refused ones, and their district's partition for those of another's.
+struct Outlets<'a, 'm> {
+    msg: &'a BorrowedMessage<'m>,
+    /// Where the message first arrived.
+    origin: &'a Origin,
+    source: Source,
+    decoder: &'a Decoder,
+    metrics: &'a Metrics,
+    dlq: &'a kafka::CountingProducer,
+    forwarder: &'a kafka::CountingProducer,
+    summary: &'a mut RunSummary,
+}
+
+impl Outlets<'_, '_> {
+    /// Dead-letters `line`, the `index`th of the message.
+    fn reject(&mut self, line: &[u8], index: i32, r: Reject) -> Result<()> {
+        self.metrics.emit(EventsRejected {
+            source: self.source.as_str(),
+            reason: r.reason,
+            count: 1,
+        });
+        *self.summary.rejected.entry(r.reason.as_str()).or_default() += 1;
+        let h = DeadLetterHeaders::for_reject(
+            &r,
+            &self.origin.topic,
+            Some(self.origin.partition),
+            self.origin.offset,
+            index,
+        );
+        send_dead_letter(self.dlq, self.msg, line, &h, self.metrics)
+    }
+
+    /// Forwards `lines` (pseudonymized) to partition `home`; returns their
+    /// bytes.
+    fn forward(&self, home: i32, lines: &[u8]) -> Result<usize> {
+        kafka::send(
+            self.forwarder,
+            REPARTITION_TOPIC,
+            Some(home),
+            self.msg.key().unwrap_or_default(),
+            lines,
+            Some(self.origin.to_kafka(self.decoder.fingerprint())),
+        )?;
+        Ok(lines.len())
+    }
+}
+
+/// What the lines of one message came to.
+#[derive(Default)]
+struct Tally {
+    /// Events decoded and counted or recognised as duplicates.
+    valid: u64,
+    accepted: u64,
+    /// Events forwarded to their district's partition.
+    rerouted: u64,
+    forwarded_bytes: usize,
+    /// The highest event time among the message's valid events.
+    max_time: Option<i64>,
+}
+
+/// Decodes each line of `payload` and counts it, forwards it to `home` of
+/// its district if that is another partition, or dead-letters it.
+fn count_lines(
+    payload: &[u8],
+    home: impl Fn(u16) -> Option<i32>,
+    processor: &mut Processor,
+    out: &mut Outlets,
+) -> Result<Tally> {
+    let (topic, partition) = (out.msg.topic(), out.msg.partition());
+    let ids = ids_of(out.msg, out.decoder);
+    let wall = micros_now();
+    let mut tally = Tally::default();
+    // Lines for other partitions, by partition, pseudonymized.
+    let mut away: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+    let mut high_mark = processor.high_mark(topic, partition);
+    for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
+        let (index, line) = (index as i32, line.strip_suffix(b"\r").unwrap_or(line));
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let e = match ids.and_then(|ids| out.decoder.decode_with(line, Some(out.source), wall, ids))
+        {
+            Ok(e) => e,
+            Err(r) => {
+                out.reject(line, index, r)?;
+                continue;
+            }
+        };
+        tally.max_time = Some(tally.max_time.map_or(e.event_time, |m| m.max(e.event_time)));
+        high_mark = high_mark.max(tally.max_time);
+        if let Some(home) = home(e.district) {
+            let hashed;
+            let line = match ids {
+                Ok(Ids::Pseudonymized) => line,
+                _ => match pseudonymize(line, out.decoder.pseudonymizer()) {
+                    Ok(h) => {
+                        hashed = h;
+                        &hashed
+                    }
+                    Err(r) => {
+                        out.reject(line, index, r)?;
+                        continue;
+                    }
+                },
+            };
+            let buf = away.entry(home).or_default();
+            if !buf.is_empty() {
+                buf.push(b'\n');
+            }
+            buf.extend_from_slice(line);
+            tally.rerouted += 1;
+            // Pseudonyms are longer than most raw ids: a forwarded message
+            // stays well under the broker's size limit.
+            if buf.len() >= FORWARD_BYTES {
+                tally.forwarded_bytes += out.forward(home, buf)?;
+                buf.clear();
+            }
+            continue;
+        }
+        match processor.event(&e, processor.horizon(high_mark)) {
+            Accepted::Counted => {
+                tally.valid += 1;
+                tally.accepted += 1;
+            }
+            Accepted::Duplicate => tally.valid += 1,
+            Accepted::TooLate => out.reject(
+                line,
+                index,
+                Reject {
+                    reason: RejectReason::TooLate,
+                    field: Some("event_time"),
+                },
+            )?,
+        }
+    }
+    for (home, lines) in away.into_iter().filter(|(_, l)| !l.is_empty()) {
+        tally.forwarded_bytes += out.forward(home, &lines)?;
+    }
+    Ok(tally)
 }
 
 /// Records a message of the dead-letter topic in `dead_letters`, once.
