@@ -428,12 +428,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (registry, mut cfg) = processing(&args.processing, &args.data)?;
     cfg.remote = storage(args.storage.as_deref())?;
     let remote = cfg.remote.clone();
-    let replay = match &args.replay {
-        Some(p) => Some(
-            File::open(p).with_context(|| format!("cannot open replay file {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let replay = args
+        .replay
+        .as_ref()
+        .map(|p| File::open(p).with_context(|| format!("cannot open replay file {}", p.display())))
+        .transpose()?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let tasks = Arc::new(std::sync::Mutex::new(Tasks::open(cfg, registry.clone())?));
 
@@ -444,26 +443,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         .with_earliest(args.processing.earliest);
 
     let rt = runtime()?;
-    let (http, pg) = match &args.replay {
-        None => (
-            Some(args.http.as_deref().unwrap_or("127.0.0.1:8080")),
-            Some(args.pg.as_deref().unwrap_or("127.0.0.1:5432")),
-        ),
-        Some(_) => (args.http.as_deref(), args.pg.as_deref()),
-    };
+    let (http, pg) = endpoints(&args);
     let flow =
         embedded.then(|| FlowControl::new(args.partitions as usize, EMBEDDED_IN_FLIGHT_BYTES));
-    let gateway = match (&args.replay, http) {
-        (None, Some(addr)) => Some(gateway(
-            &brokers,
-            &decoder,
-            &args.ingest,
-            &metrics,
-            addr,
-            flow.clone(),
-        )?),
-        _ => None,
-    };
+    let gateway = live_gateway(&args, http, &brokers, &decoder, &metrics, &flow)?;
     let ready = Arc::new(AtomicBool::new(false));
     let serving = Serving {
         http,
@@ -481,31 +464,9 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let producer = start_producer(Feed {
         brokers: brokers.clone(),
-        replay: replay.map(|file| {
-            let origin = args
-                .replay
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|n| format!("file:{}", n.to_string_lossy()))
-                .unwrap_or_else(|| "simulator".into());
-            (file, origin)
-        }),
-        scenario: simulate.then(|| {
-            let sim = SimConfig {
-                seed: args.seed,
-                scale: args.scale,
-                ..SimConfig::default()
-            };
-            (sim, args.rate)
-        }),
-        // Replayed batches reorder an input in time order by less than the
-        // allowed lateness, so it never yields `too_late`.
-        batching: Batching {
-            max_span_micros: i64::try_from(args.processing.lateness.as_micros())
-                .unwrap_or(i64::MAX),
-            misroute: args.misroute.clamp(0.0, 1.0),
-            ..Batching::default()
-        },
+        replay: replay.map(|file| (file, replay_origin(&args))),
+        scenario: simulate.then(|| (scenario(&args), args.rate)),
+        batching: batching(&args),
         flow: flow.clone(),
         end: end.clone(),
         shutdown: shutdown.clone(),
@@ -521,24 +482,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let consumer_cfg = ConsumerConfig {
-        brokers: brokers.clone(),
-        group: args.group.clone(),
-        embedded,
-        // A replay processes its own file to the end: it takes every
-        // partition rather than sharing them with a group.
-        subscribe: !embedded && args.replay.is_none(),
-        session_timeout: args.session_timeout,
-        instance: args.instance.clone(),
-        ready: ready.clone(),
-        checkpoint_interval: args.checkpoint_interval,
-        slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
-        live,
-        data: args.data.clone(),
-        crash_on: args.crash_on.clone(),
-    };
     let consumed = pipeline::Pipeline {
-        config: consumer_cfg,
+        config: consumer_config(&args, &brokers, embedded, ready, live),
         decoder: decoder.clone(),
         tasks: tasks.clone(),
         metrics: metrics.clone(),
@@ -578,6 +523,96 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(rt);
     drop(cluster);
     Ok(())
+}
+
+/// Where `paicha run` serves HTTP and PostgreSQL: by default both live,
+/// and neither for a replay unless asked.
+fn endpoints(args: &RunArgs) -> (Option<&str>, Option<&str>) {
+    match &args.replay {
+        None => (
+            Some(args.http.as_deref().unwrap_or("127.0.0.1:8080")),
+            Some(args.pg.as_deref().unwrap_or("127.0.0.1:5432")),
+        ),
+        Some(_) => (args.http.as_deref(), args.pg.as_deref()),
+    }
+}
+
+/// The ingest gateway of a live `paicha run` serving HTTP at `http`; a
+/// replay's input is its file.
+fn live_gateway(
+    args: &RunArgs,
+    http: Option<&str>,
+    brokers: &str,
+    decoder: &Decoder,
+    metrics: &Metrics,
+    flow: &Option<Arc<FlowControl>>,
+) -> Result<Option<Arc<Gateway>>> {
+    match (&args.replay, http) {
+        (None, Some(addr)) => Ok(Some(gateway(
+            brokers,
+            decoder,
+            &args.ingest,
+            metrics,
+            addr,
+            flow.clone(),
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// The simulator's scenario for `paicha run`.
+fn scenario(args: &RunArgs) -> SimConfig {
+    SimConfig {
+        seed: args.seed,
+        scale: args.scale,
+        ..SimConfig::default()
+    }
+}
+
+/// The origin dead letters of a replay name: `file:NAME`.
+fn replay_origin(args: &RunArgs) -> String {
+    args.replay
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| format!("file:{}", n.to_string_lossy()))
+        .unwrap_or_else(|| "simulator".into())
+}
+
+/// How the replay producer batches: replayed batches reorder an input in
+/// time order by less than the allowed lateness, so it never yields
+/// `too_late`.
+fn batching(args: &RunArgs) -> Batching {
+    Batching {
+        max_span_micros: i64::try_from(args.processing.lateness.as_micros()).unwrap_or(i64::MAX),
+        misroute: args.misroute.clamp(0.0, 1.0),
+        ..Batching::default()
+    }
+}
+
+/// The consumer of `paicha run`.
+fn consumer_config(
+    args: &RunArgs,
+    brokers: &str,
+    embedded: bool,
+    ready: Arc<AtomicBool>,
+    live: Option<paicha_query::Live>,
+) -> ConsumerConfig {
+    ConsumerConfig {
+        brokers: brokers.to_string(),
+        group: args.group.clone(),
+        embedded,
+        // A replay processes its own file to the end: it takes every
+        // partition rather than sharing them with a group.
+        subscribe: !embedded && args.replay.is_none(),
+        session_timeout: args.session_timeout,
+        instance: args.instance.clone(),
+        ready,
+        checkpoint_interval: args.checkpoint_interval,
+        slow_sink: std::time::Duration::from_millis(args.slow_sink_ms),
+        live,
+        data: args.data.clone(),
+        crash_on: args.crash_on.clone(),
+    }
 }
 
 /// The Kafka cluster `paicha run` uses: `--brokers`, or the embedded one,

@@ -75,28 +75,7 @@ pub async fn open_bounded(
     remote: Option<Arc<paicha_processors::remote::Remote>>,
     limits: &bounds::Limits,
 ) -> Result<SessionContext> {
-    let registry = match &remote {
-        Some(r) => {
-            if r.manifest("")?.is_none() {
-                anyhow::bail!(
-                    "{} holds no paicha data (no {META_DIR}/manifest.json)",
-                    r.url()
-                );
-            }
-            let read = |name: &str| -> Result<String> {
-                let rel = format!("{META_DIR}/registry/{name}");
-                let bytes = r
-                    .get(&rel)?
-                    .with_context(|| format!("{} is missing", r.url_of(&rel)))?;
-                String::from_utf8(bytes.to_vec()).with_context(|| format!("{rel} is not UTF-8"))
-            };
-            Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)?
-        }
-        None => {
-            Store::open(data_dir)?;
-            read_registry(data_dir)?
-        }
-    };
+    let registry = registry_of(data_dir, remote.as_deref())?;
     let source = Arc::new(catalog::Snapshots::new(
         data_dir,
         registry.clone(),
@@ -104,21 +83,6 @@ pub async fn open_bounded(
         remote.clone(),
     ));
     let first = source.current()?;
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema("datafusion", "public"),
-    );
-    if let Some(r) = &remote {
-        ctx.register_object_store(r.url(), r.object_store());
-    }
-    let internal = Arc::new(MemorySchemaProvider::new());
-    let catalog = ctx
-        .catalog("datafusion")
-        .context("DataFusion has no default catalog")?;
-    catalog.register_schema(INTERNAL_SCHEMA, internal.clone())?;
-
-    use datafusion::catalog::SchemaProvider;
     // `day` is the directory partition of the raw files; the view derives
     // the same calendar day from `event_time` in the data's time zone.
     let tz = if first.manifest.time_zone.is_empty() {
@@ -129,10 +93,83 @@ pub async fn open_bounded(
     if tz.parse::<chrono_tz::Tz>().is_err() {
         anyhow::bail!("the manifest names an unknown time zone `{tz}`");
     }
-    ctx.register_table("districts", districts_table(&registry)?)?;
-    ctx.register_table("hospitals", hospitals_table(&registry)?)?;
-    // Every table the processors declare: stored rows plus the rows in
-    // memory, shown as its declaration says (the held tables as they are).
+    let planning = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public"),
+    );
+    if let Some(r) = &remote {
+        planning.register_object_store(r.url(), r.object_store());
+    }
+    planning.register_table("districts", districts_table(&registry)?)?;
+    planning.register_table("hospitals", hospitals_table(&registry)?)?;
+    register_tables(&planning, &source, tz).await?;
+
+    // The session clients get holds the public tables only: the stored rows
+    // behind them are reached through the plans above, not by name, so they
+    // do not show in `\dt`, `information_schema` or SQL.
+    let ctx = bounded_session(limits, &source, remote.as_deref())?;
+    let public = planning
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .context("DataFusion has no public schema")?;
+    for name in public.table_names() {
+        if let Some(table) = public.table(&name).await? {
+            ctx.register_table(name.as_str(), table)?;
+        }
+    }
+    datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+        &ctx,
+        "datafusion",
+        datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
+    Ok(ctx)
+}
+
+/// The registry the data was validated with, from the data directory or
+/// the shared storage.
+fn registry_of(
+    data_dir: &Path,
+    remote: Option<&paicha_processors::remote::Remote>,
+) -> Result<Registry> {
+    let Some(r) = remote else {
+        Store::open(data_dir)?;
+        return read_registry(data_dir);
+    };
+    if r.manifest("")?.is_none() {
+        anyhow::bail!(
+            "{} holds no paicha data (no {META_DIR}/manifest.json)",
+            r.url()
+        );
+    }
+    let read = |name: &str| -> Result<String> {
+        let rel = format!("{META_DIR}/registry/{name}");
+        let bytes = r
+            .get(&rel)?
+            .with_context(|| format!("{} is missing", r.url_of(&rel)))?;
+        String::from_utf8(bytes.to_vec()).with_context(|| format!("{rel} is not UTF-8"))
+    };
+    Ok(Registry::from_csv(
+        &read("districts.csv")?,
+        &read("hospitals.csv")?,
+    )?)
+}
+
+/// Registers in `ctx` every table the processors declare: stored rows plus
+/// the rows in memory, shown as its declaration says (the held tables as
+/// they are), days in the time zone `tz`. The stored rows behind a view go
+/// to a schema of their own.
+async fn register_tables(
+    ctx: &SessionContext,
+    source: &Arc<catalog::Snapshots>,
+    tz: &str,
+) -> Result<()> {
+    let internal = Arc::new(MemorySchemaProvider::new());
+    ctx.catalog("datafusion")
+        .context("DataFusion has no default catalog")?
+        .register_schema(INTERNAL_SCHEMA, internal.clone())?;
+    use datafusion::catalog::SchemaProvider;
     for table in tables::all() {
         let name = table.name;
         let rows = catalog::Current::new(name, table.schema.clone(), source.clone());
@@ -145,10 +182,10 @@ pub async fn open_bounded(
         internal.register_table(name.into(), rows)?;
         let stored = format!("{INTERNAL_SCHEMA}.{name}");
         match table.view {
-            View::AsStored => view(&ctx, name, &format!("SELECT * FROM {stored}")).await?,
+            View::AsStored => view(ctx, name, &format!("SELECT * FROM {stored}")).await?,
             View::WithDay => {
                 view(
-                    &ctx,
+                    ctx,
                     name,
                     &format!(
                         "SELECT *, \
@@ -158,15 +195,21 @@ pub async fn open_bounded(
                 )
                 .await?
             }
-            View::Folded { keys, counts } => folding_view(&ctx, name, keys, counts).await?,
-            View::Custom => custom_views(&ctx, name).await?,
+            View::Folded { keys, counts } => folding_view(ctx, name, keys, counts).await?,
+            View::Custom => custom_views(ctx, name).await?,
         }
     }
+    Ok(())
+}
 
-    // The session clients get holds the public tables only: the stored rows
-    // behind them are reached through the plans above, not by name, so they
-    // do not show in `\dt`, `information_schema` or SQL.
-    let planning = ctx;
+/// A session whose queries keep `limits`: a memory pool that the bytes read
+/// from files count against too, spills bounded, a planner that enforces
+/// the deadline and the row cap.
+fn bounded_session(
+    limits: &bounds::Limits,
+    source: &Arc<catalog::Snapshots>,
+    remote: Option<&paicha_processors::remote::Remote>,
+) -> Result<SessionContext> {
     // Operators that can spill (sorts, joins, grouped aggregates) do, to
     // the OS's temp directory; the rest fail once the pool is spent.
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
@@ -184,7 +227,7 @@ pub async fn open_bounded(
             pool.clone(),
         ),
     );
-    if let Some(r) = &remote {
+    if let Some(r) = remote {
         runtime.register_object_store(r.url(), reads::Counted::new(r.object_store(), pool));
     }
     let state = datafusion::execution::SessionStateBuilder::new()
@@ -201,23 +244,7 @@ pub async fn open_bounded(
         .with_default_features()
         .with_query_planner(Arc::new(bounds::BoundedPlanner::new(limits)))
         .build();
-    let ctx = SessionContext::new_with_state(state);
-    let public = planning
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .context("DataFusion has no public schema")?;
-    for name in public.table_names() {
-        if let Some(table) = public.table(&name).await? {
-            ctx.register_table(name.as_str(), table)?;
-        }
-    }
-    datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
-        &ctx,
-        "datafusion",
-        datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
-    Ok(ctx)
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// Registers `select` as the public table `name`. It is planned like a view,
