@@ -2,6 +2,7 @@
 //! screening. See README.md and `paicha --help`.
 
 mod cli;
+mod port;
 mod run;
 mod sql;
 

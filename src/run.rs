@@ -25,6 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::cli::{
     AccessArgs, BrokerArgs, IngestArgs, ProcessingArgs, RunArgs, ServeArgs, SimulateArgs,
 };
+use crate::port::{self, Port};
 use paicha_pipeline::{self as pipeline, ConsumerConfig, ReplayEnd};
 
 /// Prints a status line. A reader that went away (`paicha run | head -1`, a
@@ -356,17 +357,20 @@ fn serve_sql(
     ))?);
     if let Some(listener) = http {
         let local = listener.local_addr()?;
-        let state = paicha_query::http::HttpState {
-            ctx: ctx.clone(),
+        let router = Port {
+            sql: paicha_query::http::routes(paicha_query::http::HttpState {
+                ctx: ctx.clone(),
+                tokens,
+                limits,
+                queries: Some(queries.handle().clone()),
+            }),
             metrics: metrics.registry.clone(),
-            tokens,
-            limits,
-            extra: serving.gateway.clone().map(Gateway::router),
+            gateway: serving.gateway.clone().map(Gateway::router),
             ready: serving.ready.clone(),
-            queries: Some(queries.handle().clone()),
-        };
+        }
+        .router();
         rt.spawn(async move {
-            if let Err(e) = paicha_query::http::serve(listener, state).await {
+            if let Err(e) = port::serve(listener, router, limits.max_connections).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });

@@ -405,7 +405,12 @@ async fn answer(
     };
 
     let (outcomes, busy) = produce(gw, source, &lines).await;
+    reply(gw, source, &outcomes, busy)
+}
 
+/// The answer to a request whose events came to `outcomes`: 200 unless
+/// Kafka was `busy`, and what became of each line.
+fn reply(gw: &Gateway, source: Source, outcomes: &[Outcome], busy: Option<Busy>) -> Response {
     let (mut accepted, mut rejected, mut retry) = (0usize, 0usize, 0usize);
     let events: Vec<serde_json::Value> = outcomes
         .iter()
@@ -455,42 +460,7 @@ fn count(gw: &Gateway, source: Source, outcome: &str, n: usize) {
 /// Validates, pseudonymizes and produces the lines; answers once Kafka has
 /// acknowledged (or failed) each message.
 async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>, Option<Busy>) {
-    let wall = chrono::Utc::now().timestamp_micros();
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(lines.len());
-    // Per district: the message being filled, and the lines it carries.
-    let mut open: std::collections::BTreeMap<u16, (Vec<u8>, Vec<usize>)> = Default::default();
-    let mut batches: Vec<(u16, Vec<u8>, Vec<usize>)> = Vec::new();
-    let mut dead: Vec<(usize, Reject)> = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        match gw.decoder.decode_and_pseudonymize(line, Some(source), wall) {
-            Ok((event, hashed)) => {
-                let district = event.district;
-                let (buf, members) = open.entry(district).or_default();
-                if !buf.is_empty() {
-                    buf.push(b'\n');
-                }
-                buf.extend_from_slice(&hashed);
-                members.push(i);
-                outcomes.push(Outcome::Accepted(event.event_id));
-                if members.len() >= BATCH_EVENTS || buf.len() >= BATCH_BYTES {
-                    if let Some((buf, members)) = open.remove(&district) {
-                        batches.push((district, buf, members));
-                    }
-                }
-            }
-            Err(r) => {
-                gw.metrics.emit(EventsRejected {
-                    source: source.as_str(),
-                    reason: r.reason,
-                    count: 1,
-                });
-                outcomes.push(Outcome::Rejected(r));
-                dead.push((i, r));
-            }
-        }
-    }
-    batches.extend(open.into_iter().map(|(d, (b, m))| (d, b, m)));
-
+    let (mut outcomes, batches, dead) = decode(gw, source, lines);
     let marker = OwnedHeaders::new().insert(Header {
         key: pseudonym::HEADER,
         value: Some(gw.fingerprint.as_bytes()),
@@ -539,27 +509,7 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
             }
         }
     }
-    // Dead letters keep the original line (events.md); the client has its
-    // answer either way, so a dead letter Kafka refuses is only logged.
-    let mut dead_deliveries = Vec::with_capacity(dead.len());
-    // A dead letter is known by (topic, offset, line): the request's id in
-    // place of an offset keeps two requests' line 1 apart.
-    let request = gw.request_id();
-    for (i, r) in &dead {
-        let h = DeadLetterHeaders::for_reject(
-            r,
-            &format!("gateway:{source}"),
-            None,
-            request,
-            *i as i32 + 1,
-        );
-        let record = FutureRecord::<[u8], [u8]>::to(DEAD_LETTER_TOPIC)
-            .payload(lines[*i])
-            .headers(h.to_kafka());
-        if let Ok(d) = gw.producer.send_result(record) {
-            dead_deliveries.push(d);
-        }
-    }
+    let dead_deliveries = send_dead_letters(gw, source, lines, &dead);
     for (delivery, members, partition, bytes) in deliveries {
         let result = tokio::time::timeout_at(deadline, delivery).await;
         if let (Some(flow), Ok(Ok(Err(_)))) = (&gw.flow, &result) {
@@ -580,6 +530,87 @@ async fn produce(gw: &Gateway, source: Source, lines: &[&[u8]]) -> (Vec<Outcome>
         }
     }
     (outcomes, busy)
+}
+
+/// A message to produce: its district, its lines, and their indices in the
+/// request.
+type Batch = (u16, Vec<u8>, Vec<usize>);
+
+/// Validates and pseudonymizes `lines`: each line's outcome so far, the
+/// valid ones in messages per district, and the refused ones.
+fn decode(
+    gw: &Gateway,
+    source: Source,
+    lines: &[&[u8]],
+) -> (Vec<Outcome>, Vec<Batch>, Vec<(usize, Reject)>) {
+    let wall = chrono::Utc::now().timestamp_micros();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(lines.len());
+    // Per district: the message being filled, and the lines it carries.
+    let mut open: std::collections::BTreeMap<u16, (Vec<u8>, Vec<usize>)> = Default::default();
+    let mut batches: Vec<(u16, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut dead: Vec<(usize, Reject)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match gw.decoder.decode_and_pseudonymize(line, Some(source), wall) {
+            Ok((event, hashed)) => {
+                let district = event.district;
+                let (buf, members) = open.entry(district).or_default();
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(&hashed);
+                members.push(i);
+                outcomes.push(Outcome::Accepted(event.event_id));
+                if members.len() >= BATCH_EVENTS || buf.len() >= BATCH_BYTES {
+                    if let Some((buf, members)) = open.remove(&district) {
+                        batches.push((district, buf, members));
+                    }
+                }
+            }
+            Err(r) => {
+                gw.metrics.emit(EventsRejected {
+                    source: source.as_str(),
+                    reason: r.reason,
+                    count: 1,
+                });
+                outcomes.push(Outcome::Rejected(r));
+                dead.push((i, r));
+            }
+        }
+    }
+    batches.extend(open.into_iter().map(|(d, (b, m))| (d, b, m)));
+    (outcomes, batches, dead)
+}
+
+/// Produces the refused lines `dead` to the dead-letter topic; returns
+/// their deliveries.
+fn send_dead_letters(
+    gw: &Gateway,
+    source: Source,
+    lines: &[&[u8]],
+    dead: &[(usize, Reject)],
+) -> Vec<rdkafka::producer::DeliveryFuture> {
+    // Dead letters keep the original line (events.md); the client has its
+    // answer either way, so a dead letter Kafka refuses is only logged.
+    let mut dead_deliveries = Vec::with_capacity(dead.len());
+    // A dead letter is known by (topic, offset, line): the request's id in
+    // place of an offset keeps two requests' line 1 apart.
+    let request = gw.request_id();
+    for (i, r) in dead {
+        let h = DeadLetterHeaders::for_reject(
+            r,
+            &format!("gateway:{source}"),
+            None,
+            request,
+            *i as i32 + 1,
+        );
+        let record = FutureRecord::<[u8], [u8]>::to(DEAD_LETTER_TOPIC)
+            .payload(lines[*i])
+            .headers(h.to_kafka());
+        if let Ok(d) = gw.producer.send_result(record) {
+            dead_deliveries.push(d);
+        }
+    }
+    dead_deliveries
 }
 
 fn busy_of(e: &KafkaError) -> Busy {

@@ -1,6 +1,5 @@
-//! The HTTP endpoint: `POST /sql` (the SQL text as the body),
-//! `GET /metrics` (Prometheus text exposition), `GET /healthz` (the process
-//! answers) and `GET /readyz` (it has its partitions).
+//! SQL over HTTP: `POST /sql`, the SQL text as the body ([`routes`]; the
+//! `paicha` binary serves it on its HTTP port with the other routes).
 //!
 //! Results are JSON (an array of row objects) by default, CSV for
 //! `Accept: text/csv`, JSON lines for `Accept: application/x-ndjson`, an
@@ -17,7 +16,6 @@
 //! result for all of it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -25,34 +23,26 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::Router;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use prometheus::{Encoder, TextEncoder};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use crate::bounds::Limits;
 pub use paicha_ingest::bearer::Tokens;
 
-/// What the HTTP handlers need.
+/// What `POST /sql` needs.
 #[derive(Clone)]
 pub struct HttpState {
     /// The session every query runs in.
     pub ctx: Arc<SessionContext>,
-    /// The metrics to expose.
-    pub metrics: prometheus::Registry,
     /// Tokens `POST /sql` requires; none: open.
     pub tokens: Tokens,
     /// Per-query bounds.
     pub limits: Limits,
-    /// More routes on the same port (the ingest gateway's).
-    pub extra: Option<Router>,
-    /// Set once the instance serves what it should: for `run`, once it has
-    /// its partition tasks from the consumer group (`GET /readyz`).
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The runtime queries run on, apart from the one serving the port (and
     /// the ingest gateway on it); `None`: the port's own.
     pub queries: Option<tokio::runtime::Handle>,
@@ -69,8 +59,9 @@ struct Shared {
     query_memory_limit: prometheus::IntGauge,
 }
 
-/// The router of the HTTP port.
-pub fn router(state: HttpState) -> Router {
+/// The `POST /sql` route, and the gauges of the queries it runs for the
+/// port's `/metrics` (the server that serves it is the binary's).
+pub fn routes(state: HttpState) -> (Router, SqlGauges) {
     let running = Arc::new(Semaphore::new(state.limits.max_concurrent.max(1)));
     let query_memory_limit = prometheus::IntGauge::new(
         "paicha_query_memory_limit_bytes",
@@ -82,112 +73,55 @@ pub fn router(state: HttpState) -> Router {
     {
         query_memory_limit.set(limit as i64);
     }
-    let extra = state.extra.clone();
+    let shared = Arc::new(Shared {
+        state,
+        running,
+        queries_running: prometheus::IntGauge::new(
+            "paicha_sql_queries_running",
+            "SQL queries over HTTP holding one of the --max-concurrent-queries slots",
+        )
+        .expect("a valid metric name"),
+        query_memory: prometheus::IntGauge::new(
+            "paicha_query_memory_reserved_bytes",
+            "Bytes the running queries hold in the query memory pool (--query-memory)",
+        )
+        .expect("a valid metric name"),
+        query_memory_limit,
+    });
     let router = Router::new()
         .route("/sql", post(sql))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::new(Shared {
-            state,
-            running,
-            queries_running: prometheus::IntGauge::new(
-                "paicha_sql_queries_running",
-                "SQL queries over HTTP holding one of the --max-concurrent-queries slots",
-            )
-            .expect("a valid metric name"),
-            query_memory: prometheus::IntGauge::new(
-                "paicha_query_memory_reserved_bytes",
-                "Bytes the running queries hold in the query memory pool (--query-memory)",
-            )
-            .expect("a valid metric name"),
-            query_memory_limit,
-        }));
-    match extra {
-        Some(extra) => router.merge(extra),
-        None => router,
+        .with_state(shared.clone());
+    (router, SqlGauges { shared })
+}
+
+/// The queries' gauges, read at each scrape.
+#[derive(Clone)]
+pub struct SqlGauges {
+    shared: Arc<Shared>,
+}
+
+impl SqlGauges {
+    /// The queries running and the memory they hold, now.
+    pub fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let shared = &self.shared;
+        let max = shared.state.limits.max_concurrent.max(1);
+        let free = shared.running.available_permits();
+        shared.queries_running.set(max.saturating_sub(free) as i64);
+        let pool = &shared.state.ctx.runtime_env().memory_pool;
+        shared.query_memory.set(pool.reserved() as i64);
+        [
+            &shared.queries_running,
+            &shared.query_memory,
+            &shared.query_memory_limit,
+        ]
+        .into_iter()
+        .flat_map(prometheus::core::Collector::collect)
+        .collect()
     }
 }
 
-/// 200 once the instance is ready, 503 before: a load balancer sends
-/// queries (and the ingest gateway's posts) only to ready instances.
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared
-        .state
-        .ready
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for partitions from the consumer group\n",
-        )
-            .into_response()
-    }
-}
-
-/// How long a client may take to send a request's headers, and how long
-/// an idle keep-alive connection is kept (hyper's header read timeout
-/// covers both): a slow or silent client cannot hold a connection.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 1 << 20;
-
-/// Serves the router on `listener` until the process ends, with at most
-/// `limits.max_connections` connections open: one more is closed at once
-/// (its client sees the connection refused, not a hang).
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::io::Result<()> {
-    let max = state.limits.max_connections.max(1);
-    let open = Arc::new(Semaphore::new(max));
-    // Clients told they are too many, at once: past these, a connection is
-    // just closed, so a flood cannot hold descriptors the pipeline needs.
-    let refusing = Arc::new(Semaphore::new(64));
-    let service = hyper_util::service::TowerToHyperService::new(router(state));
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            let Ok(refusal) = refusing.clone().try_acquire_owned() else {
-                continue;
-            };
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _refusal = refusal;
-                let mut socket = socket;
-                let body = format!(
-                    "{{\"error\":\"too many connections: the server's --max-connections is {max}\"}}\n"
-                );
-                let response = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-                     connection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let write = socket.write_all(response.as_bytes());
-                let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
-            });
-            continue;
-        };
-        let service = service.clone();
-        tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-}
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     let body = serde_json::json!({ "error": msg.to_string() }).to_string();
@@ -196,26 +130,9 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 
 async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let state = &shared.state;
-    if !state.tokens.admits(&headers) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required (Authorization: Bearer TOKEN)",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    let Ok(permit) = shared.running.clone().try_acquire_owned() else {
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "too many concurrent queries: the limit is {}; retry shortly",
-                state.limits.max_concurrent
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+    let permit = match admit(&shared, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let body = match paicha_ingest::gateway::read_body(body, MAX_SQL_BYTES, "SQL text", "").await {
         Ok(b) => b,
@@ -230,59 +147,9 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
         .unwrap_or("application/json");
     let limits = state.limits;
     let deadline = Instant::now() + limits.timeout;
-    let timed_out = || {
-        error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "the query did not finish within the {} s timeout",
-                limits.timeout.as_secs_f64()
-            ),
-        )
-    };
-
-    let ctx = state.ctx.clone();
-    let text = text.to_string();
-    let run = async move {
-        let df = crate::plan(&ctx, &text).await?;
-        // One row past the limit tells a full result from a cut one. An
-        // EXPLAIN's few rows are not limited: DataFusion plans ANALYZE
-        // only at the root.
-        let explains = matches!(
-            df.logical_plan(),
-            datafusion::logical_expr::LogicalPlan::Explain(_)
-                | datafusion::logical_expr::LogicalPlan::Analyze(_)
-        );
-        let df = if explains {
-            df
-        } else {
-            df.limit(0, Some(limits.max_rows.saturating_add(1)))?
-        };
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        anyhow::Ok((schema, df.execute_stream().await?))
-    };
-    let planned = tokio::time::timeout_at(deadline, async {
-        let (schema, stream) = match &state.queries {
-            Some(queries) => on_runtime(queries, run, deadline).await?,
-            None => run.await?,
-        };
-        let mut stream = stream;
-        let first = stream.next().await.transpose()?;
-        anyhow::Ok((schema, stream, first))
-    })
-    .await;
-    let (schema, stream, first) = match planned {
-        Err(_) => return timed_out(),
-        Ok(Err(e)) => {
-            let text = format!("{e:#}");
-            // The plan's own deadline can fire a moment before this one:
-            // the same timeout, the same answer.
-            if text.contains(crate::bounds::TIMED_OUT) {
-                return timed_out();
-            }
-            let text = crate::bounds::over_the_pool(&text).unwrap_or(text);
-            return error(StatusCode::BAD_REQUEST, text);
-        }
-        Ok(Ok(p)) => p,
+    let (schema, stream, first) = match start(state, text.to_string(), deadline).await {
+        Ok(started) => started,
+        Err(r) => return r,
     };
     if first
         .as_ref()
@@ -304,6 +171,95 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
         None => Body::from_stream(chunks),
     };
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Lets a query in: its token is valid and a place among the queries
+/// running is free; else the answer refusing it.
+fn admit(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    if !shared.state.tokens.admits(headers) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(r);
+    }
+    shared.running.clone().try_acquire_owned().map_err(|_| {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many concurrent queries: the limit is {}; retry shortly",
+                shared.state.limits.max_concurrent
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    })
+}
+
+/// A started query: its schema, its stream, and its first batch.
+type Started = (SchemaRef, SendableRecordBatchStream, Option<RecordBatch>);
+
+/// Plans `text`, starts it and waits for its first batch, by `deadline`;
+/// else the answer saying why not.
+async fn start(state: &HttpState, text: String, deadline: Instant) -> Result<Started, Response> {
+    let limits = state.limits;
+    let timed_out = || {
+        error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the query did not finish within the {} s timeout",
+                limits.timeout.as_secs_f64()
+            ),
+        )
+    };
+    let ctx = state.ctx.clone();
+    let run = async move {
+        let df = crate::plan(&ctx, &text).await?;
+        // One row past the limit tells a full result from a cut one. An
+        // EXPLAIN's few rows are not limited: DataFusion plans ANALYZE
+        // only at the root.
+        let explains = matches!(
+            df.logical_plan(),
+            datafusion::logical_expr::LogicalPlan::Explain(_)
+                | datafusion::logical_expr::LogicalPlan::Analyze(_)
+        );
+        let df = if explains {
+            df
+        } else {
+            df.limit(0, Some(limits.max_rows.saturating_add(1)))?
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        anyhow::Ok((schema, df.execute_stream().await?))
+    };
+    let planned = tokio::time::timeout_at(deadline, async {
+        let (schema, mut stream) = match &state.queries {
+            Some(queries) => on_runtime(queries, run, deadline).await?,
+            None => run.await?,
+        };
+        let first = stream.next().await.transpose()?;
+        anyhow::Ok((schema, stream, first))
+    })
+    .await;
+    match planned {
+        Err(_) => Err(timed_out()),
+        Ok(Err(e)) => {
+            let text = format!("{e:#}");
+            // The plan's own deadline can fire a moment before this one:
+            // the same timeout, the same answer.
+            if text.contains(crate::bounds::TIMED_OUT) {
+                return Err(timed_out());
+            }
+            let text = crate::bounds::over_the_pool(&text).unwrap_or(text);
+            Err(error(StatusCode::BAD_REQUEST, text))
+        }
+        Ok(Ok(p)) => Ok(p),
+    }
 }
 
 /// Plans and runs a query on `queries`, a runtime of its own: its batches
@@ -581,26 +537,5 @@ impl Encoding {
                 None => Ok(Vec::new()),
             },
         }
-    }
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let max = shared.state.limits.max_concurrent.max(1);
-    let free = shared.running.available_permits();
-    shared.queries_running.set(max.saturating_sub(free) as i64);
-    let pool = &shared.state.ctx.runtime_env().memory_pool;
-    shared.query_memory.set(pool.reserved() as i64);
-    let mut families = shared.state.metrics.gather();
-    for gauge in [
-        &shared.queries_running,
-        &shared.query_memory,
-        &shared.query_memory_limit,
-    ] {
-        families.extend(prometheus::core::Collector::collect(gauge));
-    }
-    let mut buf = Vec::new();
-    match TextEncoder::new().encode(&families, &mut buf) {
-        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
