@@ -336,18 +336,7 @@ fn serve_sql(
     if http.is_none() && pg.is_none() {
         return Ok(None);
     }
-    let limits = paicha_query::bounds::Limits {
-        timeout: access.query_timeout,
-        max_rows: access.max_rows,
-        max_concurrent: access.max_concurrent_queries as usize,
-        memory: access
-            .query_memory
-            .map_or_else(paicha_query::bounds::default_query_memory, |m| {
-                usize::try_from(m).unwrap_or(usize::MAX)
-            }),
-        max_connections: access.max_connections as usize,
-        threads: paicha_query::bounds::query_threads(),
-    };
+    let limits = limits(access);
     let queries = query_runtime(limits.threads)?;
     let ctx = Arc::new(rt.block_on(paicha_query::open_bounded(
         data,
@@ -380,30 +369,58 @@ fn serve_sql(
         }
     }
     if let Some(listener) = pg {
-        let local = listener.local_addr()?;
-        let auth = if users.required() {
-            "password required"
-        } else {
-            "no password"
-        };
-        let ctx = ctx.clone();
-        // The wire serves only SQL: all of it on the queries' runtime.
-        let listener = listener.into_std()?;
-        queries.spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "PostgreSQL server stopped");
-                    return;
-                }
-            };
-            if let Err(e) = paicha_query::pg::serve(listener, ctx, users, limits).await {
-                tracing::error!(error = %e, "PostgreSQL server stopped");
-            }
-        });
-        say!("paicha: PostgreSQL wire at {local} ({auth})");
+        serve_pg(listener, &queries, ctx.clone(), users, limits)?;
     }
     Ok(Some(ctx))
+}
+
+/// The bounds every query keeps, from the command line.
+fn limits(access: &AccessArgs) -> paicha_query::bounds::Limits {
+    paicha_query::bounds::Limits {
+        timeout: access.query_timeout,
+        max_rows: access.max_rows,
+        max_concurrent: access.max_concurrent_queries as usize,
+        memory: access
+            .query_memory
+            .map_or_else(paicha_query::bounds::default_query_memory, |m| {
+                usize::try_from(m).unwrap_or(usize::MAX)
+            }),
+        max_connections: access.max_connections as usize,
+        threads: paicha_query::bounds::query_threads(),
+    }
+}
+
+/// Serves the PostgreSQL wire on `listener`: all of it on the queries'
+/// runtime, as it serves only SQL.
+fn serve_pg(
+    listener: tokio::net::TcpListener,
+    queries: &tokio::runtime::Runtime,
+    ctx: Arc<paicha_query::SessionContext>,
+    users: paicha_query::pg::PgUsers,
+    limits: paicha_query::bounds::Limits,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    let auth = if users.required() {
+        "password required"
+    } else {
+        "no password"
+    };
+    // The wire serves only SQL: all of it on the queries' runtime.
+    let listener = listener.into_std()?;
+    queries.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "PostgreSQL server stopped");
+                return;
+            }
+        };
+        if let Err(e) = paicha_query::pg::serve(listener, ctx, users, limits).await {
+            tracing::error!(error = %e, "PostgreSQL server stopped");
+        }
+    });
+    say!("paicha: PostgreSQL wire at {local} ({auth})");
+    Ok(())
 }
 
 fn on_signal(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>) {

@@ -1131,8 +1131,25 @@ impl Decoder {
             .registry
             .district_id(&district)
             .ok_or(Reject::new(RejectReason::UnknownDistrict, "district"))?;
+        let body = self.body_of(source, w, &pseudonym)?;
+        Ok(Event {
+            event_id,
+            event_time,
+            district,
+            body,
+        })
+    }
+
+    /// The source-specific fields of `w`, validated in the contract's
+    /// order, identifiers pseudonymized by `pseudonym`.
+    fn body_of(
+        &self,
+        source: Source,
+        w: &Wire<'_>,
+        pseudonym: &dyn Fn(Field<'_>, &'static str) -> Result<String, Reject>,
+    ) -> Result<Body, Reject> {
         let person = |raw| pseudonym(raw, "person_id");
-        let body = match source {
+        Ok(match source {
             Source::Checkpoint => Body::Checkpoint {
                 checkpoint_id: identifier(w.checkpoint_id, "checkpoint_id")?,
                 person_key: person(w.person_id)?,
@@ -1201,12 +1218,6 @@ impl Decoder {
                     beds_total,
                 }
             }
-        };
-        Ok(Event {
-            event_id,
-            event_time,
-            district,
-            body,
         })
     }
 }

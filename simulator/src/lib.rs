@@ -567,6 +567,78 @@ pub struct Simulator {
     summary: SimSummary,
 }
 
+/// Each district's grids, pharmacies and hospitals, and the road
+/// checkpoints of the border districts.
+fn district_infos(
+    registry: &Registry,
+    designated: &[usize],
+) -> (Vec<DistrictInfo>, Vec<(String, u16)>) {
+    let hospital_index = |id: &str| registry.hospital_id(id).map(usize::from);
+    let mut districts = Vec::with_capacity(registry.districts().len());
+    let mut checkpoints = Vec::new();
+    for (i, d) in registry.districts().iter().enumerate() {
+        let code = d.district.as_str();
+        let region = CATCHMENT.iter().position(|(_, ds)| ds.contains(&code));
+        // Same-district designated hospital first, then the 2020
+        // catchment, then round-robin for registries of other cities.
+        let designated_here = designated
+            .iter()
+            .copied()
+            .find(|&h| registry.hospitals()[h].district == code)
+            .or_else(|| {
+                let id = region.map_or(CENTRAL_HOSPITAL, |r| CATCHMENT[r].0);
+                hospital_index(id).filter(|&h| registry.hospitals()[h].designated())
+            })
+            .or_else(|| (!designated.is_empty()).then(|| designated[i % designated.len()]));
+        let district_hospital = registry
+            .hospitals()
+            .iter()
+            .position(|h| h.role == HospitalRole::District && h.district == code);
+        if d.border {
+            for n in 1..=CHECKPOINTS_PER_BORDER_DISTRICT {
+                checkpoints.push((format!("cp-{code}-{n:02}"), i as u16));
+            }
+        }
+        districts.push(DistrictInfo {
+            code: code.to_string(),
+            grids: (d.population / RESIDENTS_PER_GRID).clamp(1, 9_999),
+            pharmacies: (d.population / RESIDENTS_PER_PHARMACY).clamp(1, 9_999),
+            designated: designated_here,
+            district_hospital,
+            north_east: region == Some(0),
+        });
+    }
+    (districts, checkpoints)
+}
+
+/// When each hospital states its beds: (instant, hospital, beds).
+fn capacities(
+    registry: &Registry,
+    designated: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> Vec<(i64, usize, u64)> {
+    // Every hospital states its capacity at the start of the first day,
+    // and once or twice around the peak a designated hospital opens a
+    // ward.
+    let mut capacity: Vec<(i64, usize, u64)> = registry
+        .hospitals()
+        .iter()
+        .enumerate()
+        .map(|(h, info)| (0, h, info.beds_total))
+        .collect();
+    if !designated.is_empty() {
+        let raises = (1 + rng.random_range(0..2usize)).min(designated.len());
+        let first = rng.random_range(0..designated.len());
+        for k in 0..raises {
+            let h = designated[(first + k) % designated.len()];
+            let day = rng.random_range(5..=12i64);
+            let t = day * DAY + between(rng, 10 * HOUR, 16 * HOUR);
+            capacity.push((t, h, registry.hospitals()[h].beds_total + 100));
+        }
+    }
+    capacity
+}
+
 impl Simulator {
     /// A simulator of `cfg` over the districts and hospitals of `registry`.
     pub fn new(cfg: SimConfig, registry: &Registry) -> Self {
@@ -591,42 +663,7 @@ impl Simulator {
             .filter(|(_, h)| h.designated())
             .map(|(i, _)| i)
             .collect();
-        let hospital_index = |id: &str| registry.hospital_id(id).map(usize::from);
-
-        let mut districts = Vec::with_capacity(registry.districts().len());
-        let mut checkpoints = Vec::new();
-        for (i, d) in registry.districts().iter().enumerate() {
-            let code = d.district.as_str();
-            let region = CATCHMENT.iter().position(|(_, ds)| ds.contains(&code));
-            // Same-district designated hospital first, then the 2020
-            // catchment, then round-robin for registries of other cities.
-            let designated_here = designated
-                .iter()
-                .copied()
-                .find(|&h| registry.hospitals()[h].district == code)
-                .or_else(|| {
-                    let id = region.map_or(CENTRAL_HOSPITAL, |r| CATCHMENT[r].0);
-                    hospital_index(id).filter(|&h| registry.hospitals()[h].designated())
-                })
-                .or_else(|| (!designated.is_empty()).then(|| designated[i % designated.len()]));
-            let district_hospital = registry
-                .hospitals()
-                .iter()
-                .position(|h| h.role == HospitalRole::District && h.district == code);
-            if d.border {
-                for n in 1..=CHECKPOINTS_PER_BORDER_DISTRICT {
-                    checkpoints.push((format!("cp-{code}-{n:02}"), i as u16));
-                }
-            }
-            districts.push(DistrictInfo {
-                code: code.to_string(),
-                grids: (d.population / RESIDENTS_PER_GRID).clamp(1, 9_999),
-                pharmacies: (d.population / RESIDENTS_PER_PHARMACY).clamp(1, 9_999),
-                designated: designated_here,
-                district_hospital,
-                north_east: region == Some(0),
-            });
-        }
+        let (districts, checkpoints) = district_infos(registry, &designated);
         let by_population = Weighted::new(registry.districts().iter().map(|d| d.population as f64));
         let by_case_risk = Weighted::new(registry.districts().iter().zip(&districts).map(
             |(d, info)| {
@@ -639,25 +676,7 @@ impl Simulator {
             },
         ));
 
-        // Every hospital states its capacity at the start of the first day,
-        // and once or twice around the peak a designated hospital opens a
-        // ward.
-        let mut capacity: Vec<(i64, usize, u64)> = registry
-            .hospitals()
-            .iter()
-            .enumerate()
-            .map(|(h, info)| (0, h, info.beds_total))
-            .collect();
-        if !designated.is_empty() {
-            let raises = (1 + rng.random_range(0..2usize)).min(designated.len());
-            let first = rng.random_range(0..designated.len());
-            for k in 0..raises {
-                let h = designated[(first + k) % designated.len()];
-                let day = rng.random_range(5..=12i64);
-                let t = day * DAY + between(&mut rng, 10 * HOUR, 16 * HOUR);
-                capacity.push((t, h, registry.hospitals()[h].beds_total + 100));
-            }
-        }
+        let capacity = capacities(registry, &designated, &mut rng);
 
         let mut sim = Simulator {
             curve_offset: (cfg.start - curve_origin()).num_days(),
@@ -865,6 +884,15 @@ impl Simulator {
         let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(&line) else {
             return line[..line.len() / 2].to_string();
         };
+        self.corrupt(&mut m, ev, kind);
+        m.insert("sim".into(), serde_json::json!("malformed"));
+        to_json(&m)
+    }
+
+    /// Makes the event `m` invalid the `kind`th way (2 to 7): a wrong type,
+    /// an unknown district, a timestamp without offset, a value out of
+    /// range or outside its set, a required field missing.
+    fn corrupt(&mut self, m: &mut serde_json::Map<String, serde_json::Value>, ev: &Ev, kind: u8) {
         use serde_json::json;
         let src = ev.body.source();
         let capacity = matches!(
@@ -938,8 +966,6 @@ impl Simulator {
                 m.remove(field);
             }
         }
-        m.insert("sim".into(), json!("malformed"));
-        to_json(&m)
     }
 
     // -----------------------------------------------------------------------
