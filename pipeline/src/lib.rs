@@ -533,16 +533,27 @@ impl Run<'_> {
             }));
             match handled {
                 Ok(r) => r?,
-                Err(panic) => {
-                    let pinned = vec![self.crashes.at(topic, partition, offset, payload)];
-                    return Err(crashed(consumer, &mut self.crashes, pinned, panic));
-                }
+                Err(panic) => return Err(self.crashed_at(consumer, msg, panic)),
             }
             if verdict == Verdict::Isolate {
                 self.alone(consumer, guard, msg)?;
             }
         }
         Ok(())
+    }
+
+    /// A panic processing `msg`: remembered against it.
+    fn crashed_at(
+        &mut self,
+        consumer: &BaseConsumer<Membership>,
+        msg: &BorrowedMessage<'_>,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> anyhow::Error {
+        let payload = msg.payload().unwrap_or_default();
+        let pinned = vec![self
+            .crashes
+            .at(msg.topic(), msg.partition(), msg.offset(), payload)];
+        crashed(consumer, &mut self.crashes, pinned, panic)
     }
 
     /// Checkpoints the suspected message `msg` alone, so a crash that shows
@@ -562,14 +573,7 @@ impl Run<'_> {
         }));
         match alone {
             Ok(r) => r?,
-            Err(panic) => {
-                let payload = msg.payload().unwrap_or_default();
-                let pinned =
-                    vec![self
-                        .crashes
-                        .at(msg.topic(), msg.partition(), msg.offset(), payload)];
-                return Err(crashed(consumer, &mut self.crashes, pinned, panic));
-            }
+            Err(panic) => return Err(self.crashed_at(consumer, msg, panic)),
         }
         self.crashes.settle(&guard.durable_positions())
     }

@@ -562,10 +562,6 @@ impl Processor {
             return Ok(());
         }
         let cx = self.scope.at(self.max_time);
-        // One file per table per archive, in the partition of the last day
-        // archived: a first archive may hold years of days (an event from
-        // 2000 starts a district's EARS series there), and a file per day
-        // would be thousands.
         let finals = self.ops.archive(before, &cx)?;
         m.archived_before = Some(before);
         self.write_finals(m, files, shown, finals);

@@ -50,6 +50,18 @@ pub struct Table {
     pub view: View,
 }
 
+impl Table {
+    /// A table of [`Kind::Held`] rows, shown as stored.
+    pub fn held(name: &'static str, schema: SchemaRef) -> Table {
+        Table {
+            name,
+            schema,
+            kind: Kind::Held,
+            view: View::AsStored,
+        }
+    }
+}
+
 /// Every table.
 pub fn all() -> Vec<Table> {
     Operators::tables()

@@ -262,13 +262,17 @@ pub struct Positions<'a> {
 
 impl InternalEvent for Positions<'_> {
     fn emit(self, m: &Metrics) {
-        m.consumer.position.reset();
-        for (topic, partition, next) in self.next {
-            m.consumer
-                .position
-                .with_label_values(&[*topic, partition.to_string().as_str()])
-                .set(*next);
-        }
+        per_partition(&m.consumer.position, self.next);
+    }
+}
+
+/// Sets `gauge` to `values` by (topic, partition), and drops the others.
+fn per_partition(gauge: &IntGaugeVec, values: &[(&str, i32, i64)]) {
+    gauge.reset();
+    for (topic, partition, value) in values {
+        gauge
+            .with_label_values(&[*topic, partition.to_string().as_str()])
+            .set(*value);
     }
 }
 
@@ -279,13 +283,7 @@ pub struct Lag<'a> {
 
 impl InternalEvent for Lag<'_> {
     fn emit(self, m: &Metrics) {
-        m.consumer.lag.reset();
-        for (topic, partition, behind) in self.behind {
-            m.consumer
-                .lag
-                .with_label_values(&[*topic, partition.to_string().as_str()])
-                .set(*behind);
-        }
+        per_partition(&m.consumer.lag, self.behind);
     }
 }
 

@@ -34,7 +34,7 @@ use super::{AlertBook, Cx, Final, Operator, ReadFile, StateFiles};
 use crate::ears::{self, Aberration, Method};
 use crate::store::Manifest;
 use crate::symptoms::counted;
-use crate::tables::{Kind, Table, View};
+use crate::tables::Table;
 use crate::time::{self, closed_before, Calendar, DayCache};
 
 /// Suspicious events per (day, district, source), days as `Date32`.
@@ -308,12 +308,7 @@ impl Aberrations {
 
 impl Operator for Aberrations {
     fn tables(&self) -> Vec<Table> {
-        vec![Table {
-            name: TABLE,
-            schema: schema(),
-            kind: Kind::Held,
-            view: View::AsStored,
-        }]
+        vec![Table::held(TABLE, schema())]
     }
 
     fn add(&mut self, e: &Event, _cx: &Cx, _alerts: &mut AlertBook) {
@@ -401,14 +396,7 @@ impl Operator for Aberrations {
             .daily
             .archive(cx.registry, closed_before(cx.calendar, before));
         self.evaluation = None;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Final {
-            table: TABLE,
-            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
-            batches: vec![batch(&rows)?],
-        }])
+        Ok(Final::archived(TABLE, before, cx, batch(&rows)?))
     }
 }
 

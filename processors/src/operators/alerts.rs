@@ -22,7 +22,7 @@ use super::follow_ups::OVERDUE;
 use super::{Cx, Final, Operator, ReadFile, StateFiles};
 use crate::layout::STATE_DIR;
 use crate::store::Manifest;
-use crate::tables::{Kind, Table, View};
+use crate::tables::Table;
 
 /// An alert raised: a row of the `alerts` table.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -284,14 +284,7 @@ impl AlertBook {
     pub fn take_archived(&mut self, before: i64, cx: &Cx) -> Result<Vec<Final>> {
         self.release(before, |a| a.kind != OVERDUE);
         let gone = std::mem::take(&mut self.archived);
-        if gone.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Final {
-            table: TABLE,
-            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
-            batches: vec![alerts_batch(&gone)?],
-        }])
+        Ok(Final::archived(TABLE, before, cx, alerts_batch(&gone)?))
     }
 
     /// Restores alerts saved with a checkpoint, so a restart never raises
@@ -308,12 +301,7 @@ impl AlertBook {
 
 impl Operator for AlertBook {
     fn tables(&self) -> Vec<Table> {
-        vec![Table {
-            name: TABLE,
-            schema: alerts_schema(),
-            kind: Kind::Held,
-            view: View::AsStored,
-        }]
+        vec![Table::held(TABLE, alerts_schema())]
     }
 
     /// Alerts come from the other operators, not from events.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use super::alerts::{Alert, AlertBook};
 use super::{load_state, Cx, Final, LogSize, Operator, ReadFile, StateFiles};
 use crate::store::Manifest;
-use crate::tables::{Kind, Table, View};
+use crate::tables::Table;
 use crate::time::{DAY_MICROS, HOUR_MICROS};
 
 /// How long an observation lasts.
@@ -946,12 +946,7 @@ impl FollowUpEpisodes {
 
 impl Operator for FollowUpEpisodes {
     fn tables(&self) -> Vec<Table> {
-        vec![Table {
-            name: TABLE,
-            schema: schema(),
-            kind: Kind::Held,
-            view: View::AsStored,
-        }]
+        vec![Table::held(TABLE, schema())]
     }
 
     fn add(&mut self, e: &Event, cx: &Cx, alerts: &mut AlertBook) {
@@ -999,14 +994,7 @@ impl Operator for FollowUpEpisodes {
         // The log drops what was archived: a full copy next.
         self.log.forget_copy();
         self.rows = None;
-        if archived.num_rows() == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Final {
-            table: TABLE,
-            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
-            batches: vec![archived],
-        }])
+        Ok(Final::archived(TABLE, before, cx, archived))
     }
 }
 

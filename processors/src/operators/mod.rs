@@ -57,6 +57,22 @@ pub struct Final {
     pub batches: Vec<RecordBatch>,
 }
 
+impl Final {
+    /// `batch` of `table`, archived before `before`: one file per table per
+    /// archive, in the partition of the last day archived (a first archive
+    /// may hold years of days, and a file per day would be thousands).
+    pub fn archived(table: &'static str, before: i64, cx: &Cx, batch: RecordBatch) -> Vec<Final> {
+        if batch.num_rows() == 0 {
+            return Vec::new();
+        }
+        vec![Final {
+            table,
+            day: cx.calendar.day(before.saturating_sub(1)).to_string(),
+            batches: vec![batch],
+        }]
+    }
+}
+
 /// One table's state and rules.
 pub trait Operator: Send {
     /// The tables this operator fills.
