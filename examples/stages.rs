@@ -250,14 +250,9 @@ struct KafkaStage {
 impl KafkaStage {
     fn new(brokers: &str) -> Result<Self> {
         let (producer, counter) = kafka::producer(brokers)?;
-        let consumer: BaseConsumer = kafka::client_config(brokers)
-            .set("group.id", "stages")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .set("queued.max.messages.kbytes", "8192")
-            .set("fetch.queue.backoff.ms", "2")
-            .set("fetch.message.max.bytes", "2097152")
-            .create()?;
+        // The pipeline's own settings: what it consumes with, timed alone.
+        let consumer: BaseConsumer =
+            paicha_pipeline::consumer_settings(brokers, "stages").create()?;
         let mut tpl = TopicPartitionList::new();
         for s in Source::ALL {
             for p in 0..PARTITIONS {

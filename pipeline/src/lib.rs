@@ -726,6 +726,26 @@ fn delivered(
     Ok(producer.in_flight_count() == 0)
 }
 
+/// How paicha's consumer reads: in `group`, committing only at
+/// checkpoints, its prefetch bounded yet quick to refill. The benchmarks
+/// that time consuming alone read with these too.
+pub fn consumer_settings(brokers: &str, group: &str) -> rdkafka::ClientConfig {
+    let mut client = kafka::client_config(brokers);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        // Bound librdkafka's prefetch so a backlog cannot fill memory, and
+        // fetch again soon once it drains (the default waits a whole second,
+        // which caps a replay at 8 MiB/s).
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "2")
+        .set("fetch.message.max.bytes", "2097152");
+    client
+}
+
 /// The consumer: partition p of every topic to one member, committing
 /// only at checkpoints.
 fn create_consumer(
@@ -733,27 +753,16 @@ fn create_consumer(
     membership: Membership,
 ) -> Result<BaseConsumer<Membership>> {
     let session_ms = cfg.session_timeout.as_millis().clamp(1000, 3_600_000);
-    let mut client = kafka::client_config(&cfg.brokers);
+    let mut client = consumer_settings(&cfg.brokers, &cfg.group);
     if let Some(name) = &cfg.instance {
         client.set("group.instance.id", name);
     }
     client
-        .set("group.id", &cfg.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
         // Partition p of every topic to the same member: range assignment
         // does that for topics of equal partition counts; sticky ones do not.
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", (session_ms / 4).to_string())
-        .set("fetch.wait.max.ms", "20")
-        // Bound librdkafka's prefetch so a backlog cannot fill memory, and
-        // fetch again soon once it drains (the default waits a whole second,
-        // which caps a replay at 8 MiB/s).
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.queue.backoff.ms", "2")
-        .set("fetch.message.max.bytes", "2097152")
         .set("statistics.interval.ms", kafka::STATISTICS_INTERVAL_MS)
         .create_with_context(membership)
         .context("cannot create Kafka consumer")
