@@ -369,7 +369,7 @@ fn serve_sql(
         }
     }
     if let Some(listener) = pg {
-        serve_pg(listener, &queries, ctx.clone(), users, limits)?;
+        serve_pg(listener, queries, ctx.clone(), users, limits)?;
     }
     Ok(Some(ctx))
 }

@@ -132,7 +132,7 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     let state = &shared.state;
     let permit = match admit(&shared, &headers) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match paicha_ingest::gateway::read_body(body, MAX_SQL_BYTES, "SQL text", "").await {
         Ok(b) => b,
@@ -149,7 +149,7 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
     let deadline = Instant::now() + limits.timeout;
     let (schema, stream, first) = match start(state, text.to_string(), deadline).await {
         Ok(started) => started,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if first
         .as_ref()
@@ -178,7 +178,7 @@ async fn sql(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) 
 fn admit(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
     if !shared.state.tokens.admits(headers) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -186,7 +186,7 @@ fn admit(
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(r);
+        return Err(Box::new(r));
     }
     shared.running.clone().try_acquire_owned().map_err(|_| {
         let mut r = error(
@@ -198,7 +198,7 @@ fn admit(
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        r
+        Box::new(r)
     })
 }
 
@@ -207,7 +207,11 @@ type Started = (SchemaRef, SendableRecordBatchStream, Option<RecordBatch>);
 
 /// Plans `text`, starts it and waits for its first batch, by `deadline`;
 /// else the answer saying why not.
-async fn start(state: &HttpState, text: String, deadline: Instant) -> Result<Started, Response> {
+async fn start(
+    state: &HttpState,
+    text: String,
+    deadline: Instant,
+) -> Result<Started, Box<Response>> {
     let limits = state.limits;
     let timed_out = || {
         error(
@@ -247,16 +251,16 @@ async fn start(state: &HttpState, text: String, deadline: Instant) -> Result<Sta
     })
     .await;
     match planned {
-        Err(_) => Err(timed_out()),
+        Err(_) => Err(Box::new(timed_out())),
         Ok(Err(e)) => {
             let text = format!("{e:#}");
             // The plan's own deadline can fire a moment before this one:
             // the same timeout, the same answer.
             if text.contains(crate::bounds::TIMED_OUT) {
-                return Err(timed_out());
+                return Err(Box::new(timed_out()));
             }
             let text = crate::bounds::over_the_pool(&text).unwrap_or(text);
-            Err(error(StatusCode::BAD_REQUEST, text))
+            Err(Box::new(error(StatusCode::BAD_REQUEST, text)))
         }
         Ok(Ok(p)) => Ok(p),
     }

@@ -150,10 +150,7 @@ fn registry_of(
             .with_context(|| format!("{} is missing", r.url_of(&rel)))?;
         String::from_utf8(bytes.to_vec()).with_context(|| format!("{rel} is not UTF-8"))
     };
-    Ok(Registry::from_csv(
-        &read("districts.csv")?,
-        &read("hospitals.csv")?,
-    )?)
+    Registry::from_csv(&read("districts.csv")?, &read("hospitals.csv")?)
 }
 
 /// Registers in `ctx` every table the processors declare: stored rows plus
