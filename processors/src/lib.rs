@@ -315,12 +315,7 @@ impl Processor {
             windowed: tables_of(Kind::Windowed),
             held: tables_of(Kind::Held),
             watermarks: Watermarks::new(cfg.lateness_micros, cfg.idle_after),
-            manifest: Manifest {
-                format: FORMAT.into(),
-                window_micros: cfg.window_micros,
-                time_zone: cfg.calendar.name().into(),
-                ..Default::default()
-            },
+            manifest: empty_manifest(&cfg, &registry)?,
             dedupe: Dedupe::default(),
             offsets: BTreeMap::new(),
             max_time: i64::MIN,
@@ -876,6 +871,38 @@ impl Processor {
 /// so a query never misses a row in between.
 type Writing = BTreeMap<&'static str, Vec<RecordBatch>>;
 
+/// A manifest of no data, each operator's empty state under its key: an
+/// earlier paicha, whose manifest had some of these keys as required
+/// fields (`dedupe`, `open_windows`), reads a directory this one created.
+pub fn empty_manifest(cfg: &Config, registry: &Registry) -> Result<Manifest> {
+    let mut m = Manifest {
+        format: FORMAT.into(),
+        window_micros: cfg.window_micros,
+        time_zone: cfg.calendar.name().into(),
+        ..Default::default()
+    };
+    let mut files = Vec::new();
+    let mut state = StateFiles {
+        seq: 0,
+        now_secs: 0,
+        files: &mut files,
+        superseded: Vec::new(),
+    };
+    state.log(
+        &mut m,
+        DEDUPE,
+        &mut LogSize::default(),
+        &mut Dedupe::default(),
+    )?;
+    let windows = Windows::new(cfg.window_micros);
+    let cx = context(registry, windows, cfg.calendar, i64::MIN);
+    let mut ops = Operators::new(windows, cfg.calendar, cfg.bed_alert_share, keep_micros(cfg));
+    for op in ops.each() {
+        op.save(&mut m, &mut state, &cx)?;
+    }
+    Ok(m)
+}
+
 /// The manifest's key of the dedupe files.
 const DEDUPE: &str = "dedupe";
 
@@ -926,4 +953,33 @@ fn clock_end(windows: Windows, max_time: i64) -> i64 {
         return i64::MIN;
     }
     windows.end(windows.start(max_time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory this paicha created is read by the one before operators
+    /// kept their own state, whose manifest required these fields.
+    #[test]
+    fn a_new_directory_has_the_fields_an_earlier_paicha_requires() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::builtin().unwrap());
+        Processor::open(Config::new(dir.path().to_path_buf()), registry).unwrap();
+        let bytes = std::fs::read(dir.path().join(layout::MANIFEST)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for field in [
+            "format",
+            "checkpoint",
+            "window_micros",
+            "time_zone",
+            "tables",
+            "dedupe",
+            "open_windows",
+            "offsets",
+            "watermark",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing: {json}");
+        }
+    }
 }

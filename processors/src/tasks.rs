@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use paicha_contract::registry::Registry;
 
 use crate::remote::Mirror;
-use crate::store::{Manifest, Store, FORMAT, META_DIR, PARTITIONER};
+use crate::store::{Manifest, Store, META_DIR, PARTITIONER};
 use crate::{Config, Processor, Stats};
 
 /// Where a task's directory is (also in [`crate::layout`]).
@@ -68,11 +68,8 @@ impl Tasks {
             Some(_) => {}
             None => {
                 let m = Manifest {
-                    format: FORMAT.into(),
-                    window_micros: cfg.window_micros,
-                    time_zone: cfg.calendar.name().into(),
                     partitioner: Some(PARTITIONER.into()),
-                    ..Default::default()
+                    ..crate::empty_manifest(&cfg, &registry)?
                 };
                 if let Some(remote) = &cfg.remote {
                     remote.put(
