@@ -70,7 +70,12 @@ async fn metrics(State(health): State<Arc<Health>>) -> Response {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "error": e.to_string() }).to_string(),
+        )
+            .into_response(),
     }
 }
 

@@ -26,7 +26,7 @@ use paicha_contract::event::{route, route_and_pseudonymize, Reject, Source, DEAD
 use paicha_contract::pseudonym::{self, Pseudonymizer};
 use paicha_contract::topics::{all_topics, partition_for};
 
-use crate::internal_events::kafka::{BrokersUp, KafkaErrorReported, OffsetReset};
+use crate::internal_events::kafka::{BrokersUp, ClientStarted, KafkaErrorReported, OffsetReset};
 
 /// Creates `topic` with `partitions` partitions unless it exists: paicha
 /// owns its internal topic, as Kafka Streams owns its repartition topics,
@@ -268,6 +268,7 @@ pub const STATISTICS_INTERVAL_MS: &str = "1000";
 impl KafkaHealth {
     /// The context of the client named `client` (`consumer`, `gateway`).
     pub fn new(client: &'static str, metrics: &crate::metrics::Metrics) -> Self {
+        metrics.emit(ClientStarted { client });
         KafkaHealth {
             client,
             metrics: metrics.clone(),

@@ -1421,13 +1421,8 @@ fn poison(
         offset,
     });
     let reason = RejectReason::Poison;
-    metrics.emit(MessagePoisoned {
-        topic: &origin.topic,
-        partition: origin.partition,
-        offset: origin.offset,
-        source: Source::from_topic(&origin.topic).filter(|_| topic != DEAD_LETTER_TOPIC),
-    });
-    if topic != DEAD_LETTER_TOPIC {
+    let dead_lettered = topic != DEAD_LETTER_TOPIC;
+    if dead_lettered {
         let h = DeadLetterHeaders {
             reason: reason.as_str().into(),
             field: None,
@@ -1441,6 +1436,13 @@ fn poison(
         send_dead_letter(dlq, msg, payload, &h, metrics)?;
         *summary.rejected.entry(reason.as_str()).or_default() += 1;
     }
+    // Counted once it is in the dead-letter topic.
+    metrics.emit(MessagePoisoned {
+        topic: &origin.topic,
+        partition: origin.partition,
+        offset: origin.offset,
+        source: Source::from_topic(&origin.topic).filter(|_| dead_lettered),
+    });
     processor.consumed(topic, partition, offset, None, Instant::now());
     if let (Some(f), Some(source)) = (flow, Source::from_topic(&origin.topic)) {
         f.processed(source, origin.partition, payload.len());

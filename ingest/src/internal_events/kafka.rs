@@ -29,6 +29,20 @@ impl Handles {
     }
 }
 
+/// A Kafka client was created: its brokers series shows 0 until its first
+/// statistics report says otherwise, so an alert on it sees the client
+/// from the start.
+pub struct ClientStarted {
+    pub client: &'static str,
+}
+
+impl InternalEvent for ClientStarted {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(client = self.client, "Kafka client started");
+        m.kafka.brokers_up.with_label_values(&[self.client]);
+    }
+}
+
 /// A client's statistics: `up` brokers now, `before` at the last report
 /// (-1 before the first). Losing the last broker and getting one back are
 /// logged, both at warn: the end of an outage belongs in the same log as
