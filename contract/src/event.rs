@@ -446,6 +446,12 @@ pub enum RejectReason {
     UnknownSource,
     /// `source` disagrees with the topic the message came on.
     SourceMismatch,
+    /// A door visit whose person was not `seen` carries a temperature or
+    /// symptoms (contract 1.1: only `seen` carries a measurement).
+    UnseenMeasurement,
+    /// A bed event's `district` is not its hospital's district in the
+    /// registry (contract 1.1).
+    DistrictMismatch,
     /// A line or message over the size limit.
     TooLarge,
     /// Older than the retention the processors keep windows for.
@@ -460,7 +466,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for metrics that must show zeros.
-    pub const ALL: [RejectReason; 22] = [
+    pub const ALL: [RejectReason; 24] = [
         RejectReason::NotJson,
         RejectReason::NotUtf8,
         RejectReason::NotObject,
@@ -479,6 +485,8 @@ impl RejectReason {
         RejectReason::UnknownHospital,
         RejectReason::UnknownSource,
         RejectReason::SourceMismatch,
+        RejectReason::UnseenMeasurement,
+        RejectReason::DistrictMismatch,
         RejectReason::TooLarge,
         RejectReason::TooLate,
         RejectReason::PseudonymKey,
@@ -506,6 +514,8 @@ impl RejectReason {
             RejectReason::UnknownHospital => "unknown_hospital",
             RejectReason::UnknownSource => "unknown_source",
             RejectReason::SourceMismatch => "source_mismatch",
+            RejectReason::UnseenMeasurement => "unseen_measurement",
+            RejectReason::DistrictMismatch => "district_mismatch",
             RejectReason::TooLarge => "too_large",
             RejectReason::TooLate => "too_late",
             RejectReason::PseudonymKey => "pseudonym_key",
@@ -1131,7 +1141,7 @@ impl Decoder {
             .registry
             .district_id(&district)
             .ok_or(Reject::new(RejectReason::UnknownDistrict, "district"))?;
-        let body = self.body_of(source, w, &pseudonym)?;
+        let body = self.body_of(source, district, w, &pseudonym)?;
         Ok(Event {
             event_id,
             event_time,
@@ -1145,6 +1155,7 @@ impl Decoder {
     fn body_of(
         &self,
         source: Source,
+        district: u16,
         w: &Wire<'_>,
         pseudonym: &dyn Fn(Field<'_>, &'static str) -> Result<String, Reject>,
     ) -> Result<Body, Reject> {
@@ -1173,11 +1184,12 @@ impl Decoder {
             Source::DoorVisit => {
                 let outcome = enum_field(w.outcome, "outcome", Outcome::parse)?;
                 let temperature_c = optional_temperature(w.temperature_c, "temperature_c")?;
+                // events.md: only `seen` carries a measurement.
+                let unseen = |field| Reject::new(RejectReason::UnseenMeasurement, field);
                 if temperature_c.is_some() && outcome != Outcome::Seen {
-                    // events.md: only `seen` carries a measurement.
-                    return Err(Reject::new(RejectReason::UnknownValue, "temperature_c"));
+                    return Err(unseen("temperature_c"));
                 }
-                Body::DoorVisit {
+                let body = Body::DoorVisit {
                     grid_id: identifier(w.grid_id, "grid_id")?,
                     household_key: pseudonym(w.household_id, "household_id")?,
                     person_key: person(w.person_id)?,
@@ -1186,7 +1198,13 @@ impl Decoder {
                     temperature_c,
                     symptoms: symptoms(w.symptoms, "symptoms")?,
                     observation: enum_field(w.observation, "observation", Observation::parse)?,
+                };
+                if matches!(&body, Body::DoorVisit { symptoms, .. } if symptoms.0 != 0)
+                    && outcome != Outcome::Seen
+                {
+                    return Err(unseen("symptoms"));
                 }
+                body
             }
             Source::Case => Body::Case {
                 person_key: person(w.person_id)?,
@@ -1206,6 +1224,11 @@ impl Decoder {
                     .registry
                     .hospital_id(&hospital)
                     .ok_or(Reject::new(RejectReason::UnknownHospital, "hospital_id"))?;
+                // events.md 1.1: a bed event is its hospital's district's.
+                let home = &self.registry.hospital(hospital).district;
+                if self.registry.district_id(home) != Some(district) {
+                    return Err(Reject::new(RejectReason::DistrictMismatch, "district"));
+                }
                 let action = enum_field(w.action, "action", BedAction::parse)?;
                 let (person_key, beds_total) = match action {
                     BedAction::Capacity => (None, Some(integer(w.beds_total, "beds_total", 0)?)),
@@ -1429,10 +1452,21 @@ mod tests {
     fn door_visit_not_seen_carries_no_measurement() {
         let line = r#"{"event_id":"dv-1","event_time":"2020-01-27T09:15:00Z","source":"door_visit","district":"500103","grid_id":"g","household_id":"h","person_id":"p","visit_kind":"follow_up","outcome":"not_home","temperature_c":38.0,"symptoms":[],"observation":"home_isolation"}"#;
         let r = decoder().decode(line.as_bytes(), None, NOW).unwrap_err();
-        assert_eq!(r.reason, RejectReason::UnknownValue);
+        assert_eq!(
+            (r.reason, r.field),
+            (RejectReason::UnseenMeasurement, Some("temperature_c"))
+        );
         let ok = line.replace("38.0", "null");
         let e = decoder().decode(ok.as_bytes(), None, NOW).unwrap();
         assert!(!e.suspicious());
+        let coughing = ok.replace(r#""symptoms":[]"#, r#""symptoms":["cough"]"#);
+        let r = decoder()
+            .decode(coughing.as_bytes(), None, NOW)
+            .unwrap_err();
+        assert_eq!(
+            (r.reason, r.field),
+            (RejectReason::UnseenMeasurement, Some("symptoms"))
+        );
     }
 
     #[test]
@@ -1470,6 +1504,12 @@ mod tests {
         assert_eq!(
             d.decode(admit.as_bytes(), None, NOW).unwrap_err(),
             Reject::new(RejectReason::MissingField, "person_id")
+        );
+        // PHMC is in 500106: a bed event of it from 500103 is refused.
+        let elsewhere = cap.replace("500106", "500103");
+        assert_eq!(
+            d.decode(elsewhere.as_bytes(), None, NOW).unwrap_err(),
+            Reject::new(RejectReason::DistrictMismatch, "district")
         );
     }
 

@@ -1629,14 +1629,23 @@ fn corpus() -> Vec<Case> {
     c.add(
         "door_visit not_home with a temperature",
         dv().set_str("outcome", "not_home").bytes(),
-        UnknownValue,
+        UnseenMeasurement,
         Some("temperature_c"),
     );
     c.add(
         "door_visit refused with a temperature",
         dv().set_str("outcome", "refused").bytes(),
-        UnknownValue,
+        UnseenMeasurement,
         Some("temperature_c"),
+    );
+    c.add(
+        "door_visit not_home with symptoms",
+        dv().set_str("outcome", "not_home")
+            .set("temperature_c", "null")
+            .set("symptoms", r#"["cough"]"#)
+            .bytes(),
+        UnseenMeasurement,
+        Some("symptoms"),
     );
     c.add(
         "door_visit not_home with an out-of-range temperature",
@@ -1645,6 +1654,13 @@ fn corpus() -> Vec<Case> {
             .bytes(),
         OutOfRange,
         Some("temperature_c"),
+    );
+
+    c.add(
+        "bed admit in another district than its hospital's",
+        admit().set_str("district", "500103").bytes(),
+        DistrictMismatch,
+        Some("district"),
     );
 
     // --- Wrong types for strings ------------------------------------------------
@@ -2649,6 +2665,11 @@ fn arb_door_visit() -> impl Strategy<Value = Generated> {
                     (_, Opt::Some(_)) => Opt::Null,
                     (_, t) => t,
                 };
+                let (sym_text, sym) = if outcome == Outcome::Seen {
+                    (sym_text, sym)
+                } else {
+                    ("[]".to_string(), Symptoms(0))
+                };
                 let mut f = start(&c, Source::DoorVisit);
                 put(&mut f, "grid_id", js(&grid));
                 put(&mut f, "household_id", js(&household));
@@ -2710,7 +2731,11 @@ fn arb_bed() -> impl Strategy<Value = Generated> {
         arb_ident(),
         prop_oneof![0i64..=2000, 0i64..=i64::MAX],
     )
-        .prop_map(|(c, hospital, action, person, beds)| {
+        .prop_map(|(mut c, hospital, action, person, beds)| {
+            // A bed event is its hospital's district's.
+            let registry = decoder().registry().clone();
+            let h = registry.hospital_id(&hospital).expect("hospital");
+            c.district = registry.hospital(h).district.clone();
             let mut f = start(&c, Source::Bed);
             put(&mut f, "hospital_id", js(&hospital));
             put(&mut f, "action", js(action.as_str()));

@@ -282,7 +282,7 @@ fn one_of(v: &Value, set: &[&str]) -> bool {
 }
 
 /// Whether a line is a valid event by the contract's rules (written from
-/// events.md, not from the decoder). Hospitals are checked by prefix.
+/// events.md, not from the decoder). Hospitals by the registry's file.
 pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
     let v: Value = serde_json::from_str(line).ok()?;
     let o = v.as_object()?;
@@ -333,6 +333,7 @@ pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
                 && temp_ok(f("temperature_c"), true)
                 && (seen || f("temperature_c").is_null())
                 && symptoms_ok(f("symptoms"))
+                && (seen || f("symptoms").as_array().is_some_and(|a| a.is_empty()))
                 && one_of(
                     f("observation"),
                     &[
@@ -350,10 +351,11 @@ pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
                     f("status"),
                     &["suspected", "confirmed", "excluded", "recovered", "died"],
                 )
-                && (f("hospital_id").is_null() || hospital_ok(f("hospital_id")))
+                && (f("hospital_id").is_null() || hospital_district(f("hospital_id")).is_some())
         }
         "bed" => {
-            hospital_ok(f("hospital_id"))
+            // A bed event is its hospital's district's.
+            hospital_district(f("hospital_id")).as_deref() == f("district").as_str()
                 && match f("action").as_str() {
                     Some("admit") | Some("discharge") => is_str(f("person_id")),
                     Some("capacity") => f("beds_total").as_i64().is_some_and(|b| b >= 0),
@@ -365,20 +367,16 @@ pub fn valid(line: &str, districts: &HashSet<String>) -> Option<Value> {
     ok.then_some(v)
 }
 
-fn hospital_ok(v: &Value) -> bool {
-    const NAMED: [&str; 6] = [
-        "cq-phmc",
-        "cq-sanxia",
-        "cq-yongchuan",
-        "cq-qianjiang",
-        "cq-renmin-liangjiang",
-        "cq-banan-new",
-    ];
-    v.as_str().is_some_and(|h| {
-        NAMED.contains(&h)
-            || h.strip_prefix("dh-")
-                .is_some_and(|d| districts().contains(d))
-    })
+/// The district of hospital `v`, if it is in the registry: the third
+/// column from the end (a name may hold a quoted comma).
+fn hospital_district(v: &Value) -> Option<String> {
+    let id = v.as_str()?;
+    REGISTRY_HOSPITALS
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&id))
+        .and_then(|cols| cols.len().checked_sub(3).map(|i| cols[i].to_string()))
 }
 
 /// `symptom_counts` computed by folding over a JSON-lines file: key is
