@@ -90,6 +90,27 @@ fn seen_visits(p: Person, observation: &str, times: &[(&str, &str)]) -> Vec<Stri
 }
 
 // One person per district, so a row of `follow_ups` is found by district.
+/// Isolated, seen, then reported suspected before the next visit was due:
+/// in hospital at the clock, no visit due and no alert.
+const HOSPITALIZED: Person = Person {
+    tag: "m",
+    id: "500113197001010133",
+    district: "500113",
+};
+/// Reported suspected the day after isolation (no visit yet), excluded
+/// days later: the next visit is due 24 h after the exclusion.
+const EXCLUDED: Person = Person {
+    tag: "n",
+    id: "500114197102020144",
+    district: "500114",
+};
+/// Seen once, then never again until the 14 days elapsed: lost to
+/// follow-up.
+const LOST: Person = Person {
+    tag: "o",
+    id: "500117197203030155",
+    district: "500117",
+};
 /// Visited on time every day, then released early.
 const RELEASED: Person = Person {
     tag: "a",
@@ -283,9 +304,9 @@ fn scenario() -> (Vec<String>, String) {
         "centralized_observation",
     ));
 
-    // Confirmed 02-11 18:00 (a suspected report before changes nothing); the
-    // visit the next morning comes after the episode ended and counts for
-    // nothing.
+    // Reported suspected 02-11 08:00 (in hospital, before its visit was
+    // due), confirmed 02-11 18:00; the visit the next morning comes after
+    // the episode ended and counts for nothing.
     timed.push(visit(
         CONFIRMED,
         &at("02-09", "11:00"),
@@ -400,6 +421,41 @@ fn scenario() -> (Vec<String>, String) {
         "medical_observation",
     ));
 
+    // Hospitalized 02-16 08:00, an hour before its next visit was due.
+    timed.push(visit(
+        HOSPITALIZED,
+        &at("02-14", "09:00"),
+        "screening",
+        "seen",
+        "home_isolation",
+    ));
+    timed.extend(seen_visits(
+        HOSPITALIZED,
+        "home_isolation",
+        &[("02-15", "09:00")],
+    ));
+    timed.push(case(HOSPITALIZED, &at("02-16", "08:00"), "suspected"));
+    // Isolated 02-12 09:00 and never seen: overdue from 02-13 09:00 until
+    // reported suspected 02-13 20:00; excluded 02-19 20:00, due 02-20 20:00.
+    timed.push(visit(
+        EXCLUDED,
+        &at("02-12", "09:00"),
+        "screening",
+        "not_home",
+        "home_isolation",
+    ));
+    timed.push(case(EXCLUDED, &at("02-13", "20:00"), "suspected"));
+    timed.push(case(EXCLUDED, &at("02-19", "20:00"), "excluded"));
+    // Isolated 02-01 09:00, seen 02-02 09:00, then never: lost at 02-15 09:00.
+    timed.push(visit(
+        LOST,
+        &at("02-01", "09:00"),
+        "screening",
+        "seen",
+        "home_isolation",
+    ));
+    timed.extend(seen_visits(LOST, "home_isolation", &[("02-02", "09:00")]));
+
     // Unrelated: screened and not isolated, confirmed without an episode,
     // travellers passing checkpoints up to the clock.
     for (d, hm) in [("01-25", "10:00"), ("02-05", "10:00"), ("02-19", "15:00")] {
@@ -449,6 +505,8 @@ struct Episode {
     last_seen: Option<i64>,
     /// Every seen visit counted in it.
     seen: Vec<i64>,
+    /// Suspected (true) and excluded (false) reports in it.
+    hospital: Vec<(i64, bool)>,
     /// When and how it closed early.
     closed: Option<(i64, &'static str)>,
 }
@@ -458,8 +516,25 @@ impl Episode {
         self.started + 14 * DAY
     }
 
+    /// Whether in hospital just after `t`: its last report by then says
+    /// suspected.
+    fn in_hospital(&self, t: i64) -> bool {
+        self.hospital
+            .iter()
+            .rfind(|(at, _)| *at <= t)
+            .is_some_and(|(_, suspected)| *suspected)
+    }
+
+    /// Where the next visit's 24 h run from: the start, the last visit seen
+    /// out of hospital, or the last exclusion, whichever is latest.
+    fn anchor(&self) -> i64 {
+        let seen = self.seen.iter().copied().filter(|s| !self.in_hospital(*s));
+        let excluded = self.hospital.iter().filter(|(_, s)| !s).map(|(t, _)| *t);
+        seen.chain(excluded).fold(self.started, i64::max)
+    }
+
     fn due(&self) -> i64 {
-        self.last_seen.unwrap_or(self.started) + DAY
+        self.anchor() + DAY
     }
 
     fn covers(&self, t: i64) -> bool {
@@ -468,10 +543,15 @@ impl Episode {
 
     /// Status and days overdue at `clock`.
     fn status(&self, clock: i64) -> (&'static str, i64) {
+        let in_hospital = self.in_hospital(clock.min(self.ends()));
         if let Some((_, s)) = self.closed {
             (s, 0)
+        } else if clock >= self.ends() && !in_hospital && self.ends() > self.due() {
+            ("lost_to_follow_up", 0)
         } else if clock >= self.ends() {
             ("completed", 0)
+        } else if in_hospital {
+            ("hospitalized", 0)
         } else if clock > self.due() {
             let late = clock - self.due();
             ("overdue", (late + DAY - 1) / DAY)
@@ -484,15 +564,30 @@ impl Episode {
     /// instant at which it was open and more than 24 h past its last
     /// sighting (or its start).
     fn ever_late(&self, clock: i64) -> bool {
-        let mut points: Vec<i64> = self.seen.clone();
-        points.push(self.started);
-        points.sort_unstable();
+        // Anchors start a wait (the start, a visit out of hospital, an
+        // exclusion); a wait ends at the next anchor or admission.
+        let mut anchors: Vec<i64> = self
+            .seen
+            .iter()
+            .copied()
+            .filter(|s| !self.in_hospital(*s))
+            .chain(self.hospital.iter().filter(|(_, s)| !s).map(|(t, _)| *t))
+            .collect();
+        anchors.push(self.started);
+        anchors.sort_unstable();
+        let admissions: Vec<i64> = self
+            .hospital
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(t, _)| *t)
+            .collect();
         let open_until = self.ends().min(self.closed.map_or(i64::MAX, |(c, _)| c));
         // Late after `a` when some instant after its due time is before the
-        // next sighting, while open, and not after the clock.
-        (0..points.len()).any(|i| {
-            let a = points[i];
-            let until = points.get(i + 1).map_or(open_until, |n| open_until.min(*n));
+        // wait ended, while open, and not after the clock.
+        anchors.iter().enumerate().any(|(i, &a)| {
+            let next = anchors.get(i + 1).copied().unwrap_or(i64::MAX);
+            let admitted = admissions.iter().copied().filter(|h| *h >= a).min();
+            let until = open_until.min(next).min(admitted.unwrap_or(i64::MAX));
             until - a > DAY && clock > a + DAY
         })
     }
@@ -558,6 +653,12 @@ fn fold(text: &str) -> (i64, Vec<Episode>) {
                 }
                 continue;
             }
+            "case" if v["status"] == "suspected" || v["status"] == "excluded" => {
+                if let Some(i) = open {
+                    episodes[i].hospital.push((t, v["status"] == "suspected"));
+                }
+                continue;
+            }
             _ => continue,
         };
         if let (true, Some(i)) = (seen, open) {
@@ -574,6 +675,7 @@ fn fold(text: &str) -> (i64, Vec<Episode>) {
                 started: t,
                 last_seen: seen.then_some(t),
                 seen: if seen { vec![t] } else { vec![] },
+                hospital: Vec::new(),
                 closed: None,
             }),
             _ => {}
@@ -647,7 +749,16 @@ fn follow_ups_match_the_rules_and_overdue_alerts_hold() {
     assert_eq!(status(LATE_ARRIVAL), ("active", 0));
     assert_eq!(status(TWO_DAYS), ("overdue", 2));
     assert_eq!(status(DUE_AT_CLOCK), ("active", 0));
-    assert_eq!(episodes.len(), 10);
+    assert_eq!(status(HOSPITALIZED), ("hospitalized", 0));
+    assert_eq!(status(EXCLUDED), ("active", 0));
+    assert_eq!(
+        by_district[EXCLUDED.district].due(),
+        secs(&at("02-20", "20:00"))
+    );
+    assert_eq!(status(LOST), ("lost_to_follow_up", 0));
+    assert_eq!(episodes.len(), 13);
+    assert!(by_district[EXCLUDED.district].ever_late(clock));
+    assert!(by_district[LOST.district].ever_late(clock));
     assert!(by_district[LATE_ONCE.district].ever_late(clock));
     assert!(by_district[TWO_DAYS.district].ever_late(clock));
     for p in [
@@ -657,6 +768,7 @@ fn follow_ups_match_the_rules_and_overdue_alerts_hold() {
         CHECKPOINT_VISITED,
         LATE_ARRIVAL,
         DUE_AT_CLOCK,
+        HOSPITALIZED,
     ] {
         assert!(!by_district[p.district].ever_late(clock), "{}", p.tag);
     }
@@ -700,6 +812,9 @@ fn follow_ups_match_the_rules_and_overdue_alerts_hold() {
         LATE_ARRIVAL,
         TWO_DAYS,
         DUE_AT_CLOCK,
+        HOSPITALIZED,
+        EXCLUDED,
+        LOST,
     ]
     .iter()
     .map(|p| p.id)

@@ -135,8 +135,14 @@ fn bed_occupancy_is_exact_under_shuffling_duplicates_and_anomalies() {
     let data = dir.path().join("data");
     let mut lines = Vec::new();
     let bed = |id: &str, hour: u32, min: u32, hospital: &str, extra: &str| {
+        // A bed event is its hospital's district's (contract 1.1).
+        let district = if hospital == "cq-sanxia" {
+            "500101"
+        } else {
+            "500106"
+        };
         format!(
-            r#"{{"event_id":"{id}","event_time":"2020-01-{:02}T{:02}:{min:02}:00+08:00","source":"bed","district":"500106","hospital_id":"{hospital}",{extra}}}"#,
+            r#"{{"event_id":"{id}","event_time":"2020-01-{:02}T{:02}:{min:02}:00+08:00","source":"bed","district":"{district}","hospital_id":"{hospital}",{extra}}}"#,
             25 + hour / 24,
             hour % 24
         )

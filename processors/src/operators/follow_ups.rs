@@ -7,7 +7,10 @@
 //! person not already in an open episode at that time. It lasts 14 days,
 //! unless a visit says `released` or a `confirmed` case event arrives for the
 //! person. A `seen` visit inside the episode moves `next_due_at` to 24 h
-//! after it. A visit saying `none` changes nothing: it is what a screening
+//! after it. A `suspected` case report puts the person in hospital, where
+//! no visit is due, until an `excluded` one (due 24 h after it); 14 days
+//! that elapse while a visit is missed end as `lost_to_follow_up`. A visit
+//! saying `none` changes nothing: it is what a screening
 //! visit records for everyone it does not isolate, and closing an isolation
 //! on a default value would hide exactly the people the command center
 //! looks for.
@@ -54,8 +57,12 @@ pub enum Status {
     Active,
     /// Under observation, the daily visit missed.
     Overdue,
-    /// 14 days elapsed.
+    /// Under observation and in hospital as a suspected case: no visit due.
+    Hospitalized,
+    /// 14 days elapsed, the last visit not missed.
     Completed,
+    /// 14 days elapsed while the daily visit was missed.
+    LostToFollowUp,
     /// Released early.
     Released,
     /// Ended by a confirmed case.
@@ -64,10 +71,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 7] = [
         Status::Active,
         Status::Overdue,
+        Status::Hospitalized,
         Status::Completed,
+        Status::LostToFollowUp,
         Status::Released,
         Status::Confirmed,
     ];
@@ -77,7 +86,9 @@ impl Status {
         match self {
             Status::Active => "active",
             Status::Overdue => "overdue",
+            Status::Hospitalized => "hospitalized",
             Status::Completed => "completed",
+            Status::LostToFollowUp => "lost_to_follow_up",
             Status::Released => "released",
             Status::Confirmed => "confirmed",
         }
@@ -90,12 +101,35 @@ struct Episode {
     observation: Observation,
     started_at: i64,
     last_seen_at: Option<i64>,
-    /// Every `seen` visit in the episode, in time order.
-    seen: Vec<i64>,
+    /// Every `seen` visit, suspected report and exclusion in the episode,
+    /// in time order.
+    marks: Vec<(i64, Mark)>,
     /// Released or confirmed, and when.
     closed: Option<(i64, Status)>,
     /// What the counts currently count it as: status and days missed.
     counted: (Status, i64),
+}
+
+/// What moves a person's next visit due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Seen: the next visit is due 24 h later.
+    Seen,
+    /// Reported suspected: in hospital, no visit due.
+    Suspected,
+    /// Excluded: observation resumes, a visit due 24 h later.
+    Excluded,
+}
+
+/// The waits for a visit in an episode: (due, when the wait ended: a visit,
+/// a hospital admission, or the episode's stop).
+struct Waits {
+    ended: Vec<(i64, i64)>,
+    /// The wait still open at the end of the marks, if not in hospital.
+    due: Option<i64>,
+    /// The due instant last set (the open wait's, or the one before the
+    /// admission).
+    last_due: i64,
 }
 
 /// Whole days (rounded up) from `due` to `clock`, for `clock > due`; no
@@ -117,10 +151,41 @@ impl Episode {
             .map_or(self.ends_at(), |(c, _)| c.min(self.ends_at()))
     }
 
+    /// The waits its marks give: a `seen` visit ends one and starts the
+    /// next; a suspected report ends one and no visit is due in hospital;
+    /// an exclusion after it starts one again. A visit while in hospital
+    /// changes nothing due.
+    fn waits(&self) -> Waits {
+        let first = self.started_at.saturating_add(DUE_EVERY_MICROS);
+        let mut w = Waits {
+            ended: Vec::with_capacity(self.marks.len() + 1),
+            due: Some(first),
+            last_due: first,
+        };
+        for &(t, mark) in &self.marks {
+            let next = t.saturating_add(DUE_EVERY_MICROS);
+            match (mark, w.due) {
+                (Mark::Seen, Some(due)) => {
+                    w.ended.push((due, t));
+                    w.due = Some(next);
+                    w.last_due = next;
+                }
+                (Mark::Suspected, Some(due)) => {
+                    w.ended.push((due, t));
+                    w.due = None;
+                }
+                (Mark::Excluded, None) => {
+                    w.due = Some(next);
+                    w.last_due = next;
+                }
+                _ => {}
+            }
+        }
+        w
+    }
+
     fn next_due_at(&self) -> i64 {
-        self.last_seen_at
-            .unwrap_or(self.started_at)
-            .saturating_add(DUE_EVERY_MICROS)
+        self.waits().last_due
     }
 
     /// Whether an event at `t` falls in this episode while it is open.
@@ -128,27 +193,36 @@ impl Episode {
         t >= self.started_at && t < self.ends_at() && self.closed.is_none_or(|(c, _)| t < c)
     }
 
-    /// Status and days missed at `clock`.
+    /// Status and days missed at `clock`. The marks are those up to the
+    /// clock (the fold's), so the open wait is the one at the clock.
     fn state(&self, clock: i64) -> (Status, i64) {
         if let Some((_, s)) = self.closed {
             return (s, 0);
         }
+        let due = self.waits().due;
         if clock >= self.ends_at() {
-            return (Status::Completed, 0);
+            // Lost when the visit was missed as the 14 days elapsed.
+            return match due {
+                Some(due) if self.ends_at() > due => (Status::LostToFollowUp, 0),
+                _ => (Status::Completed, 0),
+            };
         }
-        let due = self.next_due_at();
-        if clock > due {
-            return (Status::Overdue, days_missed(clock, due));
+        match due {
+            None => (Status::Hospitalized, 0),
+            Some(due) if clock > due => (Status::Overdue, days_missed(clock, due)),
+            Some(_) => (Status::Active, 0),
         }
-        (Status::Active, 0)
     }
 
-    /// The next instant after `clock` at which [`Episode::state`] changes.
+    /// The next instant after `clock` at which [`Episode::state`] changes
+    /// by the clock alone (a later mark wakes the person itself).
     fn next_change(&self, clock: i64) -> Option<i64> {
         if self.closed.is_some() || clock >= self.ends_at() {
             return None;
         }
-        let due = self.next_due_at();
+        let Some(due) = self.waits().due else {
+            return Some(self.ends_at());
+        };
         let next = if clock <= due {
             due.saturating_add(1)
         } else {
@@ -167,6 +241,10 @@ enum Change {
     Seen,
     Release,
     Confirm,
+    /// Reported suspected: in hospital.
+    Suspect,
+    /// Excluded after being suspected.
+    Exclude,
 }
 
 impl Change {
@@ -178,6 +256,9 @@ impl Change {
             Change::Seen => (1, 0),
             Change::Release => (2, 0),
             Change::Confirm => (3, 0),
+            // Numbered after the first four, which logs already hold.
+            Change::Suspect => (4, 0),
+            Change::Exclude => (5, 0),
         }
     }
 }
@@ -265,14 +346,16 @@ fn fold(changes: &[Entry]) -> Vec<Episode> {
                 observation: o,
                 started_at: e.t,
                 last_seen_at: None,
-                seen: Vec::new(),
+                marks: Vec::new(),
                 closed: None,
                 counted: (Status::Active, 0),
             }),
             (Change::Seen, Some(ep)) => {
                 ep.last_seen_at = Some(e.t);
-                ep.seen.push(e.t);
+                ep.marks.push((e.t, Mark::Seen));
             }
+            (Change::Suspect, Some(ep)) => ep.marks.push((e.t, Mark::Suspected)),
+            (Change::Exclude, Some(ep)) => ep.marks.push((e.t, Mark::Excluded)),
             (Change::Release, Some(ep)) => ep.closed = Some((e.t, Status::Released)),
             (Change::Confirm, Some(ep)) => ep.closed = Some((e.t, Status::Confirmed)),
             (_, None) => {}
@@ -288,13 +371,12 @@ fn fold(changes: &[Entry]) -> Vec<Episode> {
 /// so a late event gives the alerts an in-order run would have raised.
 fn overdue_alerts(ep: &Episode, clock: i64, out: &mut Vec<Overdue>) {
     let stop = ep.stop();
-    let mut due = ep.started_at.saturating_add(DUE_EVERY_MICROS);
-    let mut waits: Vec<(i64, i64)> = Vec::with_capacity(ep.seen.len() + 1);
-    for &s in &ep.seen {
-        waits.push((due, s));
-        due = s.saturating_add(DUE_EVERY_MICROS);
-    }
-    waits.push((due, stop));
+    let Waits {
+        ended: mut waits,
+        due,
+        ..
+    } = ep.waits();
+    waits.extend(due.map(|due| (due, stop)));
     for (due, end) in waits {
         let end = end.min(stop);
         for (severity, days) in [("warning", 1), ("critical", CRITICAL_DAYS)] {
@@ -541,17 +623,16 @@ impl FollowUps {
                 alerts,
             ),
             Body::Case {
-                person_key,
-                status: CaseStatus::Confirmed,
-                ..
-            } => self.submit(
-                t,
-                person_of(person_key),
-                d,
-                Change::Confirm,
-                registry,
-                alerts,
-            ),
+                person_key, status, ..
+            } => {
+                let change = match status {
+                    CaseStatus::Confirmed => Change::Confirm,
+                    CaseStatus::Suspected => Change::Suspect,
+                    CaseStatus::Excluded => Change::Exclude,
+                    _ => return,
+                };
+                self.submit(t, person_of(person_key), d, change, registry, alerts)
+            }
             _ => {}
         }
     }
@@ -770,7 +851,15 @@ impl FollowUps {
                 ),
                 1 => Change::Seen,
                 2 => Change::Release,
-                _ => Change::Confirm,
+                3 => Change::Confirm,
+                4 => Change::Suspect,
+                5 => Change::Exclude,
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "follow-up file holds an unknown change",
+                    ))
+                }
             };
             self.insert(
                 i64::from_le_bytes(t),
@@ -1093,15 +1182,15 @@ mod tests {
         );
         assert!(f.alerts().iter().all(|a| a.resolved_at.is_some()));
         assert_eq!(f.by_status()[&(3, Status::Active)], 1);
-        // The 14 days end.
+        // The 14 days end with the visits missed since day 3: lost.
         f.advance(14 * 24 * H, &reg);
-        assert_eq!(f.by_status()[&(3, Status::Completed)], 1);
+        assert_eq!(f.by_status()[&(3, Status::LostToFollowUp)], 1);
         let mut log = Vec::new();
         f.write_pending(&mut log).unwrap();
         let mut again = Held::new();
         again.load(&mut log.as_slice()).unwrap();
         again.advance(14 * 24 * H, &reg);
-        assert_eq!(again.by_status()[&(3, Status::Completed)], 1);
+        assert_eq!(again.by_status()[&(3, Status::LostToFollowUp)], 1);
         assert_eq!(again.batch(&reg).unwrap().num_rows(), 1);
     }
     fn case(t: i64, status: CaseStatus) -> Event {
@@ -1199,6 +1288,32 @@ mod tests {
         assert_eq!(f.by_days()[&(3, 1)], 1);
     }
 
+    #[test]
+    fn in_hospital_no_visit_is_due_and_a_missed_end_is_lost() {
+        let reg = Registry::builtin().unwrap();
+        let mut f = Held::new();
+        f.add(&visit(0, Outcome::Seen, Observation::HomeIsolation), &reg);
+        f.add(&case(20 * H, CaseStatus::Suspected), &reg);
+        f.advance(5 * 24 * H, &reg);
+        assert_eq!(f.by_status()[&(3, Status::Hospitalized)], 1);
+        assert!(f.alerts().is_empty(), "{:?}", f.alerts());
+        // Excluded on day 6: a visit is due 24 h later, and missed.
+        f.add(&case(6 * 24 * H, CaseStatus::Excluded), &reg);
+        f.advance(7 * 24 * H + 1, &reg);
+        assert_eq!(f.by_days()[&(3, 1)], 1);
+        assert_eq!(f.alerts().len(), 1);
+        // Still missed when the 14 days elapse: lost, not completed.
+        f.advance(14 * 24 * H, &reg);
+        assert_eq!(f.by_status()[&(3, Status::LostToFollowUp)], 1);
+        assert_eq!(f.by_status().get(&(3, Status::Completed)), None);
+        let (rows, _) = outcome(&f, &reg);
+        let status = rows
+            .column_by_name("status")
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+            .map(|c| c.value(0).to_string());
+        assert_eq!(status.as_deref(), Some("lost_to_follow_up"));
+    }
+
     /// Every order of one person's history, with the clock moving between
     /// arrivals, gives the in-order rows and standing alerts.
     #[test]
@@ -1211,6 +1326,9 @@ mod tests {
             visit(130 * H, Outcome::Seen, Observation::HomeIsolation),
             case(200 * H, CaseStatus::Confirmed),
             visit(220 * H, Outcome::Seen, Observation::MedicalObservation),
+            case(240 * H, CaseStatus::Suspected),
+            visit(250 * H, Outcome::Seen, Observation::None),
+            case(270 * H, CaseStatus::Excluded),
             visit(300 * H, Outcome::Seen, Observation::None),
             visit(400 * H, Outcome::Seen, Observation::Released),
             visit(500 * H, Outcome::Seen, Observation::HomeIsolation),
