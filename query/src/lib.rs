@@ -104,6 +104,7 @@ pub async fn open_bounded(
     planning.register_table("districts", districts_table(&registry)?)?;
     planning.register_table("hospitals", hospitals_table(&registry)?)?;
     register_tables(&planning, &source, tz).await?;
+    view(&planning, "suspicious_rates", SUSPICIOUS_RATES).await?;
 
     // The session clients get holds the public tables only: the stored rows
     // behind them are reached through the plans above, not by name, so they
@@ -126,6 +127,16 @@ pub async fn open_bounded(
     .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
     Ok(ctx)
 }
+
+/// Suspicious events of every source per window and district, and per
+/// 100,000 residents of the district (the registry's `population`), so
+/// districts of different sizes compare.
+const SUSPICIOUS_RATES: &str = "\
+    SELECT s.window_start, s.window_end, s.district, s.district_name, \
+           SUM(s.suspicious) AS suspicious, d.population, \
+           CAST(SUM(s.suspicious) AS DOUBLE) * 100000.0 / d.population AS suspicious_per_100k \
+    FROM symptom_counts s JOIN districts d ON s.district = d.district \
+    GROUP BY s.window_start, s.window_end, s.district, s.district_name, d.population";
 
 /// The registry the data was validated with, from the data directory or
 /// the shared storage.
