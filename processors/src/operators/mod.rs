@@ -21,6 +21,7 @@ pub mod dead_letters;
 pub mod ears;
 pub mod follow_ups;
 pub mod raw;
+pub mod reporting_gaps;
 pub mod symptoms;
 pub mod window_counts;
 
@@ -296,6 +297,7 @@ pub struct Operators {
     pub raw: raw::RawTables,
     pub follow_ups: follow_ups::FollowUpEpisodes,
     pub aberrations: aberrations::Aberrations,
+    pub reporting_gaps: reporting_gaps::ReportingGaps,
     /// Where the others' alerts go.
     pub alerts: AlertBook,
     /// The pipeline clock they were last advanced to.
@@ -320,6 +322,7 @@ impl Operators {
             raw: raw::RawTables::new(calendar),
             follow_ups: follow_ups::FollowUpEpisodes::new(keep_micros),
             aberrations: aberrations::Aberrations::new(calendar),
+            reporting_gaps: reporting_gaps::ReportingGaps::new(calendar),
             alerts: AlertBook::default(),
             clock: i64::MIN,
         }
@@ -327,7 +330,7 @@ impl Operators {
 
     /// Every operator but the alert book, in the order their files are
     /// written, and the book.
-    fn parts(&mut self) -> ([&mut dyn Operator; 7], &mut AlertBook) {
+    fn parts(&mut self) -> ([&mut dyn Operator; 8], &mut AlertBook) {
         (
             [
                 &mut self.symptoms,
@@ -337,6 +340,7 @@ impl Operators {
                 &mut self.dead_letters,
                 &mut self.follow_ups,
                 &mut self.aberrations,
+                &mut self.reporting_gaps,
             ],
             &mut self.alerts,
         )
