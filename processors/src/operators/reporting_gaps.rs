@@ -1,15 +1,18 @@
 //! Reporting gaps: a district and source that reported on each of the 7
-//! days before falling silent for 24 hours raise a `reporting_gap` alert,
-//! so an outage (a checkpoint's tablet offline, a pharmacy chain's feed
-//! down) is not read as "no cases".
+//! days before falling silent for a whole calendar day (so for more than
+//! 24 hours) raise a `reporting_gap` alert, so an outage (a checkpoint's
+//! tablet offline, a pharmacy chain's feed down) is not read as "no
+//! cases". A whole day rather than any 24 hours: sources that report once
+//! a day, at varying hours (case reports, bed counts), are often more than
+//! 24 h apart without having missed a day.
 //!
 //! A function of the events and the clock: each series keeps, per
-//! calendar day, its first and last event time, which is all a gap of 24 h
-//! or more needs (no such gap fits inside a day). A gap runs from an
-//! event to the next one more than 24 h later, or, open, to the clock. Its
-//! alert is raised 24 h after the last event and resolved at the next; a
-//! late event inside a gap withdraws its alert and leaves the gaps it
-//! splits into.
+//! calendar day, its first and last event time. A gap runs from the last
+//! event of a day to the first of the next day with events, when a day
+//! lies between them, or, open, to the clock once a whole day has passed.
+//! Its alert is raised at the end of the first silent day and resolved at
+//! the next event; a late event inside a gap withdraws its alert and
+//! leaves the gaps it splits into.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -67,18 +70,27 @@ impl ReportingGaps {
         }
     }
 
-    /// The gaps of every series at the clock: (district, source, the last
-    /// event before it, the next event or `None` while open).
-    fn gaps(&self) -> Vec<(u16, Source, i64, Option<i64>)> {
+    /// The end of the day after `day`: when a series last heard from on
+    /// `day` has missed a whole day.
+    fn silent_day_end(&self, day: i32) -> i64 {
+        self.calendar
+            .day_end(crate::time::from_date32(day.saturating_add(1)))
+    }
+
+    /// The gaps of every series at the clock: (district, source, the day of
+    /// the last event before it, that event, the next event or `None` while
+    /// open).
+    fn gaps(&self) -> Vec<(u16, Source, i32, i64, Option<i64>)> {
         let mut out = Vec::new();
         for (&(district, source), days) in &self.days {
             let mut entries = days.iter().peekable();
             while let Some((&day, &(_, last))) = entries.next() {
-                let next = entries.peek().map(|(_, (first, _))| *first);
-                let silent_until = next.unwrap_or(self.clock);
-                // A daily report at the same hour is 24 h apart: silent
-                // means longer than that.
-                if silent_until.saturating_sub(last) <= DAY_MICROS {
+                let next = entries.peek().map(|(d, (first, _))| (**d, *first));
+                let silent = match next {
+                    Some((next_day, _)) => next_day > day.saturating_add(1),
+                    None => self.clock >= self.silent_day_end(day),
+                };
+                if !silent {
                     continue;
                 }
                 let from = day.saturating_sub(DAYS_REPORTED - 1);
@@ -87,7 +99,7 @@ impl ReportingGaps {
                 }
                 let reported = (from..=day).all(|d| days.contains_key(&d));
                 if reported {
-                    out.push((district, source, last, next));
+                    out.push((district, source, day, last, next.map(|(_, first)| first)));
                 }
             }
         }
@@ -130,7 +142,7 @@ impl Operator for ReportingGaps {
 
     fn detect(&mut self, cx: &Cx, alerts: &mut AlertBook) {
         let mut standing = BTreeSet::new();
-        for (district, source, last, next) in self.gaps() {
+        for (district, source, day, last, next) in self.gaps() {
             let d = cx.registry.district(district);
             let alert_id = id(&d.district, source, last);
             standing.insert(alert_id.clone());
@@ -139,14 +151,14 @@ impl Operator for ReportingGaps {
                 .unwrap_or_default();
             alerts.raise(Alert {
                 alert_id,
-                raised_at: last.saturating_add(DAY_MICROS),
+                raised_at: self.silent_day_end(day),
                 kind: KIND.into(),
                 severity: "warning".into(),
                 district: d.district.clone(),
                 hospital_id: None,
                 person_key: None,
                 detail: format!(
-                    "{source}: no events from {} ({}) for 24 h after {since}, after reporting on each of the {DAYS_REPORTED} days before: a reporting outage is not zero cases",
+                    "{source}: no events from {} ({}) for a whole day after {since}, after reporting on each of the {DAYS_REPORTED} days before: a reporting outage is not zero cases",
                     d.name, d.district
                 ),
                 resolved_at: next,
@@ -161,7 +173,7 @@ impl Operator for ReportingGaps {
             .iter()
             .filter(|a| a.kind == KIND && !standing.contains(&a.alert_id))
             .filter(|a| {
-                self.floor == i32::MIN || a.raised_at.saturating_sub(DAY_MICROS) >= floor_time
+                self.floor == i32::MIN || a.raised_at.saturating_sub(2 * DAY_MICROS) >= floor_time
             })
             .map(|a| a.alert_id.clone())
             .collect();
@@ -275,22 +287,26 @@ mod tests {
                 gaps.add(&checkpoint(day * 24 * H + 2 * H, 1), &cx, &mut book);
             }
         }
-        let last = 7 * 24 * H + 2 * H;
-        gaps.advance(last + 30 * H, &cx, &mut book);
+        // Day 7's event at 7 × 24 h + 2 h; day 8 in Chongqing ends at
+        // 9 × 24 h − 8 h UTC.
+        gaps.advance(9 * 24 * H - 9 * H, &cx, &mut book);
+        gaps.detect(&cx, &mut book);
+        assert!(book.alerts().is_empty(), "day 8 is not over yet");
+        gaps.advance(9 * 24 * H - 6 * H, &cx, &mut book);
         gaps.detect(&cx, &mut book);
         assert_eq!(book.alerts().len(), 1, "{:?}", book.alerts());
         let a = &book.alerts()[0];
         assert_eq!(a.kind, KIND);
-        assert_eq!(a.raised_at, last + 24 * H);
+        assert_eq!(a.raised_at, 9 * 24 * H - 8 * H);
         assert_eq!(a.resolved_at, None);
-        // The events of the silent day were late: no gap after all.
-        gaps.add(&checkpoint(last + 20 * H, 0), &cx, &mut book);
+        // An event of day 8 arrives late: no silent day after all.
+        gaps.add(&checkpoint(7 * 24 * H + 22 * H, 0), &cx, &mut book);
         gaps.detect(&cx, &mut book);
         assert_eq!(book.alerts().len(), 1);
         assert!(book.alerts()[0].detail.contains(WITHDRAWN));
-        // Silent for 24 h and more, then an event resolves the gap.
-        gaps.add(&checkpoint(last + 50 * H, 0), &cx, &mut book);
-        gaps.advance(last + 60 * H, &cx, &mut book);
+        // Day 9 silent, day 10 reports: a gap, resolved.
+        gaps.add(&checkpoint(10 * 24 * H + 2 * H, 0), &cx, &mut book);
+        gaps.advance(10 * 24 * H + 10 * H, &cx, &mut book);
         gaps.detect(&cx, &mut book);
         let standing: Vec<&Alert> = book
             .alerts()
@@ -298,7 +314,7 @@ mod tests {
             .filter(|a| !a.detail.contains(WITHDRAWN))
             .collect();
         assert_eq!(standing.len(), 1, "{standing:?}");
-        assert_eq!(standing[0].raised_at, last + 44 * H);
-        assert_eq!(standing[0].resolved_at, Some(last + 50 * H));
+        assert_eq!(standing[0].raised_at, 10 * 24 * H - 8 * H);
+        assert_eq!(standing[0].resolved_at, Some(10 * 24 * H + 2 * H));
     }
 }
