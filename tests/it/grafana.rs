@@ -678,6 +678,30 @@ fn provisioning_declares_the_data_sources_and_dashboards() {
 /// Ids unique, every panel and query on a provisioned data source of the
 /// right type, SQL queries raw SQL in code mode, panels inside the 24-column
 /// grid without overlapping.
+/// Count series show a quiet hour as 0, not as a line joining its
+/// neighbours (issue #19): every hourly `$__timeGroupAlias` of the command
+/// center passes Grafana the fill value 0.
+#[test]
+fn count_series_fill_quiet_hours_with_zero() {
+    let d = dashboard("command-center.json");
+    let mut grouped = 0;
+    for p in panels(&d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let sql = t["rawSql"].as_str().unwrap_or_default();
+            for call in sql.split("$__timeGroupAlias(").skip(1) {
+                let args = call.split(')').next().unwrap_or_default();
+                grouped += 1;
+                assert!(
+                    args.split(',').nth(2).map(str::trim) == Some("0"),
+                    "{}: $__timeGroupAlias({args}) does not fill with 0",
+                    title(p)
+                );
+            }
+        }
+    }
+    assert!(grouped >= 4, "only {grouped} grouped series");
+}
+
 #[test]
 fn dashboards_are_consistent() {
     let sources = provisioned_data_sources();
