@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -913,5 +914,94 @@ fn follow_ups_match_the_rules_and_overdue_alerts_hold() {
         "{} failure(s):\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// The same scenario fed live, in event-time order in two chunks and with
+/// its late lines last, through `paicha run --brokers` with no allowed
+/// lateness: once every partition is idle the clock stands at the last
+/// event, and `follow_ups` is the fold's, row for row, hospitalized and
+/// lost to follow-up included.
+#[test]
+fn follow_ups_fed_live_match_the_rules() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::ClientConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = scenario();
+    let text = lines.join("\n") + "\n";
+    let (clock, episodes) = fold(&text);
+
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        cluster.create_topic(t, 3, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let data = dir.path().join("live");
+    let run = serving(&[
+        "run",
+        "--brokers",
+        &brokers,
+        "--data",
+        data.to_str().unwrap(),
+        "--lateness",
+        "0s",
+        "--idle-after",
+        "1s",
+        "--checkpoint-interval",
+        "200ms",
+    ]);
+    for chunk in lines.chunks(lines.len() / 2 + 1) {
+        for line in chunk {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let topic = format!("screening.{}", v["source"].as_str().unwrap());
+            send_keyed(&producer, &topic, v["district"].as_str().unwrap(), line);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        caught_up(&brokers, &run.http, Duration::from_secs(120));
+    }
+    // Each partition task keeps its own clock (its partitions' events):
+    // one traveller at the scenario's last instant on each partition sets
+    // every task's at the fold's.
+    let mut codes: Vec<String> = districts().into_iter().collect();
+    codes.sort();
+    for p in 0..3 {
+        let Some(code) = codes
+            .iter()
+            .find(|c| paicha_contract::topics::partition_for(c, 3) == p)
+        else {
+            continue;
+        };
+        let tag: &'static str = Box::leak(format!("hb{p}").into_boxed_str());
+        let district: &'static str = Box::leak(code.clone().into_boxed_str());
+        let traveller = Person {
+            tag,
+            id: tag,
+            district,
+        };
+        let line = checkpoint(traveller, CLOCK, "pass");
+        send_keyed(&producer, "screening.checkpoint", district, &line);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    caught_up(&brokers, &run.http, Duration::from_secs(120));
+    // Every partition idle: the clock stands at the last event.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut run = run;
+    sigterm(&mut run.child);
+    drop(run);
+
+    let mut want: Vec<Vec<String>> = episodes.iter().map(|e| e.row(clock)).collect();
+    want.sort();
+    let got = query_follow_ups(&data);
+    assert!(
+        got == want,
+        "live follow_ups differ from the fold: {:?}",
+        diff(&got, &want)
     );
 }
