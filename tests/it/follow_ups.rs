@@ -944,19 +944,7 @@ fn follow_ups_fed_live_match_the_rules() {
         .create()
         .unwrap();
     let data = dir.path().join("live");
-    let run = serving(&[
-        "run",
-        "--brokers",
-        &brokers,
-        "--data",
-        data.to_str().unwrap(),
-        "--lateness",
-        "0s",
-        "--idle-after",
-        "1s",
-        "--checkpoint-interval",
-        "200ms",
-    ]);
+    let run = live_run(&brokers, &data);
     for chunk in lines.chunks(lines.len() / 2 + 1) {
         for line in chunk {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -7,7 +7,6 @@
 // Helpers of tests, outside #[test] functions: a panic is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -72,22 +71,6 @@ fn arrival(text: &str) -> (Vec<String>, usize) {
     (order, delayed)
 }
 
-fn start(brokers: &str, data: &Path) -> Serving {
-    serving(&[
-        "run",
-        "--brokers",
-        brokers,
-        "--data",
-        data.to_str().unwrap(),
-        "--lateness",
-        "0s",
-        "--idle-after",
-        "1s",
-        "--checkpoint-interval",
-        "200ms",
-    ])
-}
-
 #[test]
 fn live_in_chunks_with_late_visits_and_a_kill_equals_a_restart_and_the_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +122,7 @@ fn live_in_chunks_with_late_visits_and_a_kill_equals_a_restart_and_the_replay() 
     };
 
     let data = dir.path().join("live");
-    let mut run = start(&brokers, &data);
+    let mut run = live_run(&brokers, &data);
     let chunks: Vec<&[String]> = order.chunks(order.len() / 4 + 1).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         send(chunk);
@@ -150,7 +133,7 @@ fn live_in_chunks_with_late_visits_and_a_kill_equals_a_restart_and_the_replay() 
             });
             run.child.kill().unwrap();
             run.child.wait().unwrap();
-            run = start(&brokers, &data);
+            run = live_run(&brokers, &data);
         }
         // A pause long enough for the clock to pass the chunk.
         caught_up(&brokers, &run.http, Duration::from_secs(180));

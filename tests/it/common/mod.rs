@@ -89,6 +89,25 @@ pub fn serving(args: &[&str]) -> Serving {
 /// waited for once `timeout` has passed. Tests wait for states the system
 /// guarantees, never for a fixed time: give a deadline generous enough for a
 /// busy machine, since only a failure waits it out.
+/// `paicha run --brokers` on `data` that follows event time closely: no
+/// allowed lateness, partitions idle after a second, checkpoints five
+/// times a second.
+pub fn live_run(brokers: &str, data: &Path) -> Serving {
+    serving(&[
+        "run",
+        "--brokers",
+        brokers,
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--lateness",
+        "0s",
+        "--idle-after",
+        "1s",
+        "--checkpoint-interval",
+        "200ms",
+    ])
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !done() {
